@@ -1,0 +1,1 @@
+"""Consumers of Consent Stream: the partner SDK and the consent store readers."""

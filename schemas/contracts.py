@@ -1,0 +1,98 @@
+"""The Avro contracts: ``.avsc`` files parsed once, with their single-object fingerprints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Final
+
+from fastavro import parse_schema
+from fastavro.schema import to_parsing_canonical_form
+
+__all__ = [
+    "CONSENT_EVENT",
+    "CONSENT_STATE",
+    "CONTRACT_FILES",
+    "PARTNER_ACKNOWLEDGEMENT",
+    "PARTNER_INSTRUCTION",
+    "REQUEST_STATUS",
+    "Contract",
+    "contract",
+    "contracts",
+    "crc64_avro",
+]
+
+CONSENT_EVENT: Final = "consentstream.v1.ConsentEvent"
+PARTNER_INSTRUCTION: Final = "consentstream.v1.PartnerInstruction"
+PARTNER_ACKNOWLEDGEMENT: Final = "consentstream.v1.PartnerAcknowledgement"
+CONSENT_STATE: Final = "consentstream.v1.ConsentState"
+REQUEST_STATUS: Final = "consentstream.v1.RequestStatus"
+
+CONTRACT_FILES: Final = {
+    CONSENT_EVENT: "consent_event.avsc",
+    PARTNER_INSTRUCTION: "partner_instruction.avsc",
+    PARTNER_ACKNOWLEDGEMENT: "partner_acknowledgement.avsc",
+    CONSENT_STATE: "consent_state.avsc",
+    REQUEST_STATUS: "request_status.avsc",
+}
+
+_CRC64_EMPTY: Final = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+_CRC64_TABLE: Final = _crc64_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """CRC-64-AVRO (the Avro specification's Rabin fingerprint) of ``data``."""
+    fp = _CRC64_EMPTY
+    for byte in data:
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """One published schema: its text, parsed form and fingerprint."""
+
+    name: str
+    schema_text: str
+    parsed: dict[str, Any]
+    canonical_form: str
+    fingerprint: bytes
+    """8-byte little-endian CRC-64-AVRO of the parsing canonical form."""
+
+
+def load_contract(text: str) -> Contract:
+    """Parse one schema text (also used for fixtures of earlier versions)."""
+    raw = json.loads(text)
+    parsed: dict[str, Any] = parse_schema(raw, _write_hint=False)  # type: ignore[assignment]
+    canonical = to_parsing_canonical_form(raw)
+    fingerprint = crc64_avro(canonical.encode("utf-8")).to_bytes(8, "little")
+    name = f"{raw['namespace']}.{raw['name']}"
+    return Contract(name, text, parsed, canonical, fingerprint)
+
+
+@cache
+def contracts() -> dict[str, Contract]:
+    """Every published contract by full name, parsed once per process."""
+    folder = resources.files("schemas") / "avro"
+    return {
+        name: load_contract((folder / file).read_text(encoding="utf-8"))
+        for name, file in CONTRACT_FILES.items()
+    }
+
+
+def contract(name: str) -> Contract:
+    return contracts()[name]

@@ -1,0 +1,148 @@
+"""The exceptions of Consent Stream: one root, the tree below it.
+
+::
+
+    ConsentStreamError                  every error this project raises
+    ├── ConfigurationError              bad settings; raised at start-up, never retried
+    │   └── PolicyError                 the policy file is malformed (names the key)
+    ├── ContractError                   a record or event breaks the contract (bad input)
+    │   ├── DecodeError                 bytes that cannot be decoded
+    │   │   ├── TruncatedRecordError    shorter than its framing says
+    │   │   ├── UnknownSchemaError      unknown fingerprint, schema id or magic bytes
+    │   │   └── SchemaMismatchError     bytes or a record that do not match the schema
+    │   ├── ValidationError             a decodable event that is invalid
+    │   │   ├── UnknownPurposeError     purpose not in the policy
+    │   │   └── NonWithdrawableError    withdrawal of a purpose needed for basic functions
+    │   └── OversizedRecordError        larger than the configured maximum
+    └── TransientError                  retriable: the operation may succeed later
+        ├── PublishError                the broker did not acknowledge a record
+        └── StoreUnavailableError       the consent store (Redis) did not answer
+
+Every error carries a short machine-readable ``reason`` (used in dead-letter headers and
+metric labels) and ``retriable`` says whether trying again can help.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ConsentStreamError",
+    "ContractError",
+    "DecodeError",
+    "NonWithdrawableError",
+    "OversizedRecordError",
+    "PolicyError",
+    "PublishError",
+    "SchemaMismatchError",
+    "StoreUnavailableError",
+    "TransientError",
+    "TruncatedRecordError",
+    "UnknownPurposeError",
+    "UnknownSchemaError",
+    "ValidationError",
+]
+
+
+class ConsentStreamError(Exception):
+    """Root of every error raised by Consent Stream."""
+
+    reason = "error"
+    retriable = False
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigurationError(ConsentStreamError):
+    """Settings are missing or invalid; fix the configuration and restart."""
+
+    reason = "configuration"
+
+
+class PolicyError(ConfigurationError):
+    """The policy file is malformed; ``key`` names the offending entry."""
+
+    reason = "policy"
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"policy: {key}: {problem}")
+        self.key = key
+
+
+class ContractError(ConsentStreamError):
+    """Input breaks a published contract; it will never succeed as it is."""
+
+    reason = "contract"
+
+
+class DecodeError(ContractError):
+    """Bytes that cannot be decoded into a record."""
+
+    reason = "undecodable"
+
+
+class TruncatedRecordError(DecodeError):
+    """The bytes end before their framing says they should."""
+
+    reason = "truncated"
+
+
+class UnknownSchemaError(DecodeError):
+    """Unknown magic bytes, fingerprint or registry schema id."""
+
+    reason = "unknown_schema"
+
+
+class SchemaMismatchError(DecodeError):
+    """Bytes or a record that do not match the writer's schema."""
+
+    reason = "schema_mismatch"
+
+
+class ValidationError(ContractError):
+    """A decodable event that is invalid (missing or malformed field, wrong kind)."""
+
+    reason = "invalid_field"
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None):
+        super().__init__(message, reason=reason)
+        self.field = field
+
+
+class UnknownPurposeError(ValidationError):
+    """The purpose is not defined in the policy."""
+
+    reason = "unknown_purpose"
+
+
+class NonWithdrawableError(ValidationError):
+    """Withdrawal of a purpose needed for basic functions (order fulfilment, payment...)."""
+
+    reason = "not_withdrawable"
+
+
+class OversizedRecordError(ContractError):
+    """The record is larger than the configured maximum size."""
+
+    reason = "oversized"
+
+
+class TransientError(ConsentStreamError):
+    """Retriable: a dependency did not answer; the same call may succeed later."""
+
+    reason = "transient"
+    retriable = True
+
+
+class PublishError(TransientError):
+    """The broker did not acknowledge a record."""
+
+    reason = "publish_failed"
+
+
+class StoreUnavailableError(TransientError):
+    """The consent store (Redis) did not answer."""
+
+    reason = "store_unavailable"

@@ -1,0 +1,137 @@
+"""Typed settings, read once at the entry point from the environment, passed down.
+
+The librdkafka configuration dicts are built here and only here. Secrets are held in
+``Secret`` so they never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from schemas.errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "Secret", "Settings"]
+
+ENV_PREFIX: Final = "CONSENT_STREAM_"
+_DEV_KEY: Final = "consent-stream-local-development-key"
+
+
+class Secret:
+    """A secret value: ``str()``/``repr()`` never show it; ``reveal()`` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value.encode("utf-8")
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{ENV_PREFIX}{name} must be an integer, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{ENV_PREFIX}{name} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to reach Kafka, the registry and Redis."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    schema_registry_url: str | None = None
+    policy_path: str | None = None
+    partitions: int = 3
+    replication_factor: int = 1
+    max_record_bytes: int = 1_048_576
+    client_id: str = "consent-stream"
+    http_port: int = 6066
+    data_dir: str = ".stack/worker"
+    subject_key: Secret = field(default_factory=lambda: Secret(_DEV_KEY))
+    kafka_extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(ENV_PREFIX + name) or default
+
+        extra = {
+            key[len(ENV_PREFIX + "KAFKA_") :].lower().replace("_", "."): value
+            for key, value in env.items()
+            if key.startswith(ENV_PREFIX + "KAFKA_")
+        }
+        return cls(
+            bootstrap_servers=get("BOOTSTRAP_SERVERS", cls.bootstrap_servers),
+            redis_url=get("REDIS_URL", cls.redis_url),
+            schema_registry_url=env.get(ENV_PREFIX + "SCHEMA_REGISTRY_URL") or None,
+            policy_path=env.get(ENV_PREFIX + "POLICY") or None,
+            partitions=_int(env, "PARTITIONS", cls.partitions),
+            replication_factor=_int(env, "REPLICATION_FACTOR", cls.replication_factor),
+            max_record_bytes=_int(env, "MAX_RECORD_BYTES", cls.max_record_bytes),
+            client_id=get("CLIENT_ID", cls.client_id),
+            http_port=_int(env, "HTTP_PORT", cls.http_port),
+            data_dir=get("DATA_DIR", cls.data_dir),
+            subject_key=Secret(get("SUBJECT_KEY", _DEV_KEY)),
+            kafka_extra=extra,
+        )
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            **self.kafka_extra,
+        }
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka producer: idempotent, acks=all, ordered per partition."""
+        return {
+            **self._common(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "max.in.flight.requests.per.connection": 5,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "message.max.bytes": self.max_record_bytes + 65_536,
+            **overrides,
+        }
+
+    def consumer_config(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        """librdkafka consumer: manual commits after effects, start from the beginning."""
+        return {
+            **self._common(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+            "isolation.level": "read_committed",
+            **overrides,
+        }
+
+    def admin_config(self) -> dict[str, Any]:
+        return self._common()
+
+    def schema_registry(self) -> Any | None:
+        """A Schema Registry client when a URL is configured (``mock://`` works), else None."""
+        if not self.schema_registry_url:
+            return None
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        return SchemaRegistryClient.new_client({"url": self.schema_registry_url})

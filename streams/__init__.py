@@ -1,0 +1,1 @@
+"""Stream processing: the Faust worker, decisions, the CLI."""
