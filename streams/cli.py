@@ -33,6 +33,12 @@ def _publish(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
     return 0 if report.ok else 1
 
 
+def _worker(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(settings, policy, loglevel=str(args.log_level).lower())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consent-stream", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -41,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("file")
     publish.add_argument("--quiet", action="store_true", help="no progress lines")
     publish.set_defaults(handler=_publish)
+    worker = sub.add_parser("worker", help="run a stream worker (Faust) with its HTTP API")
+    worker.set_defaults(handler=_worker)
     return parser
 
 

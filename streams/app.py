@@ -1,0 +1,119 @@
+"""The Faust application: thin agents that decode, call the processors, and send.
+
+Built by ``create_app`` from settings and injected dependencies; nothing connects at
+import time. Agents on consent paths run with ``concurrency=1``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from schemas.cloudevents import header_map
+from schemas.partner import acks_topic
+from schemas.policy import Policy
+from schemas.settings import Settings
+from streams.ledger_processor import LedgerProcessor
+from streams.processor import EventProcessor, Inbound
+from streams.topics import EVENTS_TOPIC, LEDGER_TOPIC
+
+__all__ = ["WorkerParts", "create_app"]
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerParts:
+    """What the agents call; built by ``streams.worker.build_parts``."""
+
+    events: EventProcessor
+    ledger: LedgerProcessor
+    registry: CollectorRegistry
+    store: Any
+    views: Any
+    redis: Any
+
+
+def _raw_topic(
+    app: faust.App, *names: str, internal: bool = False, partitions: int | None = None
+) -> Any:
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=internal,
+        partitions=partitions,
+    )
+
+
+def create_app(settings: Settings, policy: Policy, app_id: str = "consent-stream") -> faust.App:
+    """The Faust app with its settings; agents are attached by ``attach_agents``."""
+    brokers = [f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
+    return faust.App(
+        app_id,
+        broker=brokers,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=True,
+        web_port=settings.http_port,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        datadir=settings.data_dir,
+        autodiscover=False,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        worker_redirect_stdouts=False,
+    )
+
+
+def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: WorkerParts) -> None:
+    events = _raw_topic(app, EVENTS_TOPIC)
+    acks = _raw_topic(app, *[acks_topic(p) for p in sorted(policy.partners)])
+    ledger = _raw_topic(app, LEDGER_TOPIC, internal=True, partitions=settings.partitions)
+    raw = faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    subjects = app.Table("consent-subjects", partitions=settings.partitions, schema=raw)
+    tickets = app.Table("consent-tickets", partitions=settings.partitions, schema=raw)
+
+    @app.agent(events, concurrency=1, name="consent-events")
+    async def consent_events(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            record = Inbound(
+                event.key,
+                event.value or b"",
+                header_map(msg.headers),
+                msg.topic,
+                msg.partition,
+                msg.offset,
+            )
+            await parts.events.handle(record, subjects)
+
+    @app.agent(acks, concurrency=1, name="partner-acknowledgements")
+    async def partner_acknowledgements(stream: Any) -> None:
+        async for event in stream.events():
+            await parts.ledger.forward_ack(event.key, event.value or b"", event.message.topic)
+
+    @app.agent(ledger, concurrency=1, name="instruction-ledger")
+    async def instruction_ledger(stream: Any) -> None:
+        async for event in stream.events():
+            await parts.ledger.handle(event.key, event.value, tickets)
+
+    @app.timer(interval=SWEEP_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def sweep_ledger() -> None:
+        due, _ = parts.ledger.scan(list(tickets.values()))
+        if due:
+            await parts.ledger.request_sweeps(due)

@@ -1,0 +1,164 @@
+"""Prometheus metrics of the stream processor, built by a factory on a given registry.
+
+Every hop has a latency histogram in seconds: publish -> store, publish -> partner topic
+(publish time from the ``cs_published_at`` header), instruction -> acknowledgement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["HOP_BUCKETS_SECONDS", "StreamMetrics", "stream_metrics"]
+
+HOP_BUCKETS_SECONDS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+ACK_BUCKETS_SECONDS: Final = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    3600.0,
+    86400.0,
+    604800.0,
+)
+
+
+@dataclass(frozen=True)
+class StreamMetrics:
+    events: Counter
+    deadletters: Counter
+    instructions: Counter
+    acknowledgements: Counter
+    acknowledgements_ignored: Counter
+    retention_follow_ups: Counter
+    store_retries: Counter
+    requests_open: Gauge
+    requests_overdue: Gauge
+    instructions_pending: Gauge
+    instructions_overdue: Gauge
+    publish_to_store: Histogram
+    publish_to_partner_topic: Histogram
+    instruction_to_ack: Histogram
+    requests_finished: Counter
+
+
+def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
+    """Create the stream processor's metrics on ``registry`` (a fresh one in tests)."""
+    return StreamMetrics(
+        events=Counter(
+            "consent_events_total",
+            "Inbound events processed, by type and outcome "
+            "(applied, duplicate, stale, after_closure).",
+            ["type", "outcome"],
+            registry=registry,
+        ),
+        deadletters=Counter(
+            "consent_deadletters_total",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        ),
+        instructions=Counter(
+            "consent_instructions_total",
+            "Partner instructions sent, by partner and action.",
+            ["partner", "action"],
+            registry=registry,
+        ),
+        acknowledgements=Counter(
+            "consent_acknowledgements_total",
+            "Partner acknowledgements applied, by partner and status.",
+            ["partner", "status"],
+            registry=registry,
+        ),
+        acknowledgements_ignored=Counter(
+            "consent_acknowledgements_ignored_total",
+            "Acknowledgements that changed nothing, by "
+            "reason (unknown_instruction, wrong_partner, repeated, undecodable).",
+            ["reason"],
+            registry=registry,
+        ),
+        retention_follow_ups=Counter(
+            "consent_retention_follow_ups_total",
+            "ERASE instructions issued when a legal retention ended, by partner.",
+            ["partner"],
+            registry=registry,
+        ),
+        store_retries=Counter(
+            "consent_store_write_retries_total",
+            "Consent store writes retried because Redis did not answer.",
+            registry=registry,
+        ),
+        requests_open=Gauge(
+            "consent_requests_open",
+            "Deletion requests without a final status (this worker's partitions).",
+            registry=registry,
+        ),
+        requests_overdue=Gauge(
+            "consent_requests_overdue",
+            "Deletion requests past their 15-day deadline without a final status.",
+            registry=registry,
+        ),
+        instructions_pending=Gauge(
+            "consent_instructions_pending",
+            "Partner instructions not yet acknowledged, by partner.",
+            ["partner"],
+            registry=registry,
+        ),
+        instructions_overdue=Gauge(
+            "consent_instructions_overdue",
+            "Partner instructions past their deadline without an acknowledgement, by partner.",
+            ["partner"],
+            registry=registry,
+        ),
+        publish_to_store=Histogram(
+            "consent_publish_to_store_seconds",
+            "Latency from publish to the consent store write.",
+            registry=registry,
+            buckets=HOP_BUCKETS_SECONDS,
+        ),
+        publish_to_partner_topic=Histogram(
+            "consent_publish_to_partner_topic_seconds",
+            "Latency from publish to the "
+            "instruction acknowledged by the broker on the partner's topic.",
+            ["partner"],
+            registry=registry,
+            buckets=HOP_BUCKETS_SECONDS,
+        ),
+        instruction_to_ack=Histogram(
+            "consent_instruction_to_ack_seconds",
+            "Latency from instruction issued to its acknowledgement recorded.",
+            ["partner"],
+            registry=registry,
+            buckets=ACK_BUCKETS_SECONDS,
+        ),
+        requests_finished=Counter(
+            "consent_requests_finished_total",
+            "Deletion requests that reached a final status, by status.",
+            ["status"],
+            registry=registry,
+        ),
+    )

@@ -1,0 +1,48 @@
+"""Deletion request status in Redis, for the HTTP API and the CLI (no personal data:
+the record is the published ``RequestStatus`` evidence, digests only)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas.contracts import REQUEST_STATUS
+from schemas.records import from_record, to_record
+from schemas.views import RequestStatus
+
+__all__ = ["AsyncRequestViews", "RequestViews", "request_key", "status_from_json", "status_to_json"]
+
+
+def request_key(prefix: str, request_id: str) -> str:
+    return f"{prefix}:r:{request_id}"
+
+
+def status_to_json(status: RequestStatus) -> str:
+    return json.dumps(to_record(status), separators=(",", ":"))
+
+
+def status_from_json(text: str | bytes) -> RequestStatus:
+    obj = from_record(REQUEST_STATUS, json.loads(text))
+    assert isinstance(obj, RequestStatus)  # noqa: S101 - decoded by its own contract
+    return obj
+
+
+class AsyncRequestViews:
+    def __init__(self, redis: Any, prefix: str = "cs") -> None:
+        self._redis, self._prefix = redis, prefix
+
+    async def put(self, status: RequestStatus) -> None:
+        await self._redis.set(request_key(self._prefix, status.request_id), status_to_json(status))
+
+    async def get(self, request_id: str) -> RequestStatus | None:
+        raw = await self._redis.get(request_key(self._prefix, request_id))
+        return None if raw is None else status_from_json(raw)
+
+
+class RequestViews:
+    def __init__(self, redis: Any, prefix: str = "cs") -> None:
+        self._redis, self._prefix = redis, prefix
+
+    def get(self, request_id: str) -> RequestStatus | None:
+        raw = self._redis.get(request_key(self._prefix, request_id))
+        return None if raw is None else status_from_json(raw)

@@ -1,0 +1,128 @@
+"""Per-subject state held by the worker: consent, permissions, closure and data lineage.
+
+Plain immutable data with a JSON codec for the changelog-backed table. The published,
+smaller view is ``schemas.views.ConsentState`` (``to_consent_state``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from schemas.views import ConsentState, PermissionRevocation, PurposeDecision
+
+__all__ = [
+    "RECENT_EVENT_IDS",
+    "Share",
+    "SubjectState",
+    "permission_key",
+    "state_from_json",
+    "state_to_json",
+    "to_consent_state",
+]
+
+RECENT_EVENT_IDS: Final = 128
+"""How many applied event ids a subject remembers for duplicate detection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One data.shared record: what a partner received and the references it knows."""
+
+    event_id: str
+    partner: str
+    categories: tuple[str, ...]
+    refs: tuple[tuple[str, str], ...]
+    shared_at: int
+    transaction_completed_at: int | None = None
+
+    @property
+    def retention_start(self) -> int:
+        return self.transaction_completed_at or self.shared_at
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectState:
+    subject_id: str
+    version: int = 0
+    purposes: tuple[PurposeDecision, ...] = ()
+    permissions: tuple[PermissionRevocation, ...] = ()
+    closed_at: int | None = None
+    closed_by_request: str | None = None
+    shares: tuple[Share, ...] = ()
+    recent_event_ids: tuple[str, ...] = field(default=())
+
+    def decision(self, purpose: str) -> PurposeDecision | None:
+        return next((d for d in self.purposes if d.purpose == purpose), None)
+
+    def revocation(self, key: str) -> PermissionRevocation | None:
+        return next((p for p in self.permissions if permission_key(p) == key), None)
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self.recent_event_ids
+
+    def remember(self, event_id: str) -> SubjectState:
+        ids = (*self.recent_event_ids, event_id)[-RECENT_EVENT_IDS:]
+        return replace(self, recent_event_ids=ids)
+
+
+def permission_key(p: PermissionRevocation) -> str:
+    if p.app_id is not None:
+        return f"app:{p.app_id}"
+    return f"perm:{p.device_id}:{p.permission}"
+
+
+def to_consent_state(state: SubjectState, updated_at: int) -> ConsentState:
+    return ConsentState(
+        subject_id=state.subject_id,
+        version=state.version,
+        updated_at=updated_at,
+        account_closed_at=state.closed_at,
+        purposes=tuple(sorted(state.purposes, key=lambda d: d.purpose)),
+        permissions=tuple(sorted(state.permissions, key=permission_key)),
+    )
+
+
+def state_to_json(state: SubjectState) -> bytes:
+    doc: dict[str, Any] = {
+        "s": state.subject_id,
+        "v": state.version,
+        "p": [[d.purpose, d.granted, d.event_time, d.notice_version] for d in state.purposes],
+        "r": [[p.permission, p.device_id, p.app_id, p.event_time] for p in state.permissions],
+        "c": state.closed_at,
+        "cr": state.closed_by_request,
+        "sh": [
+            [
+                s.event_id,
+                s.partner,
+                list(s.categories),
+                [list(r) for r in s.refs],
+                s.shared_at,
+                s.transaction_completed_at,
+            ]
+            for s in state.shares
+        ],
+        "e": list(state.recent_event_ids),
+    }
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def state_from_json(data: bytes) -> SubjectState:
+    doc = json.loads(data)
+    return SubjectState(
+        subject_id=doc["s"],
+        version=doc["v"],
+        purposes=tuple(PurposeDecision(p, g, t, n) for p, g, t, n in doc["p"]),
+        permissions=tuple(
+            PermissionRevocation(event_time=t, permission=p, device_id=d, app_id=a)
+            for p, d, a, t in doc["r"]
+        ),
+        closed_at=doc["c"],
+        closed_by_request=doc["cr"],
+        shares=tuple(
+            Share(e, pa, tuple(c), tuple((k, v) for k, v in r), t, tc)
+            for e, pa, c, r, t, tc in doc["sh"]
+        ),
+        recent_event_ids=tuple(doc["e"]),
+    )

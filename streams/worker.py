@@ -1,0 +1,67 @@
+"""``consent-stream worker``: build the parts, the Faust app, and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from consumers.consent_store import AsyncConsentStore, make_async_redis
+from schemas.contracts import CONSENT_EVENT
+from schemas.policy import Policy
+from schemas.serde import AvroSerde
+from schemas.settings import Settings
+from streams.app import WorkerParts, attach_agents, create_app
+from streams.ledger_processor import LedgerProcessor
+from streams.metrics import stream_metrics
+from streams.outbox import FaustOutbox, RecordSender
+from streams.processor import EventProcessor
+from streams.pseudonyms import Pseudonyms
+from streams.request_views import AsyncRequestViews
+from streams.topics import ensure_topics
+from streams.web import attach_views
+
+__all__ = ["build_parts", "build_worker_app", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerParts:
+    registry = CollectorRegistry()
+    metrics = stream_metrics(registry)
+    redis = make_async_redis(settings)
+    store = AsyncConsentStore(redis, policy, settings.subject_key)
+    views = AsyncRequestViews(redis)
+    serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
+    schema_ref = settings.schema_registry_url or CONSENT_EVENT.rsplit(".", 1)[0]
+    sender = RecordSender(FaustOutbox(app), serde, schema_ref)
+    pseudonyms = Pseudonyms(settings.subject_key)
+    return WorkerParts(
+        events=EventProcessor(policy, pseudonyms, serde, sender, store, metrics),
+        ledger=LedgerProcessor(policy, serde, sender, views, metrics),
+        registry=registry,
+        store=store,
+        views=views,
+        redis=redis,
+    )
+
+
+def build_worker_app(settings: Settings, policy: Policy) -> faust.App:
+    app = create_app(settings, policy)
+    parts = build_parts(app, settings, policy)
+    attach_agents(app, settings, policy, parts)
+    attach_views(app, parts)
+    return app
+
+
+def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> int:
+    created = ensure_topics(settings, policy)
+    if created:
+        log.info("created %d topics", len(created))
+    app = build_worker_app(settings, policy)
+    log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
