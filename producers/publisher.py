@@ -20,13 +20,15 @@ from schemas.events import ConsentEvent
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
+from schemas.topics import TopicNames
 from schemas.validation import validate_event
 
 __all__ = ["EVENTS_TOPIC", "ConsentPublisher", "DeliveryReceipt", "KafkaProducer", "make_producer"]
 
 log = logging.getLogger(__name__)
 
-EVENTS_TOPIC: Final = "consent.events.v1"
+EVENTS_TOPIC: Final = TopicNames().events
+"""The contract's inbound topic (without a namespace)."""
 _CONTENT_TYPE: Final = "application/avro"
 
 
@@ -67,13 +69,13 @@ class ConsentPublisher:
         *,
         producer: KafkaProducer | None = None,
         serde: AvroSerde | None = None,
-        topic: str = EVENTS_TOPIC,
+        topic: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
         self._producer = producer or make_producer(settings)
         self._serde = serde or AvroSerde(settings.schema_registry(), settings.max_record_bytes)
-        self._topic = topic
+        self._topic = topic or settings.topics.events
         self._clock = clock
         self._schema_ref = settings.schema_registry_url or CONSENT_EVENT
 

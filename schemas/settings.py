@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from schemas.errors import ConfigurationError
+from schemas.topics import TopicNames
 
 __all__ = ["ENV_PREFIX", "Secret", "Settings"]
 
@@ -63,6 +64,9 @@ class Settings:
     client_id: str = "consent-stream"
     http_port: int = 6066
     data_dir: str = ".stack/worker"
+    topic_namespace: str = ""
+    app_id: str = "consent-stream"
+    redis_prefix: str = "cs"
     subject_key: Secret = field(default_factory=lambda: Secret(_DEV_KEY))
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -79,19 +83,26 @@ class Settings:
             if key.startswith(ENV_PREFIX + "KAFKA_")
         }
         return cls(
-            bootstrap_servers=get("BOOTSTRAP_SERVERS", cls.bootstrap_servers),
-            redis_url=get("REDIS_URL", cls.redis_url),
+            bootstrap_servers=get("BOOTSTRAP_SERVERS", _DEFAULT.bootstrap_servers),
+            redis_url=get("REDIS_URL", _DEFAULT.redis_url),
             schema_registry_url=env.get(ENV_PREFIX + "SCHEMA_REGISTRY_URL") or None,
             policy_path=env.get(ENV_PREFIX + "POLICY") or None,
-            partitions=_int(env, "PARTITIONS", cls.partitions),
-            replication_factor=_int(env, "REPLICATION_FACTOR", cls.replication_factor),
-            max_record_bytes=_int(env, "MAX_RECORD_BYTES", cls.max_record_bytes),
-            client_id=get("CLIENT_ID", cls.client_id),
-            http_port=_int(env, "HTTP_PORT", cls.http_port),
-            data_dir=get("DATA_DIR", cls.data_dir),
+            partitions=_int(env, "PARTITIONS", _DEFAULT.partitions),
+            replication_factor=_int(env, "REPLICATION_FACTOR", _DEFAULT.replication_factor),
+            max_record_bytes=_int(env, "MAX_RECORD_BYTES", _DEFAULT.max_record_bytes),
+            client_id=get("CLIENT_ID", _DEFAULT.client_id),
+            http_port=_int(env, "HTTP_PORT", _DEFAULT.http_port),
+            data_dir=get("DATA_DIR", _DEFAULT.data_dir),
+            topic_namespace=get("TOPIC_NAMESPACE", ""),
+            app_id=get("APP_ID", _DEFAULT.app_id),
+            redis_prefix=get("REDIS_PREFIX", _DEFAULT.redis_prefix),
             subject_key=Secret(get("SUBJECT_KEY", _DEV_KEY)),
             kafka_extra=extra,
         )
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_namespace)
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -135,3 +146,6 @@ class Settings:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         return SchemaRegistryClient.new_client({"url": self.schema_registry_url})
+
+
+_DEFAULT = Settings()

@@ -14,12 +14,10 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from schemas.cloudevents import header_map
-from schemas.partner import acks_topic
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.ledger_processor import LedgerProcessor
 from streams.processor import EventProcessor, Inbound
-from streams.topics import EVENTS_TOPIC, LEDGER_TOPIC
 
 __all__ = ["WorkerParts", "create_app"]
 
@@ -54,11 +52,11 @@ def _raw_topic(
     )
 
 
-def create_app(settings: Settings, policy: Policy, app_id: str = "consent-stream") -> faust.App:
+def create_app(settings: Settings) -> faust.App:
     """The Faust app with its settings; agents are attached by ``attach_agents``."""
     brokers = [f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
     return faust.App(
-        app_id,
+        settings.app_id,
         broker=brokers,
         store="memory://",
         topic_partitions=settings.partitions,
@@ -79,10 +77,11 @@ def create_app(settings: Settings, policy: Policy, app_id: str = "consent-stream
 
 
 def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: WorkerParts) -> None:
-    events = _raw_topic(app, EVENTS_TOPIC)
-    acks = _raw_topic(app, *[acks_topic(p) for p in sorted(policy.partners)])
-    ledger = _raw_topic(app, LEDGER_TOPIC, internal=True, partitions=settings.partitions)
-    raw = faust.Schema(
+    names = settings.topics
+    events = _raw_topic(app, names.events)
+    acks = _raw_topic(app, *[names.acks(p) for p in sorted(policy.partners)])
+    ledger = _raw_topic(app, names.ledger, internal=True, partitions=settings.partitions)
+    raw: Any = faust.Schema(
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     subjects = app.Table("consent-subjects", partitions=settings.partitions, schema=raw)

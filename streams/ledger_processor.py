@@ -15,6 +15,7 @@ from schemas.errors import ContractError
 from schemas.partner import PartnerAcknowledgement
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
+from schemas.topics import TopicNames
 from schemas.views import FINAL_REQUEST_STATES, OutcomeStatus
 from streams.ledger import (
     AckOutcome,
@@ -40,17 +41,10 @@ from streams.ledger_codec import (
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.request_views import AsyncRequestViews
-from streams.topics import LEDGER_TOPIC, REQUESTS_TOPIC
 
-__all__ = ["LedgerProcessor", "partner_of_acks_topic"]
+__all__ = ["LedgerProcessor"]
 
 log = logging.getLogger(__name__)
-
-
-def partner_of_acks_topic(topic: str) -> str:
-    """``partner.<p>.acks.v1`` -> ``<p>``."""
-    parts = topic.split(".")
-    return ".".join(parts[1:-2]) if len(parts) >= 4 else topic
 
 
 class LedgerProcessor:
@@ -61,17 +55,19 @@ class LedgerProcessor:
         sender: RecordSender,
         views: AsyncRequestViews,
         metrics: StreamMetrics,
+        topics: TopicNames,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy, self._serde, self._sender = policy, serde, sender
         self._views, self._metrics, self._clock = views, metrics, clock
+        self._topics = topics
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
     async def forward_ack(self, key: bytes | None, value: bytes, topic: str) -> bool:
         """An acknowledgement from a partner's topic, into the ledger under its key."""
-        partner = partner_of_acks_topic(topic)
+        partner = self._topics.partner_of_acks(topic) or topic
         try:
             ack = self._serde.decode_as(value, PartnerAcknowledgement, topic)
         except ContractError as exc:
@@ -80,7 +76,9 @@ class LedgerProcessor:
             return False
         entry = AckEntry(partner, ack, self._now())
         ticket_key = key or ack.instruction_id.encode()
-        fut = await self._sender.outbox.send(LEDGER_TOPIC, ticket_key, encode_entry(entry), [])
+        fut = await self._sender.outbox.send(
+            self._topics.ledger, ticket_key, encode_entry(entry), []
+        )
         await fut
         return True
 
@@ -134,7 +132,7 @@ class LedgerProcessor:
         if status is None:
             return
         await self._views.put(status)
-        fut = await self._sender.send_object(REQUESTS_TOPIC, status.request_id, status)
+        fut = await self._sender.send_object(self._topics.requests, status.request_id, status)
         await fut
         was_final = before is not None and before.status in FINAL_REQUEST_STATES
         if status.status in FINAL_REQUEST_STATES and not was_final:
@@ -168,7 +166,9 @@ class LedgerProcessor:
 
     async def request_sweeps(self, keys: list[bytes]) -> None:
         entry = encode_entry(SweepEntry(self._now()))
-        await _wait([await self._sender.outbox.send(LEDGER_TOPIC, k, entry, []) for k in keys])
+        await _wait(
+            [await self._sender.outbox.send(self._topics.ledger, k, entry, []) for k in keys]
+        )
 
 
 async def _wait(futures: list[Any]) -> None:

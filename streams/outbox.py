@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from schemas.cloudevents import Headers, ce_headers
-from schemas.partner import PartnerInstruction, instructions_topic
+from schemas.partner import PartnerInstruction
 from schemas.records import Contracted
 from schemas.serde import AvroSerde
+from schemas.topics import TopicNames
 
 __all__ = ["FaustOutbox", "Outbox", "RecordSender", "instruction_headers"]
 
@@ -58,8 +59,11 @@ def instruction_headers(ins: PartnerInstruction, data_schema: str) -> Headers:
 class RecordSender:
     """Encodes contract objects and sends them; the one place topics meet the serde."""
 
-    def __init__(self, outbox: Outbox, serde: AvroSerde, data_schema: str) -> None:
+    def __init__(
+        self, outbox: Outbox, serde: AvroSerde, data_schema: str, topics: TopicNames
+    ) -> None:
         self.outbox = outbox
+        self._topics = topics
         self._serde = serde
         self._schema = data_schema
 
@@ -74,7 +78,7 @@ class RecordSender:
     ) -> list[Awaitable[Any]]:
         return [
             await self.send_object(
-                instructions_topic(ins.partner),
+                self._topics.instructions(ins.partner),
                 ins.subject_ref,
                 ins,
                 instruction_headers(ins, self._schema),

@@ -20,6 +20,7 @@ from schemas.events import ConsentEvent
 from schemas.partner import PartnerInstruction
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
+from schemas.topics import TopicNames
 from schemas.validation import validate_event
 from streams.deadletter import DeadLetter, deadletter_headers
 from streams.decisions import Decision, Outcome, decide
@@ -29,7 +30,6 @@ from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState, state_from_json, state_to_json, to_consent_state
-from streams.topics import DEADLETTER_TOPIC, LEDGER_TOPIC, STATE_TOPIC
 
 __all__ = ["EventProcessor", "Inbound"]
 
@@ -59,10 +59,12 @@ class EventProcessor:
         sender: RecordSender,
         store: Any,
         metrics: StreamMetrics,
+        topics: TopicNames,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy, self._pseudonyms, self._serde = policy, pseudonyms, serde
         self._sender, self._store, self._metrics, self._clock = sender, store, metrics, clock
+        self._topics = topics
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
@@ -100,7 +102,7 @@ class EventProcessor:
         dl = DeadLetter(reason, error, record.topic, record.partition, record.offset, self._now())
         headers = deadletter_headers(record.headers, dl)
         fut = await self._sender.outbox.send(
-            DEADLETTER_TOPIC, record.key or b"", record.value, headers
+            self._topics.deadletter, record.key or b"", record.value, headers
         )
         await fut
         self._metrics.deadletters.labels(reason).inc()
@@ -143,7 +145,9 @@ class EventProcessor:
         ]
 
     async def _ledger(self, key: str, entry: LedgerEntry) -> Awaitable[Any]:
-        return await self._sender.outbox.send(LEDGER_TOPIC, key.encode(), encode_entry(entry), [])
+        return await self._sender.outbox.send(
+            self._topics.ledger, key.encode(), encode_entry(entry), []
+        )
 
     def _observe_partner_hops(
         self, instructions: tuple[PartnerInstruction, ...], published: int | None
@@ -161,7 +165,7 @@ class EventProcessor:
         await self._write_store(view)
         if published is not None:
             self._metrics.publish_to_store.observe(max(0, self._now() - published) / 1000)
-        fut = await self._sender.send_object(STATE_TOPIC, state.subject_id, view)
+        fut = await self._sender.send_object(self._topics.state, state.subject_id, view)
         await fut
 
     async def _write_store(self, view: Any) -> None:

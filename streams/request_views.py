@@ -28,7 +28,7 @@ def status_from_json(text: str | bytes) -> RequestStatus:
 
 
 class AsyncRequestViews:
-    def __init__(self, redis: Any, prefix: str = "cs") -> None:
+    def __init__(self, redis: Any, prefix: str) -> None:
         self._redis, self._prefix = redis, prefix
 
     async def put(self, status: RequestStatus) -> None:
@@ -40,7 +40,7 @@ class AsyncRequestViews:
 
 
 class RequestViews:
-    def __init__(self, redis: Any, prefix: str = "cs") -> None:
+    def __init__(self, redis: Any, prefix: str) -> None:
         self._redis, self._prefix = redis, prefix
 
     def get(self, request_id: str) -> RequestStatus | None:

@@ -32,15 +32,15 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
     registry = CollectorRegistry()
     metrics = stream_metrics(registry)
     redis = make_async_redis(settings)
-    store = AsyncConsentStore(redis, policy, settings.subject_key)
-    views = AsyncRequestViews(redis)
+    store = AsyncConsentStore(redis, policy, settings.subject_key, settings.redis_prefix)
+    views = AsyncRequestViews(redis, settings.redis_prefix)
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     schema_ref = settings.schema_registry_url or CONSENT_EVENT.rsplit(".", 1)[0]
-    sender = RecordSender(FaustOutbox(app), serde, schema_ref)
+    sender = RecordSender(FaustOutbox(app), serde, schema_ref, settings.topics)
     pseudonyms = Pseudonyms(settings.subject_key)
     return WorkerParts(
-        events=EventProcessor(policy, pseudonyms, serde, sender, store, metrics),
-        ledger=LedgerProcessor(policy, serde, sender, views, metrics),
+        events=EventProcessor(policy, pseudonyms, serde, sender, store, metrics, settings.topics),
+        ledger=LedgerProcessor(policy, serde, sender, views, metrics, settings.topics),
         registry=registry,
         store=store,
         views=views,
@@ -49,7 +49,7 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
 
 
 def build_worker_app(settings: Settings, policy: Policy) -> faust.App:
-    app = create_app(settings, policy)
+    app = create_app(settings)
     parts = build_parts(app, settings, policy)
     attach_agents(app, settings, policy, parts)
     attach_views(app, parts)
