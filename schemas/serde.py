@@ -110,7 +110,10 @@ class AvroSerde:
 
     def encode(self, obj: Contracted, topic: str) -> bytes:
         name = contract_name_of(obj)
-        record = to_record(obj)
+        try:
+            record = to_record(obj)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise SchemaMismatchError(f"{name}: object does not fit the contract: {exc}") from exc
         if self._registry is not None:
             return self._encode_confluent(name, record, topic)
         return self.encode_single_object(contract(name), record)
