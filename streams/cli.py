@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
-from schemas.errors import ConsentStreamError
+from schemas.errors import ConfigurationError, ConsentStreamError
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings
 
@@ -39,6 +39,81 @@ def _worker(args: argparse.Namespace, settings: Settings, policy: Policy) -> int
     return run_worker(settings, policy, loglevel=str(args.log_level).lower())
 
 
+def _check(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.commands import run_check
+
+    return run_check(settings, policy, args.subject, args.purpose, sys.stdout)
+
+
+def _status(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.commands import run_status
+
+    return run_status(settings, args.request_id, sys.stdout)
+
+
+def _report(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.commands import run_report
+
+    return run_report(settings, args.request_id, args.json, sys.stdout)
+
+
+def _replay(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.commands import run_replay
+
+    return run_replay(settings, policy, args.partner, sys.stdout)
+
+
+def _rebuild_store(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from consumers.store_rebuild import run_rebuild_store
+
+    return run_rebuild_store(settings, policy, topic=settings.topics.state, out=sys.stdout)
+
+
+def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from consumers.simulated import run_partner
+
+    if args.name not in policy.partners:
+        raise ConfigurationError(f"partner {args.name!r} is not in the policy")
+    return run_partner(
+        settings,
+        args.name,
+        delay_ms=args.delay_ms,
+        failure_rate=args.failure_rate,
+        seed=args.seed,
+        state_dir=args.state_dir,
+        metrics_port=args.metrics_port,
+        instructions_topic=settings.topics.instructions(args.name),
+        acks_topic=settings.topics.acks(args.name),
+    )
+
+
+def _add_commands(sub: Any) -> None:
+    check = sub.add_parser("check", help="may SUBJECT be processed for PURPOSE? exit 0 yes, 1 no")
+    check.add_argument("subject")
+    check.add_argument("purpose")
+    check.set_defaults(handler=_check)
+    status = sub.add_parser("status", help="status of a deletion request")
+    status.add_argument("request_id")
+    status.set_defaults(handler=_status)
+    report = sub.add_parser("report", help="evidence of a deletion request (no personal data)")
+    report.add_argument("request_id")
+    report.add_argument("--json", action="store_true", help="JSON instead of text")
+    report.set_defaults(handler=_report)
+    replay = sub.add_parser("replay", help="send the current consent state to a (new) partner")
+    replay.add_argument("--partner", required=True)
+    replay.set_defaults(handler=_replay)
+    rebuild = sub.add_parser("rebuild-store", help="rebuild the Redis store from consent.state.v1")
+    rebuild.set_defaults(handler=_rebuild_store)
+    partner = sub.add_parser("partner", help="run a simulated partner (payment, logistics, ads...)")
+    partner.add_argument("--name", required=True)
+    partner.add_argument("--delay-ms", type=int, default=20, help="processing time per instruction")
+    partner.add_argument("--failure-rate", type=float, default=0.0, help="0..1, handler failures")
+    partner.add_argument("--seed", type=int, default=None)
+    partner.add_argument("--state-dir", default=".stack/partners", help="de-duplication state")
+    partner.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    partner.set_defaults(handler=_partner)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consent-stream", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -49,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     publish.set_defaults(handler=_publish)
     worker = sub.add_parser("worker", help="run a stream worker (Faust) with its HTTP API")
     worker.set_defaults(handler=_worker)
+    _add_commands(sub)
     return parser
 
 

@@ -132,6 +132,7 @@ def ticket_to_json(t: Ticket) -> bytes:
         "request": _opening(t.request),
         "status": t.status.value,
         "completed_at": t.completed_at,
+        "dispatched_at": t.dispatched_at,
         "overdue": t.overdue,
         "updated_at": t.updated_at,
         "instructions": [
@@ -152,6 +153,7 @@ def ticket_from_json(data: bytes) -> Ticket:
         request=_opening_from(doc["request"]),
         status=RequestState(doc["status"]),
         completed_at=doc["completed_at"],
+        dispatched_at=doc.get("dispatched_at"),
         overdue=doc["overdue"],
         updated_at=doc["updated_at"],
         instructions=tuple(
