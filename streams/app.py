@@ -81,11 +81,13 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     events = _raw_topic(app, names.events)
     acks = _raw_topic(app, *[names.acks(p) for p in sorted(policy.partners)])
     ledger = _raw_topic(app, names.ledger, internal=True, partitions=settings.partitions)
-    raw: Any = faust.Schema(
-        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    # bytes key and value types make Faust use the "raw" codec for the changelog too
+    subjects = app.Table(
+        "consent-subjects", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-    subjects = app.Table("consent-subjects", partitions=settings.partitions, schema=raw)
-    tickets = app.Table("consent-tickets", partitions=settings.partitions, schema=raw)
+    tickets = app.Table(
+        "consent-tickets", partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
 
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
