@@ -36,11 +36,10 @@ def attach_views(app: faust.App, parts: WorkerParts) -> None:
     @app.page("/consent/{subject_id}")
     async def consent(web: Any, request: Any, subject_id: str) -> Any:
         try:
-            known = await parts.redis.exists(parts.store.key(subject_id))
-            view = await parts.store.consent_view(subject_id) if known else None
-        except (StoreUnavailableError, RedisError, OSError) as exc:
-            return _error(web, 503, f"consent store unavailable: {type(exc).__name__}")
-        if view is None:
+            view = await parts.store.consent_view(subject_id)
+        except StoreUnavailableError as exc:
+            return _error(web, 503, str(exc))
+        if view.get("version") is None:
             return _error(web, 404, "unknown subject")
         return web.json(view)
 

@@ -1,0 +1,244 @@
+"""The consent store's layout and decisions, as plain functions over plain data.
+
+One Redis hash per subject, under a key that holds no raw subject id::
+
+    <prefix>:s:<first 32 hex of HMAC-SHA256(key_secret, subject_id)>
+
+    p:<purpose>                  "1" granted / "0" withdrawn (explicit decisions only)
+    perm:<device_id>:<perm>      event time (ms) of a revoked system permission
+    app:<app_id>                 event time (ms) of an authorized app's revoked access
+    v                            version of the applied ConsentState
+    closed                       account closure time (ms); then the hash holds only v, closed
+
+Both store clients (sync and asyncio) build their commands and read their answers here;
+``APPLY_STATE_LUA`` is the one versioned, closure-safe write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any, Final, Generic, TypeVar
+
+from schemas.errors import UnknownPurposeError
+from schemas.policy import Policy, Purpose
+from schemas.settings import Secret
+from schemas.views import ConsentState
+
+__all__ = [
+    "APPLY_STATE_LUA",
+    "APPLY_STATE_SHA",
+    "CLOSED_FIELD",
+    "VERSION_FIELD",
+    "ApplyOutcome",
+    "FieldsRead",
+    "Source",
+    "SubjectKeys",
+    "allowed_read",
+    "app_field",
+    "app_revoked_read",
+    "apply_args",
+    "decide",
+    "decide_allowed",
+    "permission_field",
+    "permission_revoked_read",
+    "purpose_field",
+    "purpose_of",
+    "state_fields",
+    "text",
+    "view_from_hash",
+]
+
+VERSION_FIELD: Final = "v"
+CLOSED_FIELD: Final = "closed"
+_KEY_HEX: Final = 32
+_LUA_HSET_CHUNK: Final = 2000  # field/value args per HSET inside the script (even)
+
+APPLY_STATE_LUA: Final = f"""
+-- KEYS[1] subject hash; ARGV[1] version; ARGV[2] "1" when the state closes the account;
+-- ARGV[3..] field/value pairs of the new hash (always includes v).
+local stored = redis.call('HMGET', KEYS[1], '{VERSION_FIELD}', '{CLOSED_FIELD}')
+if stored[1] and tonumber(stored[1]) >= tonumber(ARGV[1]) then return 0 end
+if stored[2] and ARGV[2] ~= '1' then return -1 end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, {_LUA_HSET_CHUNK} do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + {_LUA_HSET_CHUNK - 1}, #ARGV)))
+end
+return 1
+"""
+APPLY_STATE_SHA: Final = hashlib.sha1(APPLY_STATE_LUA.encode(), usedforsecurity=False).hexdigest()
+
+T = TypeVar("T")
+Raw = bytes | str | None
+
+
+class ApplyOutcome(IntEnum):
+    """What ``APPLY_STATE_LUA`` did (its integer reply)."""
+
+    REFUSED_CLOSED = -1  # a non-closed state for a closed subject: never re-opened
+    NOT_NEWER = 0  # version <= stored version: replay or redelivery, no change
+    APPLIED = 1
+
+
+class SubjectKeys:
+    """Derives the Redis key of a subject: a keyed hash, never the raw id."""
+
+    __slots__ = ("_mac", "prefix")
+
+    def __init__(self, key_secret: Secret, prefix: str) -> None:
+        self.prefix = prefix
+        self._mac = hmac.new(key_secret.reveal(), digestmod=hashlib.sha256)
+
+    def __call__(self, subject_id: str) -> str:
+        mac = self._mac.copy()
+        mac.update(subject_id.encode("utf-8"))
+        return f"{self.prefix}:s:{mac.hexdigest()[:_KEY_HEX]}"
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every subject key under this prefix."""
+        return f"{self.prefix}:s:*"
+
+
+def purpose_field(purpose: str) -> str:
+    return f"p:{purpose}"
+
+
+def permission_field(device_id: str, permission: str) -> str:
+    return f"perm:{device_id}:{permission}"
+
+
+def app_field(app_id: str) -> str:
+    return f"app:{app_id}"
+
+
+def text(value: Raw) -> str | None:
+    """A Redis reply value as text (clients may or may not decode responses)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def state_fields(state: ConsentState) -> dict[str, str]:
+    """The hash that represents ``state``; a closed account is only ``{v, closed}``."""
+    fields = {VERSION_FIELD: str(state.version)}
+    if state.account_closed_at is not None:
+        fields[CLOSED_FIELD] = str(state.account_closed_at)
+        return fields
+    for decision in state.purposes:
+        fields[purpose_field(decision.purpose)] = "1" if decision.granted else "0"
+    for rev in state.permissions:
+        if rev.app_id is not None:
+            fields[app_field(rev.app_id)] = str(rev.event_time)
+        elif rev.permission is not None:
+            fields[permission_field(rev.device_id or "", rev.permission)] = str(rev.event_time)
+    return fields
+
+
+def apply_args(state: ConsentState) -> list[str]:
+    """ARGV of ``APPLY_STATE_LUA`` for ``state``."""
+    args = [str(state.version), "1" if state.account_closed_at is not None else "0"]
+    for name, value in state_fields(state).items():
+        args += (name, value)
+    return args
+
+
+def purpose_of(policy: Policy, purpose: str) -> Purpose:
+    try:
+        return policy.purposes[purpose]
+    except KeyError:
+        raise UnknownPurposeError(f"unknown purpose {purpose!r}", field="purpose") from None
+
+
+class Source(StrEnum):
+    """Where an effective purpose value comes from."""
+
+    DEFAULT = "default"
+    EXPLICIT = "explicit"
+    CLOSED = "closed"
+
+
+def decide(purpose: Purpose, explicit: str | None, closed: str | None) -> tuple[bool, Source]:
+    """May the subject's data be processed for ``purpose``, and why?
+
+    Closed account: never. An explicit decision wins, except that a stored withdrawal of a
+    non-withdrawable purpose (which the policy rejects) is ignored. Else the policy default.
+    """
+    if closed is not None:
+        return False, Source.CLOSED
+    if explicit == "1":
+        return True, Source.EXPLICIT
+    if explicit == "0" and purpose.withdrawable:
+        return False, Source.EXPLICIT
+    return purpose.default_allowed, Source.DEFAULT
+
+
+def decide_allowed(purpose: Purpose, explicit: str | None, closed: str | None) -> bool:
+    return decide(purpose, explicit, closed)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldsRead(Generic[T]):
+    """One HMGET: the key, the fields, and how to turn the reply into the answer."""
+
+    key: str
+    fields: tuple[str, ...]
+    parse: Callable[[Sequence[Raw]], T]
+
+
+def allowed_read(policy: Policy, key: str, purpose: str) -> FieldsRead[bool]:
+    spec = purpose_of(policy, purpose)
+    return FieldsRead(
+        key,
+        (purpose_field(purpose), CLOSED_FIELD),
+        lambda raw: decide_allowed(spec, text(raw[0]), text(raw[1])),
+    )
+
+
+def _present_or_closed(raw: Sequence[Raw]) -> bool:
+    return raw[0] is not None or raw[1] is not None
+
+
+def permission_revoked_read(key: str, permission: str, device_id: str) -> FieldsRead[bool]:
+    """Revoked, or the account is closed (nothing may be processed any more)."""
+    return FieldsRead(
+        key, (permission_field(device_id, permission), CLOSED_FIELD), _present_or_closed
+    )
+
+
+def app_revoked_read(key: str, app_id: str) -> FieldsRead[bool]:
+    """Revoked, or the account is closed."""
+    return FieldsRead(key, (app_field(app_id), CLOSED_FIELD), _present_or_closed)
+
+
+def view_from_hash(policy: Policy, raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """The JSON-ready view of one subject's hash (HGETALL reply) under ``policy``."""
+    fields = {text(k) or "": text(v) or "" for k, v in raw.items()}
+    closed = fields.get(CLOSED_FIELD)
+    purposes = {}
+    for name, spec in policy.purposes.items():
+        allowed, source = decide(spec, fields.get(purpose_field(name)), closed)
+        purposes[name] = {
+            "allowed": allowed,
+            "default": source is Source.DEFAULT,
+            "source": source.value,
+        }
+    permissions, apps = [], []
+    for name, value in sorted(fields.items()):
+        if name.startswith("perm:"):
+            device_id, permission = name[len("perm:") :].rsplit(":", 1)
+            permissions.append(
+                {"device_id": device_id, "permission": permission, "revoked_at": int(value)}
+            )
+        elif name.startswith("app:"):
+            apps.append({"app_id": name[len("app:") :], "revoked_at": int(value)})
+    version = fields.get(VERSION_FIELD)
+    return {
+        "version": int(version) if version is not None else None,
+        "closed": closed is not None,
+        "closed_at": int(closed) if closed is not None else None,
+        "purposes": purposes,
+        "revoked_permissions": permissions,
+        "revoked_apps": apps,
+    }
