@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from schemas.cloudevents import header_map
 from schemas.policy import Policy
 from schemas.settings import Settings
+from streams import transport
 from streams.ledger_processor import LedgerProcessor
 from streams.processor import EventProcessor, Inbound
 
@@ -54,7 +55,8 @@ def _raw_topic(
 
 def create_app(settings: Settings) -> faust.App:
     """The Faust app with its settings; agents are attached by ``attach_agents``."""
-    brokers = [f"kafka://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
+    transport.register()
+    brokers = [f"{transport.SCHEME}://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
     return faust.App(
         settings.app_id,
         broker=brokers,
