@@ -146,6 +146,8 @@ class LedgerProcessor:
         pending: dict[str, int] = dict.fromkeys(self._policy.partners, 0)
         overdue: dict[str, int] = dict.fromkeys(self._policy.partners, 0)
         for raw in tickets:
+            if b'"PENDING"' not in raw and b'"RESTRICTED"' not in raw:
+                continue  # settled: nothing pending, no retention hold (cheap pre-filter)
             t = ticket_from_json(raw)
             if needs_sweep(t, now):
                 due.append(t.key.encode())
