@@ -31,6 +31,7 @@ __all__ = [
     "AckOutcome",
     "Ticket",
     "TrackedInstruction",
+    "answered_late",
     "apply_ack",
     "mark_dispatched",
     "needs_sweep",
@@ -68,6 +69,9 @@ class Ticket:
     status: RequestState = RequestState.RECEIVED
     dispatched_at: int | None = None
     completed_at: int | None = None
+    answered_at: int | None = None
+    """First time the request reached a final status (the answer of 四.(七)); never reset
+    when a retention follow-up reopens it."""
     overdue: bool = False
     updated_at: int = 0
 
@@ -84,10 +88,15 @@ class Ticket:
         return not any(t.pending or _awaits_follow_up(self, t) for t in self.instructions)
 
 
+_DELETION_ACTIONS = frozenset({InstructionAction.ERASE, InstructionAction.RESTRICT})
+
+
 def _track(
     ins: PartnerInstruction, refs_digest: str, follows: str | None = None
 ) -> TrackedInstruction:
-    keep = ins if ins.action is InstructionAction.RESTRICT else None
+    # deletion work keeps its references until answered: a RESTRICTED answer (to RESTRICT
+    # or to ERASE, e.g. backups kept until purged) needs them for the follow-up ERASE
+    keep = ins if ins.action in _DELETION_ACTIONS else None
     return TrackedInstruction(
         PartnerOutcome(
             partner=ins.partner,
@@ -118,7 +127,16 @@ def _derive(ticket: Ticket, now: int) -> Ticket:
         status = RequestState.COMPLETED
     final = status in FINAL_REQUEST_STATES
     completed_at = (ticket.completed_at or now) if final else None
-    return replace(ticket, status=status, completed_at=completed_at, updated_at=now)
+    answered_at = ticket.answered_at or (now if final else None)
+    return replace(
+        ticket, status=status, completed_at=completed_at, answered_at=answered_at, updated_at=now
+    )
+
+
+def answered_late(ticket: Ticket, now: int) -> bool:
+    """The request was (or still is) not answered by its deadline; sticky evidence."""
+    r = ticket.request
+    return r is not None and r.due_by < (ticket.answered_at or now)
 
 
 def open_ticket(
@@ -216,9 +234,8 @@ def sweep(ticket: Ticket, now: int, policy: Policy) -> tuple[Ticket, list[Partne
             sent = None  # the references now travel with the follow-up only
         items.append(TrackedInstruction(outcome, sent))
     ticket = replace(ticket, instructions=(*items, *added))
-    late = ticket.request is not None and now > ticket.request.due_by
     ticket = _derive(ticket, now)
-    return replace(ticket, overdue=late and ticket.status not in FINAL_REQUEST_STATES), follow_ups
+    return replace(ticket, overdue=answered_late(ticket, now)), follow_ups
 
 
 def needs_sweep(ticket: Ticket, now: int) -> bool:
@@ -230,7 +247,7 @@ def needs_sweep(ticket: Ticket, now: int) -> bool:
         if until is not None and until <= now and _awaits_follow_up(ticket, t):
             return True
     r = ticket.request
-    return r is not None and not ticket.overdue and now > r.due_by and not ticket.status_final
+    return r is not None and not ticket.overdue and answered_late(ticket, now)
 
 
 def request_status(ticket: Ticket, now: int) -> RequestStatus | None:

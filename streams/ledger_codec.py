@@ -133,6 +133,7 @@ def ticket_to_json(t: Ticket) -> bytes:
         "status": t.status.value,
         "completed_at": t.completed_at,
         "dispatched_at": t.dispatched_at,
+        "answered_at": t.answered_at,
         "overdue": t.overdue,
         "updated_at": t.updated_at,
         "instructions": [
@@ -154,6 +155,7 @@ def ticket_from_json(data: bytes) -> Ticket:
         status=RequestState(doc["status"]),
         completed_at=doc["completed_at"],
         dispatched_at=doc.get("dispatched_at"),
+        answered_at=doc.get("answered_at"),
         overdue=doc["overdue"],
         updated_at=doc["updated_at"],
         instructions=tuple(

@@ -20,6 +20,7 @@ from schemas.views import FINAL_REQUEST_STATES, OutcomeStatus
 from streams.ledger import (
     AckOutcome,
     Ticket,
+    answered_late,
     apply_ack,
     mark_dispatched,
     needs_sweep,
@@ -151,9 +152,9 @@ class LedgerProcessor:
             t = ticket_from_json(raw)
             if needs_sweep(t, now):
                 due.append(t.key.encode())
-            if t.request is not None and not t.status_final:
+            if t.request is not None and t.answered_at is None:
                 open_requests += 1
-                overdue_requests += int(t.overdue or now > t.request.due_by)
+                overdue_requests += int(answered_late(t, now))
             for i in t.instructions:
                 if i.outcome.status is OutcomeStatus.PENDING:
                     pending[i.outcome.partner] = pending.get(i.outcome.partner, 0) + 1
