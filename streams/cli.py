@@ -84,16 +84,18 @@ def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
         metrics_port=args.metrics_port,
         instructions_topic=settings.topics.instructions(args.name),
         acks_topic=settings.topics.acks(args.name),
-        **_retention_days(policy, args.name),
+        retention_days=_retention_days(policy, args.name),
     )
 
 
-def _retention_days(policy: Policy, partner: str) -> dict[str, int]:
+def _retention_days(policy: Policy, partner: str) -> int:
     """The partner-wide retention of the policy, for the simulated partner's answers."""
+    from consumers.simulated import RETENTION_DAYS
+
     rule = policy.partners[partner].retention
     if rule is None:
-        return {}
-    return {"retention_days": max(1, policy.retention[rule].duration_ms // 86_400_000)}
+        return RETENTION_DAYS
+    return max(1, policy.retention[rule].duration_ms // 86_400_000)
 
 
 def _add_commands(sub: Any) -> None:
