@@ -56,13 +56,13 @@ def ce_headers(
 
 
 def header_map(
-    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes] | None,
+    headers: Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None,
 ) -> dict[str, bytes]:
     """Headers as a dict (last value wins), whatever shape the client handed them in."""
     if headers is None:
         return {}
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: (v or b"") for k, v in items}
+    return {k: (v.encode() if isinstance(v, str) else (v or b"")) for k, v in items}
 
 
 def published_at_ms(headers: Mapping[str, bytes]) -> int | None:

@@ -92,7 +92,7 @@ def event_from_json(obj: Any) -> ConsentEvent:
 
 def parse_event_line(line: str) -> ConsentEvent:
     try:
-        obj = json.loads(line)
+        obj = json.loads(line.strip())
     except json.JSONDecodeError as exc:
         raise ValidationError(
             f"not JSON: {exc.msg} at column {exc.colno}", reason="not_json"

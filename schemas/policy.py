@@ -138,6 +138,15 @@ class _Reader:
                 raise PolicyError(f"{self.path(name)}[{i}]", f"unknown {what} {item!r}")
         return frozenset(value)
 
+    def only(self, *allowed: str) -> _Reader:
+        """Reject keys this table does not define (a typo must not pass silently)."""
+        for name in self.raw:
+            if name not in allowed:
+                raise PolicyError(
+                    self.path(name), f"unknown key; expected one of {', '.join(allowed)}"
+                )
+        return self
+
     def names(self) -> list[str]:
         for name in self.raw:
             if not _ID.match(name):
@@ -148,7 +157,7 @@ class _Reader:
 def _purposes(r: _Reader) -> dict[str, Purpose]:
     out = {}
     for name in r.names():
-        p = r.table(name)
+        p = r.table(name).only("default", "withdrawable", "sensitive", "section", "description")
         default = p.string("default")
         if default not in ("opt_in", "opt_out"):
             raise PolicyError(p.path("default"), f"must be 'opt_in' or 'opt_out', not {default!r}")
@@ -168,7 +177,7 @@ def _purposes(r: _Reader) -> dict[str, Purpose]:
 def _retention(r: _Reader, categories: frozenset[str]) -> dict[str, RetentionRule]:
     out = {}
     for name in r.names():
-        t = r.table(name)
+        t = r.table(name).only("categories", "duration", "starts", "basis")
         starts = t.string("starts", "transaction_completed")
         if starts != "transaction_completed":
             raise PolicyError(t.path("starts"), f"unknown start {starts!r}")
@@ -201,7 +210,15 @@ def _deadlines(
 def _partners(r: _Reader, policy: dict[str, Any]) -> dict[str, Partner]:
     out = {}
     for name in r.names():
-        t = r.table(name)
+        t = r.table(name).only(
+            "description",
+            "receives",
+            "purposes",
+            "holds_identity",
+            "retention",
+            "apps",
+            "deadlines",
+        )
         retention = t.raw.get("retention")
         if retention is not None and retention not in policy["retention"]:
             raise PolicyError(t.path("retention"), f"unknown retention rule {retention!r}")
@@ -222,7 +239,7 @@ def _partners(r: _Reader, policy: dict[str, Any]) -> dict[str, Partner]:
 
 def parse_policy(raw: Mapping[str, Any]) -> Policy:
     r = _Reader(raw)
-    deadlines = r.table("deadlines")
+    deadlines = r.table("deadlines").only("request_answer", "actions")
     parts: dict[str, Any] = {
         "purposes": _purposes(r.table("purposes")),
         "categories": frozenset(r.table("categories").names()),
@@ -230,7 +247,7 @@ def parse_policy(raw: Mapping[str, Any]) -> Policy:
     }
     parts["retention"] = _retention(r.table("retention", required=False), parts["categories"])
     partners = _partners(r.table("partners"), parts)
-    return Policy(
+    policy = Policy(
         version=r.string("version"),
         notice_version=r.string("notice_version"),
         request_answer_ms=parse_duration_ms(
@@ -242,6 +259,17 @@ def parse_policy(raw: Mapping[str, Any]) -> Policy:
         retention=MappingProxyType(parts["retention"]),
         partners=MappingProxyType(partners),
     )
+    r.only(
+        "version",
+        "notice_version",
+        "deadlines",
+        "purposes",
+        "permissions",
+        "categories",
+        "retention",
+        "partners",
+    )
+    return policy
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

@@ -3,6 +3,7 @@ file fails at start-up with a ``PolicyError`` naming the offending key."""
 
 from __future__ import annotations
 
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -342,3 +343,29 @@ def test_a_partner_added_by_configuration_only(tmp_path: Path) -> None:
     assert policy.partners_processing("marketing_sms") == ("crm",)
     assert policy.deadline_ms("crm", InstructionAction.ERASE) == 3 * DAY_MS
     assert policy.deadline_ms("crm", InstructionAction.RESTRICT) == 7 * DAY_MS
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        (
+            'withdrawable = false\nsection = "二.(三)"',
+            'withdrawble = false\nsection = "二.(三)"',
+            "purposes.order_fulfilment.withdrawble",
+        ),
+        ("holds_identity = true", "holds_identty = true", "partners.payment.holds_identty"),
+        ('duration = "1095d"', 'duraton = "1095d"', "retention.transaction_records.duraton"),
+        ('version = "2023-09-01.1"', 'version = "2023-09-01.1"\nversoin = "x"', "versoin"),
+    ],
+    ids=["purpose", "partner", "retention", "root"],
+)
+def test_a_misspelt_key_is_rejected_not_ignored(old: str, new: str, key: str) -> None:
+    from schemas.errors import PolicyError
+    from schemas.policy import parse_policy
+
+    text = (resources.files("schemas") / "policy" / "policy.v1.toml").read_text("utf-8")
+    assert old in text
+    with pytest.raises(PolicyError) as err:
+        parse_policy(tomllib.loads(text.replace(old, new, 1)))
+    assert err.value.key == key
+    assert "unknown key" in str(err.value)
