@@ -63,6 +63,7 @@ class Settings:
     max_record_bytes: int = 1_048_576
     client_id: str = "consent-stream"
     http_port: int = 6066
+    http_bind: str = "127.0.0.1"
     data_dir: str = ".stack/worker"
     topic_namespace: str = ""
     app_id: str = "consent-stream"
@@ -92,6 +93,7 @@ class Settings:
             max_record_bytes=_int(env, "MAX_RECORD_BYTES", _DEFAULT.max_record_bytes),
             client_id=get("CLIENT_ID", _DEFAULT.client_id),
             http_port=_int(env, "HTTP_PORT", _DEFAULT.http_port),
+            http_bind=get("HTTP_BIND", _DEFAULT.http_bind),
             data_dir=get("DATA_DIR", _DEFAULT.data_dir),
             topic_namespace=get("TOPIC_NAMESPACE", ""),
             app_id=get("APP_ID", _DEFAULT.app_id),

@@ -50,6 +50,10 @@ class TopicNames:
     def acks(self, partner: str) -> str:
         return self._name(f"partner.{partner}.acks.v1")
 
+    def partner_group(self, partner: str) -> str:
+        """Consumer group of a partner's consumer: ``partner.<p>`` (namespaced in tests)."""
+        return self._name(f"partner.{partner}")
+
     def partner_of_acks(self, topic: str) -> str | None:
         """``[ns.]partner.<p>.acks.v1`` -> ``<p>``; None for any other topic."""
         prefix, suffix = self._name("partner."), ".acks.v1"

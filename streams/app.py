@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_port=settings.http_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.http_bind,
         web_host="127.0.0.1",
         datadir=settings.data_dir,
         autodiscover=False,

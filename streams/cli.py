@@ -12,7 +12,7 @@ from schemas.errors import ConfigurationError, ConsentStreamError
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
         seed=args.seed,
         state_dir=args.state_dir,
         metrics_port=args.metrics_port,
+        group_id=settings.topics.partner_group(args.name),
         instructions_topic=settings.topics.instructions(args.name),
         acks_topic=settings.topics.acks(args.name),
         retention_days=_retention_days(policy, args.name),
@@ -123,9 +124,12 @@ def _add_commands(sub: Any) -> None:
     partner.add_argument("--state-dir", default=".stack/partners", help="de-duplication state")
     partner.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     partner.set_defaults(handler=_partner)
+    from streams.demo import add_demo_command
+
+    add_demo_command(sub)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consent-stream", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
