@@ -593,7 +593,7 @@ def test_unknown_ledger_entry_kind_is_refused() -> None:
 def test_an_erase_answered_restricted_is_followed_up_when_its_hold_ends() -> None:
     later = RETAIN_UNTIL + 30 * DAY
     t = answered(dispatched(), (PAYMENT, DONE), (LOG_RESTRICT, DONE), (LOG_ERASE, DONE))
-    t, outcome = apply_ack(t, ack(ADS, RESTRICTED, retain_until=later), "ads", NOW + HOUR)
+    t, _ = apply_ack(t, ack(ADS, RESTRICTED, retain_until=later), "ads", NOW + HOUR)
     assert t is not None
     assert t.status.value == "COMPLETED_WITH_RESTRICTIONS"
     assert sweep(t, later - 1, POLICY)[1] == []
