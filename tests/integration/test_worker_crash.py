@@ -1,0 +1,295 @@
+"""Nothing lost through a worker crash: SIGKILL mid-stream, restart, compare every effect.
+
+A few thousand events over ~300 subjects are published while the worker runs; the worker
+is killed (SIGKILL, by its pid) after it processed some but not all of them, restarted,
+and then every accepted event is checked against its effects. The expected effects come
+from replaying the same events, per subject in publish order, through the pure
+``streams.decisions.decide`` with the same policy and key: the final consent store hash
+of every subject, every instruction id (deterministic per event) on the partner topics,
+and a status on consent.requests.v1 for every deletion request. Duplicates on partner
+topics are allowed (at-least-once); a missing effect is not.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+
+from consumers.consent_store import ConsentStore, make_redis
+from consumers.store_layout import state_fields, text
+from producers.publisher import ConsentPublisher, DeliveryReceipt
+from schemas.errors import PublishError
+from schemas.events import ConsentEvent, DeletionRequested
+from schemas.policy import Policy
+from schemas.settings import Settings
+from streams.decisions import Outcome, decide
+from streams.fanout import FanOut
+from streams.pseudonyms import Pseudonyms
+from streams.subject import SubjectState, to_consent_state
+
+from .processes import (
+    TopicRecord,
+    WorkerFactory,
+    WorkerProcess,
+    app_revoked,
+    consent_changed,
+    data_shared,
+    deletion_requested,
+    now_ms,
+    permission_revoked,
+    poll_until,
+    read_all,
+    read_until,
+)
+from .processes import worker_factory as worker_factory
+
+pytestmark = pytest.mark.integration
+
+SUBJECTS = 300
+EVENTS = 3000
+SEED = 20230901
+KILL_AFTER_FRACTION = 0.25
+CATCH_UP_TIMEOUT_S = 150.0
+DAY_MS = 86_400_000
+PURPOSES = ("personalized_ads", "ads_analytics", "research_sharing", "marketing_sms")
+APPS = ("carrier-tracking", "ads-insights", "partner-less-app")
+
+
+@dataclass
+class Workload:
+    """The events in publish order (per subject: its event order)."""
+
+    events: list[ConsentEvent] = field(default_factory=list)
+
+    def by_subject(self) -> dict[str, list[ConsentEvent]]:
+        out: dict[str, list[ConsentEvent]] = defaultdict(list)
+        for e in self.events:
+            out[e.subject_id].append(e)
+        return out
+
+
+def _shared(rng: random.Random, policy: Policy, subject: str, at: int) -> ConsentEvent:
+    partner = rng.choice(sorted(policy.partners))
+    receives = sorted(policy.partners[partner].receives)
+    categories = tuple(rng.sample(receives, rng.randint(1, len(receives))))
+    refs = {f"{partner}_ref": f"{partner[:3].upper()}-{rng.randrange(10**6)}"}
+    completed = None
+    if partner in ("payment", "logistics") and rng.random() < 0.7:
+        # mostly recent transactions (RESTRICT), some older than the 3-year retention (ERASE)
+        age_days = rng.choice((2, 30, 400, 1200))
+        completed = at - age_days * DAY_MS
+    return data_shared(subject, partner, categories, refs, transaction_completed_at=completed)
+
+
+def _deletion(rng: random.Random, policy: Policy, subject: str) -> ConsentEvent:
+    if rng.random() < 0.4:
+        return deletion_requested(subject)
+    categories = tuple(rng.sample(sorted(policy.categories), rng.randint(1, 3)))
+    return deletion_requested(subject, categories=categories)
+
+
+def _one(rng: random.Random, policy: Policy, subject: str, at: int) -> ConsentEvent:
+    roll = rng.random()
+    if roll < 0.35:
+        ev = _shared(rng, policy, subject, at)
+    elif roll < 0.75:
+        ev = consent_changed(subject, rng.choice(PURPOSES), granted=rng.random() < 0.5)
+    elif roll < 0.85:
+        ev = app_revoked(subject, rng.choice(APPS))
+    elif roll < 0.93:
+        ev = permission_revoked(subject, rng.choice(("camera", "location")), "device-1")
+    else:
+        ev = _deletion(rng, policy, subject)
+    return ev
+
+
+def make_workload(policy: Policy, subjects: int, events: int, seed: int) -> Workload:
+    rng = random.Random(seed)
+    ids = [f"crash-{uuid.uuid4().hex[:12]}@example.com" for _ in range(subjects)]
+    clock = dict.fromkeys(ids, now_ms() - 3_600_000)
+    out = Workload()
+    for _ in range(events):
+        subject = rng.choice(ids)
+        clock[subject] += rng.randint(1, 1000)
+        at = clock[subject]
+        if rng.random() < 0.05:
+            at -= rng.randint(1000, 5000)  # some arrive out of event-time order
+        ev = _one(rng, policy, subject, at)
+        out.events.append(ConsentEvent(ev.event_id, subject, at, ev.source, ev.payload))
+    return out
+
+
+@dataclass
+class Expected:
+    store: dict[str, dict[str, str]]  # subject -> hash fields ({} when never written)
+    instructions: dict[str, set[str]]  # partner -> instruction ids
+    requests: set[str]
+    closed: set[str]
+    outcomes: Counter[str]
+
+
+def expected_effects(workload: Workload, policy: Policy, settings: Settings) -> Expected:
+    fan = FanOut(policy, Pseudonyms(settings.subject_key), now_ms())
+    store: dict[str, dict[str, str]] = {}
+    instructions: dict[str, set[str]] = defaultdict(set)
+    requests: set[str] = set()
+    outcomes: Counter[str] = Counter()
+    closed: set[str] = set()
+    for subject, events in workload.by_subject().items():
+        state = SubjectState(subject)
+        store[subject] = {}
+        for ev in events:
+            d = decide(state, ev, fan)
+            outcomes[d.outcome.value] += 1
+            state = d.state
+            if d.outcome is not Outcome.APPLIED:
+                continue
+            for ins in d.instructions:
+                instructions[ins.partner].add(ins.instruction_id)
+            if isinstance(ev.payload, DeletionRequested):
+                requests.add(ev.payload.request_id)
+            if d.consent_changed:
+                store[subject] = state_fields(to_consent_state(state, 0))
+        if state.closed_at is not None:
+            closed.add(subject)
+    return Expected(store, dict(instructions), requests, closed, outcomes)
+
+
+class BackgroundPublisher:
+    """Publishes the workload from a thread (``publish_async``), recording receipts."""
+
+    def __init__(self, settings: Settings, policy: Policy, events: list[ConsentEvent]) -> None:
+        self._settings, self._policy, self._events = settings, policy, events
+        self.receipts: list[DeliveryReceipt] = []
+        self.errors: list[PublishError] = []
+        self._thread = threading.Thread(target=self._run, name="crash-publisher", daemon=True)
+
+    def _delivered(self, receipt: DeliveryReceipt | None, err: PublishError | None) -> None:
+        if receipt is not None:
+            self.receipts.append(receipt)
+        if err is not None:
+            self.errors.append(err)
+
+    def _run(self) -> None:
+        with ConsentPublisher(self._settings, self._policy) as publisher:
+            for i, ev in enumerate(self._events):
+                publisher.publish_async(ev, self._delivered)
+                if i % 100 == 99:
+                    publisher.poll(0.02)  # a steady stream rather than one burst
+            publisher.flush(60)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the publisher did not finish"
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: WorkerFactory) -> WorkerProcess:
+    # Faust's default session timeout (60 s) keeps the killed member's partitions
+    # unassigned that long after a crash; the test worker uses 10 s (Faust reads it from
+    # the environment).
+    return worker_factory(env={"BROKER_SESSION_TIMEOUT": "10"})
+
+
+@pytest.fixture(scope="module")
+def redis_client(worker: WorkerProcess) -> Iterator[redis.Redis]:
+    client = make_redis(worker.settings)
+    yield client
+    client.close()
+
+
+def store_mismatches(
+    client: redis.Redis, store: ConsentStore, expected: dict[str, dict[str, str]]
+) -> list[str]:
+    subjects = sorted(expected)
+    with client.pipeline(transaction=False) as pipe:
+        for subject in subjects:
+            pipe.hgetall(store.key(subject))
+        hashes: list[dict[Any, Any]] = pipe.execute()
+    diffs = []
+    for subject, raw in zip(subjects, hashes, strict=True):
+        actual = {text(k) or "": text(v) or "" for k, v in raw.items()}
+        if actual != expected[subject]:
+            diffs.append(f"{store.key(subject)}: expected {expected[subject]}, got {actual}")
+    return diffs
+
+
+def ids_on(records: list[TopicRecord]) -> Counter[str]:
+    return Counter(r.obj.instruction_id for r in records)
+
+
+def test_sigkill_mid_stream_loses_no_effect(
+    worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    settings, policy = worker.settings, worker.policy
+    workload = make_workload(policy, SUBJECTS, EVENTS, SEED)
+    expected = expected_effects(workload, policy, settings)
+    assert expected.outcomes["applied"] > EVENTS * 0.8
+    assert expected.closed and expected.requests and len(expected.instructions) == 4
+    store = ConsentStore(redis_client, policy, settings.subject_key, settings.redis_prefix)
+    processed_before = worker.metric("consent_events_total")  # the readiness probe
+    publisher = BackgroundPublisher(settings, policy, workload.events)
+
+    publisher.start()
+    kill_at = processed_before + int(EVENTS * KILL_AFTER_FRACTION)
+    processed = worker.poll(
+        lambda: (n := worker.metric("consent_events_total")) >= kill_at and n,
+        60.0,
+        f"{kill_at:.0f} events processed before the kill",
+        interval_s=0.02,
+    )
+    worker.kill()
+    publisher.join(60.0)
+    started = time.monotonic()
+    worker.start()
+    worker.wait_ready(CATCH_UP_TIMEOUT_S)
+
+    assert publisher.errors == []
+    assert len(publisher.receipts) == EVENTS  # every event was accepted
+    assert processed - processed_before < EVENTS, "the kill came after the end of the stream"
+    remaining = max(10.0, CATCH_UP_TIMEOUT_S - (time.monotonic() - started))
+    poll_until(
+        lambda: not store_mismatches(redis_client, store, expected.store),
+        remaining,
+        "the consent store to reach the expected state of every subject",
+        interval_s=0.5,
+        explain=lambda: (
+            "\n".join(store_mismatches(redis_client, store, expected.store)[:10])
+            + f"\n{worker.describe()}"
+        ),
+    )
+    for subject in expected.closed:
+        assert store.is_allowed(subject, "personalized_ads") is False
+    for partner, ids in sorted(expected.instructions.items()):
+        records = read_until(
+            settings,
+            settings.topics.instructions(partner),
+            lambda rs, ids=ids: ids <= set(ids_on(rs)),  # type: ignore[misc]
+            timeout_s=60.0,
+            what=f"every expected instruction id for {partner} ({len(ids)})",
+            explain=worker.describe,
+        )
+        unexpected = set(ids_on(records)) - ids
+        assert not unexpected, f"{partner}: instructions no event implies: {unexpected}"
+    statuses = read_until(
+        settings,
+        settings.topics.requests,
+        lambda rs: expected.requests <= {(r.key or b"").decode() for r in rs},
+        timeout_s=60.0,
+        what=f"a status for each of the {len(expected.requests)} deletion requests",
+        explain=worker.describe,
+    )
+    assert {r.obj.request_id for r in statuses} == expected.requests
+    assert read_all(settings, settings.topics.deadletter, decode=False) == []

@@ -1,0 +1,153 @@
+"""Bad input reaches the dead-letter topic with its original bytes and the reason, and
+the worker goes on with the next good event (never a stalled consumer).
+
+One worker for the module, under its own uuid namespace (see ``processes.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from consumers.consent_store import ConsentStore, make_redis
+from schemas.events import ConsentChanged, ConsentDecision
+from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde
+from schemas.settings import Settings
+
+from .processes import (
+    TopicRecord,
+    WorkerFactory,
+    WorkerProcess,
+    consent_changed,
+    event,
+    new_subject,
+    read_until,
+)
+from .processes import worker_factory as worker_factory
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 30.0
+MAX_RECORD_BYTES = 4096
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: WorkerFactory) -> WorkerProcess:
+    return worker_factory(env={"CONSENT_STREAM_MAX_RECORD_BYTES": str(MAX_RECORD_BYTES)})
+
+
+@dataclass(frozen=True)
+class Sent:
+    name: str
+    reason: str
+    key: bytes
+    value: bytes
+    partition: int = -1
+    offset: int = -1
+
+
+def produce(settings: Settings, records: list[Sent]) -> list[Sent]:
+    """Produce raw records in order; returns them with their partition and offset."""
+    producer = Producer(settings.producer_config())
+    placed: dict[int, tuple[int, int]] = {}
+    for i, rec in enumerate(records):
+
+        def delivered(err: Any, msg: Any, i: int = i) -> None:
+            assert err is None, err
+            placed[i] = (msg.partition(), msg.offset())
+
+        producer.produce(
+            settings.topics.events,
+            key=rec.key,
+            value=rec.value,
+            headers=[("x-test-origin", rec.name.encode())],
+            on_delivery=delivered,
+        )
+    assert producer.flush(30) == 0
+    return [replace(r, partition=placed[i][0], offset=placed[i][1]) for i, r in enumerate(records)]
+
+
+def source(record: TopicRecord) -> tuple[int, int]:
+    h = record.headers
+    return int(h["cs_dlq_source_partition"]), int(h["cs_dlq_source_offset"])
+
+
+def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
+    worker: WorkerProcess,
+) -> None:
+    settings = worker.settings
+    topic = settings.topics.events
+    serde = AvroSerde()
+    subject = new_subject()
+    key = subject.encode()
+    valid = serde.encode(consent_changed(subject, "personalized_ads", granted=False), topic)
+    withdrawal = ConsentChanged("mind_reading", ConsentDecision.WITHDRAWN, "2023-09-01", "app")
+    unknown_purpose = event(subject, withdrawal)  # the publisher would refuse it
+    bad = [
+        Sent("not-avro", "unknown_schema", key, b"this is not an Avro record"),
+        Sent(
+            "unknown-fingerprint",
+            "unknown_schema",
+            key,
+            SINGLE_OBJECT_MAGIC + bytes.fromhex("0123456789abcdef") + valid[10:],
+        ),
+        Sent("unknown-purpose", "unknown_purpose", key, serde.encode(unknown_purpose, topic)),
+        Sent(
+            "not-withdrawable",
+            "not_withdrawable",
+            key,
+            serde.encode(consent_changed(subject, "payment", granted=False), topic),
+        ),
+        Sent("truncated", "truncated", key, valid[:-7]),
+        Sent("oversized", "oversized", key, valid + b"\0" * MAX_RECORD_BYTES),
+        Sent("key-mismatch", "key_mismatch", b"someone-else@example.com", valid),
+    ]
+    good = consent_changed(subject, "personalized_ads", granted=False)
+    before = worker.metrics()
+    client = make_redis(settings)
+    store = ConsentStore(client, worker.policy, settings.subject_key, settings.redis_prefix)
+    assert store.is_allowed(subject, "personalized_ads") is True
+
+    sent = produce(settings, [*bad, Sent("good", "", key, serde.encode(good, topic))])
+
+    try:
+        worker.poll(
+            lambda: not store.is_allowed(subject, "personalized_ads"),
+            TIMEOUT_S,
+            "the good event after the bad ones",
+        )
+    finally:
+        client.close()
+    wanted = {(s.partition, s.offset): s for s in sent[:-1]}
+    records = read_until(
+        settings,
+        settings.topics.deadletter,
+        lambda rs: set(wanted) <= {source(r) for r in rs},
+        timeout_s=TIMEOUT_S,
+        what="every bad record on the dead-letter topic",
+        decode=False,
+        explain=worker.describe,
+    )
+    by_source = {source(r): r for r in records}
+    assert len(records) == len(bad)  # the good event is not there
+    for position, s in wanted.items():
+        dl = by_source[position]
+        h = dl.headers
+        assert dl.key == s.key, s.name
+        assert dl.value == s.value, s.name
+        assert h["cs_dlq_reason"].decode() == s.reason, (s.name, h["cs_dlq_error"])
+        assert h["cs_dlq_source_topic"].decode() == topic
+        assert h["cs_dlq_error"], s.name
+        assert int(h["cs_dlq_failed_at"]) > 0
+        assert h["x-test-origin"] == s.name.encode()  # original headers are kept
+    after = worker.metrics()
+    for reason in {s.reason for s in bad}:
+        count = sum(1 for s in bad if s.reason == reason)
+        was = before.value("consent_deadletters_total", reason=reason)
+        assert after.value("consent_deadletters_total", reason=reason) == was + count, reason
+    assert after.value("consent_events_total", type="consent.changed", outcome="applied") == (
+        before.value("consent_events_total", type="consent.changed", outcome="applied") + 1
+    )

@@ -1,0 +1,322 @@
+"""The worker on deletion requests: fan-out to the partners that hold the data, the
+request lifecycle driven by acknowledgements, and the evidence on consent.requests.v1.
+
+One worker for the module, under its own uuid namespace (see ``processes.py``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from consumers.consent_store import ConsentStore, make_redis
+from producers.publisher import ConsentPublisher
+from schemas.partner import (
+    AcknowledgementStatus,
+    InstructionAction,
+    PartnerAcknowledgement,
+    PartnerInstruction,
+)
+from schemas.serde import AvroSerde
+from schemas.settings import Settings
+from schemas.views import RequestState, RequestStatus
+from streams.pseudonyms import Pseudonyms, instruction_id
+
+from .processes import (
+    TopicRecord,
+    WorkerFactory,
+    WorkerProcess,
+    data_shared,
+    deletion_requested,
+    new_subject,
+    now_ms,
+    read_all,
+    read_until,
+)
+from .processes import worker_factory as worker_factory
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 30.0
+DAY_MS = 86_400_000
+RETENTION_MS = 1095 * DAY_MS  # transaction records: 3 years after the transaction
+IGNORED = "consent_acknowledgements_ignored_total"
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: WorkerFactory) -> WorkerProcess:
+    return worker_factory()
+
+
+@pytest.fixture(scope="module")
+def settings(worker: WorkerProcess) -> Settings:
+    return worker.settings
+
+
+@pytest.fixture(scope="module")
+def publisher(worker: WorkerProcess) -> Iterator[ConsentPublisher]:
+    with ConsentPublisher(worker.settings, worker.policy) as publisher:
+        yield publisher
+
+
+@pytest.fixture(scope="module")
+def redis_client(worker: WorkerProcess) -> Iterator[redis.Redis]:
+    client = make_redis(worker.settings)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def store(worker: WorkerProcess, redis_client: redis.Redis) -> ConsentStore:
+    s = worker.settings
+    return ConsentStore(redis_client, worker.policy, s.subject_key, s.redis_prefix)
+
+
+class Acks:
+    """Produces acknowledgements the way a partner does: key = the instruction's ack_key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.serde = AvroSerde()
+        self.producer = Producer(settings.producer_config())
+
+    def send(self, topic_partner: str, ack: PartnerAcknowledgement, key: str) -> None:
+        topic = self.settings.topics.acks(topic_partner)
+        self.producer.produce(topic, key=key.encode(), value=self.serde.encode(ack, topic))
+        assert self.producer.flush(30) == 0
+
+    def answer(
+        self,
+        ins: PartnerInstruction,
+        status: AcknowledgementStatus,
+        *,
+        partner: str | None = None,
+        via: str | None = None,
+    ) -> PartnerAcknowledgement:
+        ack = PartnerAcknowledgement(
+            instruction_id=ins.instruction_id,
+            partner=partner or ins.partner,
+            status=status,
+            completed_at=now_ms(),
+            retain_until=ins.retain_until if status is AcknowledgementStatus.RESTRICTED else None,
+        )
+        self.send(via or ins.partner, ack, ins.ack_key)
+        return ack
+
+
+@pytest.fixture(scope="module")
+def acks(settings: Settings) -> Acks:
+    return Acks(settings)
+
+
+def for_request(records: list[TopicRecord], request_id: str) -> list[PartnerInstruction]:
+    return [r.obj for r in records if r.obj.request_id == request_id]
+
+
+def wait_instructions(
+    worker: WorkerProcess, partner: str, request_id: str, count: int
+) -> list[TopicRecord]:
+    settings = worker.settings
+    records = read_until(
+        settings,
+        settings.topics.instructions(partner),
+        lambda rs: len(for_request(rs, request_id)) >= count,
+        timeout_s=TIMEOUT_S,
+        what=f"{count} instruction(s) for {partner}",
+        explain=worker.describe,
+    )
+    return [r for r in records if r.obj.request_id == request_id]
+
+
+def request_view(worker: WorkerProcess, request_id: str) -> dict[str, Any] | None:
+    status, body = worker.get_json(f"/requests/{request_id}")
+    return body if status == 200 else None
+
+
+def wait_view(worker: WorkerProcess, request_id: str, *states: RequestState) -> dict[str, Any]:
+    wanted = {s.value for s in states}
+
+    def view_in_state() -> dict[str, Any] | None:
+        view = request_view(worker, request_id)
+        return view if view is not None and view["status"] in wanted else None
+
+    return worker.poll(view_in_state, TIMEOUT_S, f"GET /requests/{request_id} in {sorted(wanted)}")
+
+
+def published_statuses(worker: WorkerProcess, request_id: str, final: RequestState) -> list[Any]:
+    settings = worker.settings
+    records = read_until(
+        settings,
+        settings.topics.requests,
+        lambda rs: any(r.key == request_id.encode() and r.obj.status is final for r in rs),
+        timeout_s=TIMEOUT_S,
+        what=f"{final} on consent.requests.v1",
+        explain=worker.describe,
+    )
+    return [r for r in records if r.key == request_id.encode()]
+
+
+def wait_ignored(worker: WorkerProcess, reason: str, before: float) -> None:
+    worker.poll(
+        lambda: worker.metric(IGNORED, reason=reason) >= before + 1,
+        TIMEOUT_S,
+        f"{IGNORED}{{reason={reason!r}}} to increase",
+    )
+
+
+def assert_closed(worker: WorkerProcess, store: ConsentStore, r: redis.Redis, subject: str) -> None:
+    key = store.key(subject)
+    worker.poll(lambda: r.hexists(key, "closed"), TIMEOUT_S, "the closure marker")
+    assert set(r.hgetall(key)) == {b"v", b"closed"}  # nothing but the marker is kept
+    for purpose in worker.policy.purposes:
+        assert store.is_allowed(subject, purpose) is False, purpose
+
+
+def test_account_deletion_reaches_exactly_the_partners_that_hold_data_and_completes(
+    worker: WorkerProcess,
+    publisher: ConsentPublisher,
+    store: ConsentStore,
+    redis_client: redis.Redis,
+    settings: Settings,
+    acks: Acks,
+) -> None:
+    subject = new_subject()
+    completed = now_ms() - 10 * DAY_MS
+    request_id = str(uuid.uuid4())
+    payment_share = data_shared(
+        subject,
+        "payment",
+        ("payment_records", "bank_account"),
+        {"payment_account_ref": "PA-1001"},
+        transaction_completed_at=completed,
+    )
+    logistics_share = data_shared(
+        subject,
+        "logistics",
+        ("delivery_details", "order_records"),
+        {"waybill": "WB-2002", "order_no": "ORD-3003"},
+        transaction_completed_at=completed,
+    )
+    deletion = deletion_requested(subject, request_id=request_id)
+    publisher.publish_many([payment_share, logistics_share, deletion])
+
+    (payment_rec,) = wait_instructions(worker, "payment", request_id, 1)
+    logistics_recs = wait_instructions(worker, "logistics", request_id, 2)
+    pay: PartnerInstruction = payment_rec.obj
+    by_action = {r.obj.action: r.obj for r in logistics_recs}
+    pseudonyms = Pseudonyms(settings.subject_key)
+    assert payment_rec.key == pseudonyms.subject_ref("payment", subject).encode()
+    assert pay.action is InstructionAction.RESTRICT
+    assert pay.categories == ("bank_account", "payment_records")
+    assert pay.retain_until == completed + RETENTION_MS
+    assert dict(pay.partner_refs) == {"payment_account_ref": "PA-1001"}
+    assert pay.subject_id == subject  # payment holds the identity
+    assert pay.ack_key == request_id
+    assert pay.instruction_id == instruction_id(deletion.event_id, "payment", "RESTRICT")
+    assert set(by_action) == {InstructionAction.ERASE, InstructionAction.RESTRICT}
+    erase, restrict = by_action[InstructionAction.ERASE], by_action[InstructionAction.RESTRICT]
+    assert erase.categories == ("delivery_details",)
+    assert erase.retain_until is None
+    assert restrict.categories == ("order_records",)
+    assert restrict.retain_until == completed + RETENTION_MS
+    for ins in (erase, restrict):
+        assert dict(ins.partner_refs) == {"waybill": "WB-2002", "order_no": "ORD-3003"}
+        assert ins.ack_key == request_id
+    for rec in logistics_recs:
+        assert rec.key == pseudonyms.subject_ref("logistics", subject).encode()
+    for partner in ("ads", "research"):
+        others = read_all(settings, settings.topics.instructions(partner))
+        assert [r for r in others if r.obj.source_event_id == deletion.event_id] == []
+        assert for_request(others, request_id) == []
+
+    open_view = wait_view(worker, request_id, RequestState.RECEIVED, RequestState.IN_PROGRESS)
+    assert {p["instruction_id"] for p in open_view["partners"]} == {
+        pay.instruction_id,
+        erase.instruction_id,
+        restrict.instruction_id,
+    }
+    assert {p["status"] for p in open_view["partners"]} == {"PENDING"}
+    assert open_view["scope"] == "ACCOUNT"
+    assert open_view["store_erased_at"] is not None
+    assert_closed(worker, store, redis_client, subject)
+    in_progress = wait_view(worker, request_id, RequestState.IN_PROGRESS)
+
+    # An ack on the wrong partner's topic changes nothing.
+    wrong_before = worker.metric(IGNORED, reason="wrong_partner")
+    acks.answer(pay, AcknowledgementStatus.RESTRICTED, via="logistics")
+    wait_ignored(worker, "wrong_partner", wrong_before)
+    assert request_view(worker, request_id) == in_progress
+
+    acks.answer(pay, AcknowledgementStatus.RESTRICTED)
+    acks.answer(erase, AcknowledgementStatus.DONE)
+    acks.answer(restrict, AcknowledgementStatus.RESTRICTED)
+
+    final = wait_view(worker, request_id, RequestState.COMPLETED_WITH_RESTRICTIONS)
+    outcomes = {p["instruction_id"]: p for p in final["partners"]}
+    assert outcomes[pay.instruction_id]["status"] == "RESTRICTED"
+    assert outcomes[pay.instruction_id]["retain_until"] == completed + RETENTION_MS
+    assert outcomes[erase.instruction_id]["status"] == "DONE"
+    assert outcomes[restrict.instruction_id]["status"] == "RESTRICTED"
+    assert final["completed_at"] is not None
+    history = published_statuses(worker, request_id, RequestState.COMPLETED_WITH_RESTRICTIONS)
+    states = [r.obj.status for r in history]
+    assert states[0] in (RequestState.RECEIVED, RequestState.IN_PROGRESS)
+    assert states[-1] is RequestState.COMPLETED_WITH_RESTRICTIONS
+    last: RequestStatus = history[-1].obj
+    assert last.subject_digest == pseudonyms.evidence_digest(subject)
+    for rec in history:  # the evidence does not keep the deleted data
+        for secret in (subject, "PA-1001", "WB-2002", "ORD-3003"):
+            assert secret.encode() not in (rec.value or b""), secret
+
+    # A repeated ack and an ack for an unknown instruction change nothing either.
+    repeated_before = worker.metric(IGNORED, reason="repeated")
+    unknown_before = worker.metric(IGNORED, reason="unknown_instruction")
+    acks.answer(erase, AcknowledgementStatus.FAILED)
+    stray = PartnerAcknowledgement(str(uuid.uuid4()), "payment", AcknowledgementStatus.DONE, 1)
+    acks.send("payment", stray, stray.instruction_id)
+    wait_ignored(worker, "repeated", repeated_before)
+    wait_ignored(worker, "unknown_instruction", unknown_before)
+    assert request_view(worker, request_id) == final
+    assert worker.metric(IGNORED, reason="repeated") == repeated_before + 1
+    assert worker.metric(IGNORED, reason="unknown_instruction") == unknown_before + 1
+    finished = worker.metric(
+        "consent_requests_finished_total", status="COMPLETED_WITH_RESTRICTIONS"
+    )
+    assert finished == 1
+
+
+def test_deletion_erased_everywhere_completes(
+    worker: WorkerProcess,
+    publisher: ConsentPublisher,
+    store: ConsentStore,
+    redis_client: redis.Redis,
+    settings: Settings,
+    acks: Acks,
+) -> None:
+    subject = new_subject()
+    request_id = str(uuid.uuid4())
+    share = data_shared(subject, "logistics", ("delivery_details",), {"waybill": "WB-9"})
+    deletion = deletion_requested(subject, request_id=request_id)
+    publisher.publish_many([share, deletion])
+
+    (record,) = wait_instructions(worker, "logistics", request_id, 1)
+    erase: PartnerInstruction = record.obj
+    assert erase.action is InstructionAction.ERASE
+    assert erase.categories == ("delivery_details",)
+    assert_closed(worker, store, redis_client, subject)
+    wait_view(worker, request_id, RequestState.RECEIVED, RequestState.IN_PROGRESS)
+
+    acks.answer(erase, AcknowledgementStatus.DONE)
+
+    final = wait_view(worker, request_id, RequestState.COMPLETED)
+    assert [(p["partner"], p["status"]) for p in final["partners"]] == [("logistics", "DONE")]
+    history = published_statuses(worker, request_id, RequestState.COMPLETED)
+    assert history[-1].obj.status is RequestState.COMPLETED
+    for partner in ("payment", "ads", "research"):
+        others = read_all(settings, settings.topics.instructions(partner))
+        assert for_request(others, request_id) == [], partner
