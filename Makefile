@@ -17,6 +17,8 @@ STACK := $(PYTHON) $(STACK_PY)
 # CONSENT_STREAM_REDIS_URL, CONSENT_STREAM_PARTITIONS) in their environment.
 WITH_STACK_ENV = stack_env="$$($(STACK) env)"; eval "$$stack_env";
 PYTEST_ARGS ?=
+# Options of `consent-stream demo` for `make run`, e.g. RUN_ARGS="--subjects 5000 --rate 2000".
+RUN_ARGS ?=
 
 .PHONY: help venv stack stop status env test lint run bench reset clean distclean
 
@@ -28,7 +30,10 @@ help:
 	@echo "make env     - the export lines of the service settings"
 	@echo "make lint    - ruff check + mypy"
 	@echo "make test    - lint, stack, then the whole pytest suite against it"
-	@echo "make run     - stack, then publish the sample events"
+	@echo "make run     - the main job: stack, workers, simulated partners, a realistic workload,"
+	@echo "               progress, then a summary; exit 0 only if every request settled"
+	@echo "               options: make run RUN_ARGS=\"--subjects 5000 --rate 2000\" (see"
+	@echo "               $(VENV)/bin/consent-stream demo --help)"
 	@echo "make bench   - benchmark (not yet)"
 	@echo "make reset   - stop the stack and delete its data (keeps the Kafka jar cache)"
 	@echo "make clean   - reset + delete Python caches; distclean also deletes $(VENV) and .stack"
@@ -60,10 +65,10 @@ test: lint stack
 	$(WITH_STACK_ENV) $(VPY) -m pytest $(PYTEST_ARGS) tests
 
 run: stack
-	$(WITH_STACK_ENV) $(VENV)/bin/consent-stream publish examples/sample-events.jsonl
+	$(WITH_STACK_ENV) $(VENV)/bin/consent-stream demo $(RUN_ARGS)
 
-bench:
-	@echo "not yet"
+bench: stack
+	$(WITH_STACK_ENV) $(VPY) bench/run.py $(BENCH_ARGS)
 
 reset:
 	$(STACK) reset

@@ -1,0 +1,164 @@
+"""The demo's child processes (workers, simulated partners): start, watch, stop by pid.
+
+Each child runs ``consent-stream ...`` in its own session (a Ctrl-C in the terminal reaches
+only the demo, which then stops them), logs to its own file, and is stopped with SIGTERM,
+then SIGKILL after a timeout, always by the pid it was started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final
+
+from schemas.settings import ENV_PREFIX, Settings
+
+__all__ = ["Child", "Children", "child_env", "command", "free_port", "http_get"]
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S: Final = 20.0
+
+
+def command(*args: str) -> list[str]:
+    """``consent-stream ARGS`` of the running interpreter's environment."""
+    beside = Path(sys.executable).parent / "consent-stream"
+    base = [str(beside)] if beside.exists() else [sys.executable, "-m", "streams"]
+    return [*base, *args]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The caller's environment with the demo's namespace, app id and Redis prefix."""
+    env = dict(os.environ)
+    env.update(
+        {
+            f"{ENV_PREFIX}BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            f"{ENV_PREFIX}REDIS_URL": settings.redis_url,
+            f"{ENV_PREFIX}PARTITIONS": str(settings.partitions),
+            f"{ENV_PREFIX}TOPIC_NAMESPACE": settings.topic_namespace,
+            f"{ENV_PREFIX}APP_ID": settings.app_id,
+            f"{ENV_PREFIX}REDIS_PREFIX": settings.redis_prefix,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of ``http://127.0.0.1:PORT/PATH``; status 0 when nothing answers."""
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass
+class Child:
+    name: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Children:
+    """The processes this demo started; nothing else is ever signalled."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.items: list[Child] = []
+        self.stopping = False
+
+    def start(
+        self, name: str, args: Sequence[str], env: Mapping[str, str], log_path: Path, port: int
+    ) -> Child:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")
+        proc = subprocess.Popen(  # noqa: S603 - our own entry point, no shell
+            command(*args),
+            cwd=self.cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        child = Child(name, port, log_path, proc, log_file)
+        self.items.append(child)
+        log.debug("started %s (pid %d), log %s", name, proc.pid, log_path)
+        return child
+
+    def dead(self) -> list[Child]:
+        """Children that exited while they should be running."""
+        return [] if self.stopping else [c for c in self.items if not c.alive]
+
+    def describe_dead(self) -> str | None:
+        dead = self.dead()
+        if not dead:
+            return None
+        return "; ".join(
+            f"{c.name} (pid {c.pid}) exited with {c.proc.returncode}, see {c.log_path}"
+            for c in dead
+        )
+
+    def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM every live child, wait, then SIGKILL those still running."""
+        self.stopping = True
+        for child in self.items:
+            if child.alive:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in self.items:
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) did not stop: SIGKILL", child.name, child.pid)
+                child.proc.kill()
+                child.proc.wait(10)
+            if child.log_file is not None:
+                child.log_file.close()
+                child.log_file = None
+
+    def wait_until(
+        self, check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2
+    ) -> str | None:
+        """Poll ``check``; None once it holds, else why not (a child died, or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            died = self.describe_dead()
+            if died is not None:
+                return f"{died} while waiting for {what}"
+            if check():
+                return None
+            if time.monotonic() >= deadline:
+                return f"timed out after {timeout_s:.0f} s waiting for {what}"
+            time.sleep(interval_s)

@@ -1,0 +1,315 @@
+"""One run of the demo: children up, readiness probe, paced publishing with progress,
+settling, and the summary. Used by ``streams.demo.run_demo``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, TextIO
+
+from consumers.consent_store import make_redis
+from producers.publisher import ConsentPublisher, DeliveryReceipt
+from schemas.errors import PublishError
+from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
+from schemas.policy import Policy
+from schemas.settings import ENV_PREFIX, Settings
+from streams.demo_processes import Child, Children, child_env, free_port, http_get
+from streams.demo_requests import RequestTracker
+from streams.demo_summary import (
+    ACKS,
+    DEADLETTERS,
+    EVENTS,
+    INSTRUCTIONS,
+    Progress,
+    RunFacts,
+    progress_line,
+    summary_lines,
+)
+from streams.latency import Samples
+from streams.topics import ensure_topics
+from streams.workload import Workload
+
+if TYPE_CHECKING:
+    from streams.demo import DemoOptions
+
+__all__ = ["DemoRun"]
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S: Final = 120.0
+PROBE_PURPOSE: Final = "marketing_sms"  # opt-out, no partner processes it: no instruction
+
+
+class DemoRun:
+    def __init__(
+        self,
+        options: DemoOptions,
+        settings: Settings,
+        policy: Policy,
+        workload: Workload,
+        children: Children,
+        base_dir: Path,
+        out: TextIO,
+    ) -> None:
+        self.options, self.settings, self.policy = options, settings, policy
+        self.workload, self.children, self.base_dir, self.out = workload, children, base_dir, out
+        self.started = time.monotonic()
+        self.partner_names = sorted(policy.partners)
+        self.workers: list[Child] = []
+        self.redis = make_redis(settings)
+        self.requests = RequestTracker(self.redis, settings.redis_prefix, workload.requests)
+        self.publisher: ConsentPublisher | None = None
+        self.published = 0
+        self.published_by_type: Counter[str] = Counter()
+        self.delivery_errors: list[PublishError] = []
+        self.probes = 0
+        self.publish_s = 0.0
+        self.publish_started = 0.0
+        self.process_s: float | None = None
+        self.note: str | None = None
+        self._progress_stop = threading.Event()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        self._announce()
+        ensure_topics(self.settings, self.policy)
+        self._start_children()
+        failure = self._wait_ready()
+        progress = threading.Thread(target=self._report_progress, name="progress", daemon=True)
+        if failure is None:
+            progress.start()
+            failure = self._publish() or self._settle()
+            self._progress_stop.set()
+            progress.join()
+        return self._finish(failure)
+
+    def _announce(self) -> None:
+        w = self.workload
+        by_type = ", ".join(f"{t} {n}" for t, n in sorted(w.count_by_type().items()))
+        scopes = ", ".join(f"{s} {n}" for s, n in sorted(w.requests_by_scope().items()))
+        self.say(
+            f"consent-stream demo: namespace {self.settings.topic_namespace}\n"
+            f"workload: {w.subjects} subjects (seed {self.options.seed}): {len(w.events)} "
+            f"events ({by_type}); {len(w.requests)} deletion requests ({scopes})"
+        )
+
+    def _start_children(self) -> None:
+        env = child_env(self.settings)
+        o = self.options
+        for i, name in enumerate(self.partner_names):
+            port = free_port()
+            args = ["partner", "--name", name, "--metrics-port", str(port)]
+            args += ["--delay-ms", str(o.partner_delay_ms)]
+            args += ["--failure-rate", str(o.partner_failure_rate), "--seed", str(o.seed + i)]
+            args += ["--state-dir", str(self.base_dir / "partners")]
+            self.children.start(
+                f"partner-{name}", args, env, self.base_dir / f"partner-{name}.log", port
+            )
+        for i in range(1, o.workers + 1):
+            port = free_port()
+            worker_env = {
+                **env,
+                f"{ENV_PREFIX}HTTP_PORT": str(port),
+                f"{ENV_PREFIX}DATA_DIR": str(self.base_dir / f"worker-{i}"),
+            }
+            log_path = self.base_dir / f"worker-{i}.log"
+            self.workers.append(
+                self.children.start(f"worker-{i}", ["worker"], worker_env, log_path, port)
+            )
+        pids = ", ".join(f"{c.name} {c.pid}" for c in self.children.items)
+        self.say(f"started (pids): {pids}; logs in {self.base_dir}/")
+        if o.workers > self.settings.partitions:
+            self.say(f"note: {o.workers} workers share {self.settings.partitions} partitions")
+
+    def _wait_ready(self) -> str | None:
+        def answering() -> bool:
+            workers = all(http_get(w.port, "/healthz", 2.0)[0] == 200 for w in self.workers)
+            partners = all(
+                http_get(c.port, "/metrics", 2.0)[0] == 200
+                for c in self.children.items
+                if c not in self.workers
+            )
+            return workers and partners
+
+        failure = self.children.wait_until(answering, READY_TIMEOUT_S, "the children to answer")
+        if failure is not None:
+            return failure
+        self.publisher = ConsentPublisher(self.settings, self.policy)
+        self.publisher.publish(self._probe())
+        self.probes = 1
+        failure = self.children.wait_until(
+            lambda: self._processed(self.snapshot()) >= 1, READY_TIMEOUT_S, "the readiness probe"
+        )
+        if failure is None:
+            self.say(f"ready after {time.monotonic() - self.started:.1f} s; publishing")
+        return failure
+
+    def _probe(self) -> ConsentEvent:
+        import uuid
+
+        payload = ConsentChanged(
+            PROBE_PURPOSE, ConsentDecision.GRANTED, self.policy.notice_version, "demo-probe"
+        )
+        subject = f"demo-probe-{self.settings.topic_namespace}"
+        now = int(time.time() * 1000)
+        return ConsentEvent(str(uuid.uuid4()), subject, now, "consent-stream.demo", payload)
+
+    def _delivered(
+        self, event_type: str, receipt: DeliveryReceipt | None, error: PublishError | None
+    ) -> None:
+        if error is not None:
+            self.delivery_errors.append(error)
+        else:
+            self.published += 1
+            self.published_by_type[event_type] += 1
+
+    def _publish(self) -> str | None:
+        publisher = self.publisher
+        assert publisher is not None  # noqa: S101 - set by _wait_ready
+        rate = self.options.rate
+        start = self.publish_started = time.monotonic()
+        for i, event in enumerate(self.workload.events):
+            if rate > 0:
+                due = start + i / rate
+                while (wait := due - time.monotonic()) > 0.001:
+                    publisher.poll(min(wait, 0.1))
+            publisher.publish_async(event, partial(self._delivered, event.type.value))
+            publisher.poll(0)
+            if i % 1000 == 999 and (died := self.children.describe_dead()) is not None:
+                return f"{died} while publishing"
+        left = publisher.flush(60.0)
+        self.publish_s = time.monotonic() - start
+        if left or self.delivery_errors:
+            first = self.delivery_errors[0] if self.delivery_errors else "no acknowledgement"
+            missing = len(self.workload.events) - self.published
+            return f"{missing} events were not acknowledged by Kafka ({first})"
+        return None
+
+    def _settle(self) -> str | None:
+        expected = len(self.workload.events) + self.probes
+        state: dict[str, float] = {}
+
+        def settled() -> bool:
+            samples = self.snapshot()
+            state["processed"] = self._processed(samples)
+            state["unacked"] = samples.total(INSTRUCTIONS) - samples.total(ACKS)
+            state["final"] = self.requests.final_count()
+            if self.process_s is None and state["processed"] >= expected:
+                self.process_s = time.monotonic() - self.publish_started
+            return (
+                state["processed"] >= expected
+                and state["final"] == self.requests.total
+                and state["unacked"] <= 0
+            )
+
+        timeout = self.options.timeout_s
+        failure = self.children.wait_until(settled, timeout, "every request to settle", 0.5)
+        if failure is None or not failure.startswith("timed out"):
+            return failure
+        after = f"after {timeout:.0f} s"
+        if state["final"] < self.requests.total:
+            open_ = self.requests.total - int(state["final"])
+            return f"{open_} of {self.requests.total} deletion requests not final {after}"
+        if state["processed"] < expected:
+            return f"{expected - int(state['processed'])} events not processed {after}"
+        self.note = f"{int(state['unacked'])} instructions not yet acknowledged"
+        return None
+
+    # -- figures ---------------------------------------------------------------------------
+
+    def snapshot(self, attempts: int = 1) -> Samples:
+        """Every worker's /metrics page, parsed (a worker that does not answer is left out)."""
+        pages: list[str] = []
+        for worker in self.workers:
+            for attempt in range(attempts):
+                status, body = http_get(worker.port, "/metrics")
+                if status == 200:
+                    pages.append(body.decode("utf-8"))
+                    break
+                if attempt + 1 < attempts:
+                    time.sleep(0.5)
+        return Samples.from_pages(pages)
+
+    @staticmethod
+    def _processed(samples: Samples) -> float:
+        return samples.total(EVENTS) + samples.total(DEADLETTERS)
+
+    def _report_progress(self) -> None:
+        while not self._progress_stop.wait(1.0):
+            samples = self.snapshot()
+            self.say(
+                progress_line(
+                    Progress(
+                        elapsed_s=time.monotonic() - self.started,
+                        published=self.published,
+                        total=len(self.workload.events),
+                        processed=int(self._processed(samples)),
+                        instructions=int(samples.total(INSTRUCTIONS)),
+                        acks=int(samples.total(ACKS)),
+                        requests_final=self.requests.final_count(),
+                        requests_total=self.requests.total,
+                    )
+                )
+            )
+
+    def _finish(self, failure: str | None) -> int:
+        samples = self.snapshot(attempts=5)
+        failure = failure or self.children.describe_dead()
+        facts = RunFacts(
+            namespace=self.settings.topic_namespace,
+            workers=len(self.workers),
+            partners=self.partner_names,
+            subjects=self.workload.subjects,
+            published=self.published_by_type,
+            probes=self.probes,
+            publish_s=self.publish_s,
+            process_s=self.process_s,
+            target_rate=self.options.rate,
+            wall_s=time.monotonic() - self.started,
+            samples=samples,
+            requests_by_status=self.requests.by_status(),
+            requests_by_scope=self.workload.requests_by_scope(),
+            log_dir=str(self.base_dir),
+            logs=[c.log_path.name for c in self.children.items],
+            failure=failure,
+            note=self.note,
+        )
+        for line in summary_lines(facts):
+            self.say(line)
+        return 1 if failure else 0
+
+    def keep_running(self) -> None:
+        s = self.settings
+        self.say("\nstill running (Ctrl-C to stop):")
+        for w in self.workers:
+            self.say(
+                f"  {w.name}: http://127.0.0.1:{w.port}/metrics, /consent/<subject>, "
+                "/requests/<request id>"
+            )
+        self.say(
+            f"  CLI: export {ENV_PREFIX}TOPIC_NAMESPACE={s.topic_namespace} "
+            f"{ENV_PREFIX}APP_ID={s.app_id} {ENV_PREFIX}REDIS_PREFIX={s.redis_prefix}"
+        )
+        for scope in sorted(set(self.workload.requests.values())):
+            request_id = min(r for r, s in self.workload.requests.items() if s is scope)
+            self.say(f"  a {scope.value} request: consent-stream report {request_id}")
+        try:
+            while not self.children.dead():
+                time.sleep(1.0)
+            self.say(f"stopping: {self.children.describe_dead()}")
+        except KeyboardInterrupt:
+            self.say("stopping")
+
+    def close(self) -> None:
+        self._progress_stop.set()
+        if self.publisher is not None:
+            self.publisher.close()
+        self.redis.close()

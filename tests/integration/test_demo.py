@@ -1,0 +1,161 @@
+"""A short ``make run``: ``consent-stream demo`` end to end on the real Kafka and Redis.
+
+The demo runs as a subprocess under a uuid namespace with its working directory in a
+temporary directory (its logs land there); its topics and Redis keys are removed after.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from schemas.views import FINAL_REQUEST_STATES
+from streams.request_views import status_from_json
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 240.0
+SECTIONS = (
+    "=== consent-stream demo: summary ===",
+    "events by type and outcome",
+    "partner instructions (by action) and acknowledgements (by status)",
+    "deletion requests",
+    "latency per hop",
+    "logs: ",
+)
+
+
+def demo_command() -> list[str]:
+    beside = Path(sys.executable).parent / "consent-stream"
+    script = beside if beside.exists() else REPO_ROOT / ".venv" / "bin" / "consent-stream"
+    return [str(script), "demo"]
+
+
+@pytest.fixture
+def namespace(bootstrap_servers: str, redis_url: str) -> Iterator[str]:
+    name = f"tdemo{uuid.uuid4().hex[:10]}"
+    yield name
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    prefixes = (f"{name}.", f"consent-stream-{name}-")
+    topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefixes)]
+    for future in admin.delete_topics(topics, operation_timeout=30).values() if topics else []:
+        future.result()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+    finally:
+        client.close()
+
+
+def run_demo(
+    bootstrap_servers: str, redis_url: str, namespace: str, cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CONSENT_STREAM_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "CONSENT_STREAM_REDIS_URL": redis_url,
+    }
+    try:
+        return subprocess.run(
+            [*demo_command(), "--namespace", namespace, *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the demo did not finish within {RUN_TIMEOUT_S:.0f} s:\n{exc.stdout!r}")
+
+
+def explain(result: subprocess.CompletedProcess[str], cwd: Path, namespace: str) -> str:
+    logs = sorted((cwd / ".stack" / "demo" / namespace).glob("*.log"))
+    tails = "\n".join(
+        f"--- {p.name} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+        for p in logs
+    )
+    return f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-3000:]}\n{tails}"
+
+
+def found(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not in:\n{text}"
+    return match.group(1)
+
+
+def child_pids(stdout: str) -> list[int]:
+    line = next(x for x in stdout.splitlines() if x.startswith("started (pids): "))
+    return [int(pid) for pid in re.findall(r" (\d+)(?:,|;)", line)]
+
+
+def assert_stopped(pids: list[int]) -> None:
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_short_run_settles_every_request(
+    bootstrap_servers: str, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    result = run_demo(
+        bootstrap_servers,
+        redis_url,
+        namespace,
+        tmp_path,
+        *("--subjects", "150", "--rate", "0", "--timeout-s", "120"),
+    )
+    detail = explain(result, tmp_path, namespace)
+    assert result.returncode == 0, detail
+    out = result.stdout
+    for section in SECTIONS:
+        assert section in out, detail
+    assert out.rstrip().endswith("result: OK - every deletion request reached a final status")
+    requests = int(found(r"  (\d+) requests \(ACCOUNT \d+", out))
+    statuses = found(r"by status: (.*)", out)
+    counted = {s: int(n) for s, n in re.findall(r"([A-Z_]+) (\d+)", statuses)}
+    assert set(counted) <= {s.value for s in FINAL_REQUEST_STATES}, statuses
+    assert sum(counted.values()) == requests > 0
+    for partner in ("payment", "logistics", "ads", "research"):
+        assert re.search(rf"  {partner}\s+instructions\s+[1-9]", out), detail
+
+    client = redis.Redis.from_url(redis_url)  # what the workers wrote, read independently
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:r:*", count=1000))
+        views = [status_from_json(raw) for raw in client.mget(keys) if raw is not None]
+    finally:
+        client.close()
+    assert len(views) == requests
+    assert all(v.status in FINAL_REQUEST_STATES for v in views)
+    assert (tmp_path / ".stack" / "demo" / namespace / "worker-1.log").exists()
+    assert_stopped(child_pids(out))
+
+
+def test_requests_not_settled_in_time_fail_the_run(
+    bootstrap_servers: str, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    result = run_demo(
+        bootstrap_servers,
+        redis_url,
+        namespace,
+        tmp_path,
+        *("--subjects", "40", "--rate", "0", "--timeout-s", "0"),
+    )
+    detail = explain(result, tmp_path, namespace)
+    assert result.returncode == 1, detail
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert re.fullmatch(r"result: FAILED - \d+ of \d+ deletion requests not final after 0 s", last)
+    assert_stopped(child_pids(result.stdout))

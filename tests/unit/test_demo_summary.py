@@ -1,0 +1,170 @@
+"""The demo's command line, request tracking and summary (no processes, no Kafka)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from schemas.events import DeletionScope
+from schemas.settings import Settings
+from schemas.views import RequestState, RequestStatus
+from streams.demo import DemoOptions, add_demo_command, default_namespace, demo_settings
+from streams.demo_requests import NOT_SEEN, RequestTracker
+from streams.demo_summary import (
+    Progress,
+    RunFacts,
+    format_seconds,
+    progress_line,
+    summary_lines,
+)
+from streams.latency import Samples
+from streams.metrics import stream_metrics
+from streams.request_views import request_key, status_to_json
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_demo_command(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["demo", *argv])
+
+
+def test_command_line_defaults_and_options() -> None:
+    options = DemoOptions.from_args(parse([]))
+    assert options == DemoOptions()
+    assert (options.subjects, options.rate, options.workers, options.timeout_s) == (
+        2000,
+        1000.0,
+        1,
+        300.0,
+    )
+    given = DemoOptions.from_args(
+        parse(["--subjects", "50", "--rate", "0", "--workers", "2", "--namespace", "x1"])
+    )
+    assert (given.subjects, given.rate, given.workers, given.namespace) == (50, 0.0, 2, "x1")
+
+
+def test_a_fresh_namespace_scopes_topics_app_and_redis_keys() -> None:
+    namespace = default_namespace()
+    assert re.fullmatch(r"demo\d{14}-\d+", namespace)
+    scoped = demo_settings(Settings(), namespace)
+    assert scoped.topics.events == f"{namespace}.consent.events.v1"
+    assert scoped.app_id == f"consent-stream-{namespace}"
+    assert scoped.redis_prefix == namespace
+
+
+class FakeRedis:
+    def __init__(self) -> None:
+        self.data: dict[str, str] = {}
+        self.reads: list[str] = []
+
+    def mget(self, keys: list[str]) -> list[Any]:
+        self.reads += keys
+        return [self.data.get(k) for k in keys]
+
+
+def status(request_id: str, state: RequestState) -> RequestStatus:
+    return RequestStatus(
+        request_id=request_id,
+        subject_digest="d" * 64,
+        scope=DeletionScope.ACCOUNT,
+        status=state,
+        requested_at=1,
+        received_at=2,
+        due_by=3,
+        updated_at=4,
+    )
+
+
+def test_request_tracker_counts_statuses_and_stops_reading_final_ones() -> None:
+    redis = FakeRedis()
+    done, running, unseen = (str(uuid.uuid4()) for _ in range(3))
+    tracker = RequestTracker(redis, "ns", [done, running, unseen])
+    redis.data[request_key("ns", done)] = status_to_json(status(done, RequestState.COMPLETED))
+    redis.data[request_key("ns", running)] = status_to_json(
+        status(running, RequestState.IN_PROGRESS)
+    )
+    assert tracker.final_count() == 1
+    assert tracker.by_status() == {"COMPLETED": 1, "IN_PROGRESS": 1, NOT_SEEN: 1}
+    redis.reads.clear()
+    tracker.poll()
+    assert request_key("ns", done) not in redis.reads
+    assert request_key("ns", unseen) in redis.reads
+    assert tracker.total == 3
+
+
+def facts(**overrides: Any) -> RunFacts:
+    registry = CollectorRegistry()
+    m = stream_metrics(registry)
+    m.events.labels("consent.changed", "applied").inc(5)
+    m.instructions.labels("ads", "STOP_PROCESSING").inc(4)
+    m.acknowledgements.labels("ads", "DONE").inc(4)
+    for value in (0.002, 0.02, 0.02, 0.2):
+        m.publish_to_store.observe(value)
+        m.publish_to_partner_topic.labels("ads").observe(value)
+        m.instruction_to_ack.labels("ads").observe(value * 10)
+    base: dict[str, Any] = {
+        "namespace": "demo1",
+        "workers": 1,
+        "partners": ["ads"],
+        "subjects": 2,
+        "published": {"consent.changed": 4},
+        "probes": 1,
+        "publish_s": 2.0,
+        "process_s": 2.5,
+        "target_rate": 2.0,
+        "wall_s": 9.0,
+        "samples": Samples.from_pages([generate_latest(registry).decode()]),
+        "requests_by_status": {"COMPLETED": 2},
+        "requests_by_scope": {"ACCOUNT": 2},
+        "log_dir": ".stack/demo/demo1",
+        "logs": ["worker-1.log"],
+    }
+    return RunFacts(**{**base, **overrides})
+
+
+def test_the_summary_has_every_section_and_figure() -> None:
+    text = "\n".join(summary_lines(facts()))
+    for heading in (
+        "events by type and outcome",
+        "partner instructions (by action) and acknowledgements (by status)",
+        "deletion requests",
+        "latency per hop",
+        "logs: .stack/demo/demo1/ (worker-1.log)",
+    ):
+        assert heading in text
+    assert re.search(r"consent\.changed\s+4\s+5", text)
+    assert "instructions      4 (STOP_PROCESSING 4)" in text
+    assert "acks              4 (DONE 4)" in text
+    assert "by status: COMPLETED 2" in text
+    # rank 2 of 4 falls in (10, 25] ms holding 2: 10 + 15 * 1/2
+    assert re.search(r"publish -> store\s+18 ms\s+", text)
+    assert "4 events published in 2.0 s (2 events/s; target 2/s)" in text
+    assert text.rstrip().endswith("result: OK - every deletion request reached a final status")
+
+
+def test_a_failure_is_the_last_line() -> None:
+    lines = summary_lines(facts(failure="3 of 5 deletion requests not final after 1 s"))
+    assert lines[-1] == "result: FAILED - 3 of 5 deletion requests not final after 1 s"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0042, "4.2 ms"), (0.25, "250 ms"), (12.34, "12.3 s"), (math.nan, "-")],
+)
+def test_format_seconds(seconds: float, text: str) -> None:
+    assert format_seconds(seconds) == text
+
+
+def test_progress_line() -> None:
+    line = progress_line(Progress(3.0, 10, 20, 8, 4, 3, 1, 2))
+    assert line == (
+        "[   3.0s] published 10/20 | processed 8 | instructions 4 | acks 3"
+        " | requests final 1/2 (open 1)"
+    )
