@@ -1,0 +1,174 @@
+"""Small helpers shared by the benchmark steps: namespaces, topics, Redis keys, producing."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from producers.publisher import make_producer
+from schemas.settings import Settings
+
+__all__ = [
+    "Record",
+    "create_topics",
+    "delete_group",
+    "delete_redis_prefix",
+    "delete_topics",
+    "free_port",
+    "group_lag",
+    "new_namespace",
+    "poll_until",
+    "produce_all",
+]
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
+T = TypeVar("T")
+
+
+def new_namespace() -> str:
+    return f"bench{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def poll_until(check: Callable[[], T | None], timeout_s: float, what: str, step: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(step)
+
+
+def create_topics(
+    settings: Settings, names: Sequence[str], config: dict[str, str] | None = None
+) -> None:
+    """Create the topics (``settings.partitions`` each) and wait for their leaders."""
+    admin = AdminClient(settings.admin_config())
+    new = [
+        NewTopic(n, settings.partitions, settings.replication_factor, config=dict(config or {}))
+        for n in names
+    ]
+    for future in admin.create_topics(new, operation_timeout=30).values():
+        future.result()
+
+    def ready() -> bool:
+        topics = admin.list_topics(timeout=10).topics
+        return all(
+            n in topics
+            and len(topics[n].partitions) == settings.partitions
+            and all(p.leader >= 0 for p in topics[n].partitions.values())
+            for n in names
+        )
+
+    poll_until(ready, 30, "topic leaders")
+
+
+def delete_topics(settings: Settings, prefixes: Iterable[str]) -> list[str]:
+    """Delete every topic whose name starts with one of ``prefixes``; returns them."""
+    admin = AdminClient(settings.admin_config())
+    wanted = tuple(prefixes)
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(wanted)]
+    if not names:
+        return []
+    for name, future in admin.delete_topics(names, operation_timeout=30).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            log.warning("could not delete topic %s: %s", name, exc)
+    return names
+
+
+def delete_group(settings: Settings, group: str) -> None:
+    """Delete a consumer group of ours (its committed offsets); absent groups are fine."""
+    admin = AdminClient(settings.admin_config())
+    try:
+        for future in admin.delete_consumer_groups([group], request_timeout=15).values():
+            future.result()
+    except Exception as exc:  # gone with its topics' offsets; cleanup never fails the bench
+        log.debug("consumer group %s not deleted: %s", group, exc)
+
+
+def delete_redis_prefix(redis_url: str, prefix: str) -> int:
+    """Delete the keys ``<prefix>:*`` (the benchmark's own namespace only)."""
+    client = redis.Redis.from_url(redis_url)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += int(client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(client.unlink(*batch))
+    finally:
+        client.close()
+    return deleted
+
+
+def produce_all(
+    settings: Settings, topic: str, records: Iterable[Record], timeout_s: float, **overrides: Any
+) -> tuple[int, float, float]:
+    """Produce as fast as the client allows; (delivered, first send, all acknowledged)."""
+    producer: Any = make_producer(settings, **overrides)
+    delivered = 0
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+        else:
+            log.error("delivery failed: %s", err)
+
+    started = time.monotonic()
+    for key, value, headers in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    left = producer.flush(timeout_s)
+    if left:
+        log.error("%d records not acknowledged within %.0f s", left, timeout_s)
+    return delivered, started, time.monotonic()
+
+
+def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int:
+    """Records of ``topics`` not yet committed by consumer group ``group``.
+
+    A plain consumer with the group's id reads the committed offsets; it never
+    subscribes, so it does not join (or disturb) the group.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(settings.consumer_config(group))
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+        lag = 0
+        for tp in consumer.committed(parts, timeout=10):
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            lag += max(0, high - max(tp.offset, 0))
+        return lag
+    finally:
+        consumer.close()

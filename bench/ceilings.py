@@ -1,0 +1,191 @@
+"""(a) raw confluent-kafka produce -> consume and (b) a no-op Faust agent: the ceilings.
+
+Both use the pipeline's own records (key, Avro value, CloudEvents headers, as encoded by
+the SDK), cycled to the wanted count, and the service's librdkafka settings
+(``Settings.producer_config`` / ``consumer_config``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    Record,
+    create_topics,
+    delete_group,
+    delete_topics,
+    free_port,
+    poll_until,
+    produce_all,
+)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from schemas.settings import Settings
+
+__all__ = ["faust_noop", "raw_kafka"]
+
+HERE = Path(__file__).resolve().parent
+
+
+def _cycled(pool: list[Record], count: int) -> list[Record]:
+    return list(itertools.islice(itertools.cycle(pool), count))
+
+
+class _Reader(threading.Thread):
+    """Consumes ``count`` records of ``topic`` from the beginning; times first and last."""
+
+    def __init__(self, settings: Settings, topic: str, count: int, deadline: float) -> None:
+        super().__init__(daemon=True)
+        self.count, self.deadline = count, deadline
+        self.seen = 0
+        self.first = self.last = 0.0
+        self.consumer = Consumer(settings.consumer_config(f"bench-raw-{uuid.uuid4().hex}"))
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
+        )
+
+    def run(self) -> None:
+        try:
+            while self.seen < self.count and time.monotonic() < self.deadline:
+                batch = self.consumer.consume(num_messages=1000, timeout=0.2)
+                good = sum(1 for m in batch if m.error() is None)
+                if good:
+                    now = time.monotonic()
+                    self.first = self.first or now
+                    self.last = now
+                    self.seen += good
+        finally:
+            self.consumer.close()
+
+
+def raw_kafka(
+    settings: Settings, namespace: str, pool: list[Record], count: int, timeout_s: float
+) -> dict[str, Any]:
+    """Produce ``count`` records while a consumer reads them; then re-read the backlog."""
+    topic = f"{namespace}.bench.raw"
+    create_topics(settings, [topic])
+    deadline = time.monotonic() + timeout_s
+    try:
+        reader = _Reader(settings, topic, count, deadline)
+        reader.start()
+        delivered, sent, acked = produce_all(settings, topic, _cycled(pool, count), timeout_s)
+        reader.join(max(1.0, deadline - time.monotonic()))
+        backlog = _Reader(settings, topic, count, time.monotonic() + timeout_s / 2)
+        backlog.run()
+    finally:
+        delete_topics(settings, [topic])
+    result: dict[str, Any] = {
+        "records": count,
+        "mean_record_bytes": round(_mean_size(pool), 1),
+        "produce_records_per_s": round(delivered / max(acked - sent, 1e-9), 1),
+        "consumed": reader.seen,
+        "complete": reader.seen >= count and backlog.seen >= count,
+    }
+    if reader.seen >= count:
+        result["end_to_end_s"] = round(reader.last - sent, 3)
+        result["end_to_end_records_per_s"] = round(count / (reader.last - sent), 1)
+    if backlog.seen >= count and backlog.last > backlog.first:
+        result["consume_backlog_records_per_s"] = round(
+            (count - 1) / (backlog.last - backlog.first), 1
+        )
+    return result
+
+
+def _mean_size(pool: list[Record]) -> float:
+    """Key + value + header bytes per record."""
+    total = sum(len(k) + len(v) + sum(len(h) + len(b) for h, b in hs) for k, v, hs in pool)
+    return total / len(pool)
+
+
+def faust_noop(
+    settings: Settings,
+    namespace: str,
+    pool: list[Record],
+    count: int,
+    work_dir: Path,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Pre-produce ``count`` records, start the no-op agent, time its first to last."""
+    topic = f"{namespace}.bench.faust"
+    app_id = f"consent-stream-{namespace}-noop"
+    create_topics(settings, [topic])
+    out = work_dir / "noop-result.json"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        delivered, _, _ = produce_all(settings, topic, _cycled(pool, count), timeout_s)
+        started = time.monotonic()
+        proc = _start_noop(settings, topic, count, app_id, work_dir, out)
+        poll_until(lambda: out.exists() or proc.poll() is not None, timeout_s, "no-op agent")
+        if not out.exists():
+            raise RuntimeError(f"no-op agent exited {proc.returncode}: {_tail(work_dir)}")
+        timing = json.loads(out.read_text())
+        wall = time.monotonic() - started
+    finally:
+        if proc is not None:
+            _stop(proc)
+        delete_topics(settings, [topic, f"{app_id}-"])
+        delete_group(settings, app_id)
+    span = timing["last"] - timing["first"]
+    return {
+        "records": count,
+        "produced": delivered,
+        "mean_record_bytes": round(_mean_size(pool), 1),
+        "first_to_last_s": round(span, 3),
+        "records_per_s": round((count - 1) / span, 1) if span > 0 else None,
+        "start_to_last_s": round(wall, 1),
+        "complete": True,
+    }
+
+
+def _start_noop(
+    settings: Settings, topic: str, count: int, app_id: str, work_dir: Path, out: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_STREAM_")}
+    env.update(
+        {
+            "CONSENT_STREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "CONSENT_STREAM_PARTITIONS": str(settings.partitions),
+            "CONSENT_STREAM_APP_ID": app_id,
+            "CONSENT_STREAM_HTTP_PORT": str(free_port()),
+            "CONSENT_STREAM_DATA_DIR": str(work_dir / "noop-data"),
+        }
+    )
+    argv = [sys.executable, str(HERE / "noop_agent.py"), "--topic", topic]
+    argv += ["--count", str(count), "--out", str(out)]
+    with (work_dir / "noop.log").open("ab") as logfile:
+        return subprocess.Popen(  # noqa: S603 - our own script
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """SIGTERM the pid we started; SIGKILL it after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _tail(work_dir: Path) -> str:
+    try:
+        return "\n".join((work_dir / "noop.log").read_text(errors="replace").splitlines()[-20:])
+    except OSError:
+        return "(no log)"

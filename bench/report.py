@@ -1,0 +1,205 @@
+"""Writing the results: JSON, a Markdown table, and the latency-vs-throughput plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown", "plot", "write_json"]
+
+HOPS = (("store", "publish → store"), ("partner", "publish → partner topic"))
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _missing(section: dict[str, Any]) -> str | None:
+    if "error" in section:
+        return f"not measured: {section['error']}"
+    if "skipped" in section:
+        return f"not measured: {section['skipped']}"
+    return None
+
+
+def _machine(m: dict[str, Any]) -> list[str]:
+    return [
+        "| machine | |",
+        "|---|---|",
+        f"| CPU | {m.get('cores')} cores, {m.get('cpu_model')} |",
+        f"| memory | {_num(m.get('memory_mib'))} MiB |",
+        f"| Kafka | {m.get('kafka')} ({m.get('kafka_mode')}) |",
+        f"| Redis | {m.get('redis')} |",
+        f"| Python | {m.get('python')}, faust-streaming {m.get('faust')}, "
+        f"confluent-kafka {m.get('confluent_kafka')} (librdkafka {m.get('librdkafka')}) |",
+        f"| load average at start | {m.get('load_average_at_start')} |",
+    ]
+
+
+def _throughput(r: dict[str, Any]) -> list[str]:
+    raw, noop, pipe = r["raw_kafka"], r["faust_noop"], r["pipeline"]
+    ratios = r.get("ratios", {})
+    rows = [
+        "| step | records/s | pipeline as a share of it |",
+        "|---|---:|---:|",
+    ]
+    raw_text = _missing(raw) or _num(raw.get("end_to_end_records_per_s"))
+    noop_text = _missing(noop) or _num(noop.get("records_per_s"))
+    pipe_text = _missing(pipe) or _num(pipe.get("rate_events_per_s"))
+    rows.append(
+        f"| (a) raw confluent-kafka produce → consume, {_num(raw.get('records'))} records "
+        f"of {_num(raw.get('mean_record_bytes'))} B | {raw_text} | "
+        f"{_pct(ratios.get('pipeline_to_raw_kafka'))} |"
+    )
+    rows.append(
+        f"| (b) no-op Faust agent (concurrency=1), {_num(noop.get('records'))} records | "
+        f"{noop_text} | {_pct(ratios.get('pipeline_to_faust_noop'))} |"
+    )
+    rounds = ", ".join(_num(r.get("rate_events_per_s")) for r in pipe.get("rounds", []))
+    rows.append(
+        f"| (c) full pipeline (worker, realistic mix), {_num(pipe.get('events'))} events over "
+        f"{_num(pipe.get('subjects'))} subjects, best of rounds [{rounds}] | {pipe_text} | 100 % |"
+    )
+    if "worker_cpu_ms_per_event" in pipe:
+        rows += [
+            "",
+            f"During (c) the worker used {_share(pipe.get('worker_cpu_share_of_one_core'))} of "
+            f"one core ({_num(pipe.get('worker_cpu_ms_per_event'), 2)} ms of CPU per event, "
+            f"ledger work included); the whole machine was "
+            f"{_share(pipe.get('machine_busy_share'))} busy.",
+        ]
+    return rows
+
+
+def _share(value: Any) -> str:
+    return f"{value * 100:.0f} %" if isinstance(value, int | float) else "-"
+
+
+def _pct(ratio: Any) -> str:
+    if not isinstance(ratio, int | float):
+        return "-"
+    return f"{ratio * 100:.2f} % (1/{1 / ratio:,.0f})" if ratio > 0 else "-"
+
+
+def _triple(q: dict[str, Any]) -> str:
+    return " / ".join(_num(q.get(k)) for k in ("p50", "p95", "p99"))
+
+
+def _latency(steps: Any) -> list[str]:
+    if isinstance(steps, dict):
+        return [_missing(steps) or "not measured"]
+    rows = [
+        "| offered ev/s | achieved ev/s | store p50/p95/p99 (observed) | "
+        "partner topic p50/p95/p99 (observed) | store (histogram) | partner topic (histogram) | "
+        "worker CPU / machine busy |",
+        "|---:|---:|---|---|---|---|---|",
+    ]
+    for s in steps:
+        if "error" in s:
+            rows.append(f"| {_num(s.get('offered_events_per_s'))} | {_missing(s)} | | | | | |")
+            continue
+        obs, hist = s["observed_ms"], s["histogram_ms"]
+        mark = " (saturated)" if s.get("saturated") else ""
+        rows.append(
+            f"| {_num(s['offered_events_per_s'])} ({s['label']}) | "
+            f"{_num(s['achieved_events_per_s'])}{mark} | {_triple(obs['store'])} | "
+            f"{_triple(obs['partner'])} | {_triple(hist['store'])} | {_triple(hist['partner'])} | "
+            f"{_share(s.get('worker_cpu_share_of_one_core'))} / "
+            f"{_share(s.get('machine_busy_share'))} |"
+        )
+    return rows
+
+
+def _memory(r: dict[str, Any]) -> list[str]:
+    red, rss, reb = r["redis_memory"], r["worker_rss"], r["rebuild"]
+    red_text = _missing(red) or (
+        f"{_num(red.get('bytes_per_subject'))} B/subject (used_memory delta over "
+        f"{_num(red.get('subjects'))} subjects); MEMORY USAGE sample "
+        f"{_num(red.get('memory_usage_sample_bytes_per_key'))} B/key"
+    )
+    rss_text = _missing(rss) or (
+        f"{_num(rss.get('rss_before_mib'), 1)} MiB → {_num(rss.get('rss_after_mib'), 1)} MiB "
+        f"with {_num(rss.get('events_processed'))} subjects in the table "
+        f"({_num(rss.get('rss_per_subject_bytes'))} B/subject)"
+    )
+    reb_text = _missing(reb) or (
+        f"{_num(reb.get('elapsed_s'), 1)} s for {_num(reb.get('applied'))} states "
+        f"({_num(reb.get('seconds_per_100k_subjects'), 1)} s per 100k, "
+        f"{_num(reb.get('states_per_s'))} states/s)"
+    )
+    return [
+        "| measure | result |",
+        "|---|---|",
+        f"| (e) Redis memory per subject | {red_text} |",
+        f"| (e) worker RSS | {rss_text} |",
+        f"| (f) rebuild Redis from consent.state.v1 | {reb_text} |",
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# Benchmark results ({results.get('started_at', '')})", ""]
+    lines += [*_machine(results["machine"]), ""]
+    lines += ["## Throughput", "", *_throughput(results), ""]
+    lines += ["## Latency per hop (ms)", "", *_latency(results["latency"]), ""]
+    lines += ["## Memory and rebuild", "", *_memory(results), ""]
+    lines += [f"Total run time: {_num(results.get('elapsed_s'))} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Latency (p50/p95/p99, observed) against achieved throughput, one panel per hop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = results["latency"] if isinstance(results["latency"], list) else []
+    steps = sorted(
+        (s for s in steps if "observed_ms" in s), key=lambda s: s["offered_events_per_s"]
+    )
+    peak = results["pipeline"].get("rate_events_per_s")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=120, sharey=True)
+    for ax, (hop, title) in zip(axes, HOPS, strict=True):
+        for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+            pts = [
+                (s["achieved_events_per_s"], s["observed_ms"][hop].get(q, math.nan)) for s in steps
+            ]
+            pts = [(x, y) for x, y in pts if not (math.isnan(x) or math.isnan(y))]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, label=q)
+        for s in steps:
+            if s.get("saturated"):
+                ax.annotate(
+                    f"offered {s['offered_events_per_s']:.0f}/s\n(saturated)",
+                    (s["achieved_events_per_s"], s["observed_ms"][hop].get("p50", math.nan)),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(-30, -28),
+                )
+        if isinstance(peak, int | float):
+            ax.axvline(peak, color="grey", linestyle="-.", label=f"max sustainable {peak:.0f}/s")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("achieved throughput (events/s)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0].set_ylabel("latency (ms), observed by a consumer")
+    m = results["machine"]
+    fig.suptitle(
+        f"Consent Stream worker: latency vs throughput ({m.get('cores')} cores, "
+        f"Kafka {m.get('kafka')}, realistic event mix)"
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,200 @@
+"""One ``consent-stream worker`` subprocess under a uuid namespace, stopped by its pid.
+
+The namespace isolates it on the shared stack: topics ``<ns>.consent.events.v1``..., the
+Faust app id (and so its consumer group and changelog topics), the Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from benchlib import group_lag
+from prometheus_client.parser import text_string_to_metric_families
+
+from producers.publisher import ConsentPublisher
+from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
+from schemas.policy import Policy
+from schemas.settings import Settings
+
+__all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def parse_metrics(text: str) -> Samples:
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, from /proc/<pid>/status (KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _command() -> list[str]:
+    beside = Path(sys.executable).parent / "consent-stream"
+    script = beside if beside.exists() else REPO_ROOT / ".venv" / "bin" / "consent-stream"
+    return [str(script), "--log-level", "WARNING", "worker"]
+
+
+@dataclass
+class WorkerProcess:
+    base: Settings
+    namespace: str
+    http_port: int
+    work_dir: Path
+
+    def __post_init__(self) -> None:
+        self.settings = Settings(
+            bootstrap_servers=self.base.bootstrap_servers,
+            redis_url=self.base.redis_url,
+            partitions=self.base.partitions,
+            http_port=self.http_port,
+            data_dir=str(self.work_dir / "data"),
+            topic_namespace=self.namespace,
+            app_id=self.app_id,
+            redis_prefix=self.namespace,
+        )
+        self.log_path = self.work_dir / "worker.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def app_id(self) -> str:
+        return f"consent-stream-{self.namespace}"
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("worker not started")
+        return self._proc.pid
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_STREAM_")}
+        s = self.settings
+        env.update(
+            {
+                "CONSENT_STREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+                "CONSENT_STREAM_REDIS_URL": s.redis_url,
+                "CONSENT_STREAM_PARTITIONS": str(s.partitions),
+                "CONSENT_STREAM_TOPIC_NAMESPACE": s.topic_namespace,
+                "CONSENT_STREAM_APP_ID": s.app_id,
+                "CONSENT_STREAM_REDIS_PREFIX": s.redis_prefix,
+                "CONSENT_STREAM_HTTP_PORT": str(s.http_port),
+                "CONSENT_STREAM_DATA_DIR": s.data_dir,
+            }
+        )
+        return env
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(  # noqa: S603 - our own entry point
+            _command(),
+            cwd=REPO_ROOT,
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the pid we started, SIGKILL after ``timeout_s``."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def metrics(self) -> Samples:
+        status, body = self.http_get("/metrics")
+        if status != 200:
+            raise RuntimeError(f"worker /metrics answered {status}")
+        return parse_metrics(body.decode())
+
+    def metric(self, name: str) -> float:
+        """Sum of every series of ``name`` (all labels)."""
+        return sum(v for n, _, v in self.metrics() if n == name)
+
+    def events_total(self) -> float:
+        return self.metric("consent_events_total")
+
+    def lag(self, policy: Policy) -> int:
+        """Records the worker's consumer group has not committed yet (events, ledger, acks)."""
+        names = self.settings.topics
+        topics = [names.events, names.ledger, *(names.acks(p) for p in sorted(policy.partners))]
+        return group_lag(self.settings, self.app_id, topics)
+
+    def wait_idle(self, policy: Policy, timeout_s: float) -> int:
+        """Wait (bounded) until every record was processed and committed; returns the lag."""
+        deadline = time.monotonic() + timeout_s
+        while (lag := self.lag(policy)) > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return lag
+
+    def wait_ready(self, policy: Policy, timeout_s: float) -> float:
+        """HTTP up, then a probe event through the store; returns the seconds it took."""
+        started = time.monotonic()
+        self._poll(lambda: self.http_get("/healthz")[0] == 200, started + timeout_s, "healthz")
+        probe = f"probe-{uuid.uuid4().hex[:12]}"
+        payload = ConsentChanged("marketing_sms", ConsentDecision.GRANTED, "2023-09-01", "probe")
+        event = ConsentEvent(str(uuid.uuid4()), probe, int(time.time() * 1000), "bench", payload)
+        with ConsentPublisher(self.settings, policy) as publisher:
+            publisher.publish(event)
+        self._poll(
+            lambda: self.http_get(f"/consent/{probe}")[0] == 200, started + timeout_s, "probe"
+        )
+        return time.monotonic() - started
+
+    def _poll(self, check: Callable[[], bool], deadline: float, what: str) -> None:
+        while not check():
+            if not self.alive():
+                raise RuntimeError(f"worker exited while waiting for {what}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready ({what}): {self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
