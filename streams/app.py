@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from schemas.cloudevents import header_map
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams import transport
+from streams.inbound import Inbound
 from streams.ledger_processor import LedgerProcessor
-from streams.processor import EventProcessor, Inbound
+from streams.metrics import StreamMetrics
+from streams.processor import EventProcessor
+from streams.sequencer import SourceReader, SourceSequencer
 
 __all__ = ["WorkerParts", "create_app"]
 
@@ -34,6 +38,8 @@ class WorkerParts:
     events: EventProcessor
     ledger: LedgerProcessor
     registry: CollectorRegistry
+    metrics: StreamMetrics
+    source_reader: SourceReader
     store: Any
     views: Any
     redis: Any
@@ -51,6 +57,39 @@ def _raw_topic(
         internal=internal,
         partitions=partitions,
     )
+
+
+def _inbound(event: Any) -> Inbound:
+    msg = event.message
+    return Inbound(
+        event.key,
+        event.value or b"",
+        header_map(msg.headers),
+        msg.topic,
+        msg.partition,
+        msg.offset,
+    )
+
+
+def _sequencers(app: faust.App, parts: WorkerParts) -> dict[str, SourceSequencer]:
+    """One sequencer per agent, forgetting revoked partitions at every rebalance."""
+
+    def mark_handled(topic: str, partition: int, start: int, end: int) -> None:
+        consumer = cast(transport.RedeliveringConsumer, app.consumer)
+        consumer.mark_handled(TP(topic, partition), start, end)
+
+    sequencers = {
+        stage: SourceSequencer(stage, parts.source_reader, parts.metrics, mark_handled)
+        for stage in ("events", "acknowledgements", "ledger")
+    }
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[TP] = args[0] if args else set()
+        for sequencer in sequencers.values():
+            sequencer.forget((tp.topic, tp.partition) for tp in revoked)
+
+    return sequencers
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -91,29 +130,31 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
         "consent-tickets", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
 
+    in_order = _sequencers(app, parts)
+
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            record = Inbound(
-                event.key,
-                event.value or b"",
-                header_map(msg.headers),
-                msg.topic,
-                msg.partition,
-                msg.offset,
-            )
+        async def handle(record: Inbound) -> None:
             await parts.events.handle(record, subjects)
+
+        async for event in stream.events():
+            await in_order["events"].handle(_inbound(event), handle)
 
     @app.agent(acks, concurrency=1, name="partner-acknowledgements")
     async def partner_acknowledgements(stream: Any) -> None:
+        async def handle(record: Inbound) -> None:
+            await parts.ledger.forward_ack(record.key, record.value, record.topic)
+
         async for event in stream.events():
-            await parts.ledger.forward_ack(event.key, event.value or b"", event.message.topic)
+            await in_order["acknowledgements"].handle(_inbound(event), handle)
 
     @app.agent(ledger, concurrency=1, name="instruction-ledger")
     async def instruction_ledger(stream: Any) -> None:
+        async def handle(record: Inbound) -> None:
+            await parts.ledger.handle(record.key or b"", record.value, tickets)
+
         async for event in stream.events():
-            await parts.ledger.handle(event.key, event.value, tickets)
+            await in_order["ledger"].handle(_inbound(event), handle)
 
     @app.timer(interval=SWEEP_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def sweep_ledger() -> None:

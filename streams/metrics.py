@@ -64,6 +64,7 @@ class StreamMetrics:
     publish_to_partner_topic: Histogram
     instruction_to_ack: Histogram
     requests_finished: Counter
+    source_records: Counter
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -159,6 +160,14 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             "consent_requests_finished_total",
             "Deletion requests that reached a final status, by status.",
             ["status"],
+            registry=registry,
+        ),
+        source_records=Counter(
+            "consent_source_records_total",
+            "Source records the stream did not deliver in order, by stage "
+            "(events, acknowledgements, ledger) and outcome (redelivered: handled "
+            "before, skipped; refetched: missing, read from Kafka directly).",
+            ["stage", "outcome"],
             registry=registry,
         ),
     )

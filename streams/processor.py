@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
 from schemas.cloudevents import published_at_ms
@@ -25,6 +24,7 @@ from schemas.validation import validate_event
 from streams.deadletter import DeadLetter, deadletter_headers
 from streams.decisions import Decision, Outcome, decide
 from streams.fanout import FanOut
+from streams.inbound import Inbound
 from streams.ledger_codec import DispatchedEntry, LedgerEntry, OpenEntry, encode_entry
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
@@ -36,18 +36,6 @@ __all__ = ["EventProcessor", "Inbound"]
 log = logging.getLogger(__name__)
 
 _STORE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One consumed record, as the agent hands it over."""
-
-    key: bytes | None
-    value: bytes
-    headers: dict[str, bytes]
-    topic: str
-    partition: int
-    offset: int
 
 
 class EventProcessor:

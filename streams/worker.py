@@ -20,6 +20,7 @@ from streams.outbox import FaustOutbox, RecordSender
 from streams.processor import EventProcessor
 from streams.pseudonyms import Pseudonyms
 from streams.request_views import AsyncRequestViews
+from streams.source_reader import KafkaSourceReader
 from streams.topics import ensure_topics
 from streams.web import attach_views
 
@@ -42,6 +43,8 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
         events=EventProcessor(policy, pseudonyms, serde, sender, store, metrics, settings.topics),
         ledger=LedgerProcessor(policy, serde, sender, views, metrics, settings.topics),
         registry=registry,
+        metrics=metrics,
+        source_reader=KafkaSourceReader(settings, str(app.conf.id)),
         store=store,
         views=views,
         redis=redis,

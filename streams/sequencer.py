@@ -1,0 +1,120 @@
+"""Every record of a source partition handled once per worker run, in offset order.
+
+Around restarts and rebalances Faust may hand an agent a record twice, late (after later
+records of its partition) or not at all (faust-streaming issue 596; ``streams.transport``
+mends the part of it that lives in Faust's fetch loop). Order per partition is order per
+subject, and a lost record is a lost consent change, so the agents do not rely on it:
+the sequencer keeps, per source partition, the next offset the agent has to handle.
+
+- a record below it was handled already (a redelivery): skipped;
+- the expected record: handled;
+- a record above it: the records in between are read from Kafka directly
+  (``SourceReader``) and handled first, in order, then this one.
+
+The first record of a partition after an assignment is compared with the consumer group's
+committed offset, which never passes a record that was not handled (commits follow the
+agents' acknowledgements; the worker's producer flush makes the table state durable
+before). Handling stays at-least-once: a crash before the commit redelivers, and every
+handler here is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from enum import Enum
+from typing import Protocol
+
+from streams.inbound import Inbound
+from streams.metrics import StreamMetrics
+
+__all__ = ["SourceReader", "SourceSequencer", "Step", "next_step"]
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+Handler = Callable[[Inbound], Awaitable[object]]
+FilledCallback = Callable[[str, int, int, int], None]
+
+
+class Step(Enum):
+    SKIP = "skip"  # handled before
+    HANDLE = "handle"  # the expected record
+    FILL = "fill"  # records are missing before this one
+
+
+def next_step(expected: int, offset: int) -> Step:
+    if offset < expected:
+        return Step.SKIP
+    if offset == expected:
+        return Step.HANDLE
+    return Step.FILL
+
+
+class SourceReader(Protocol):
+    """Reads a source partition directly, outside the agent's stream."""
+
+    async def start_offset(self, topic: str, partition: int) -> int:
+        """The consumer group's committed offset, or the partition's first offset."""
+        ...
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Inbound]:
+        """The records with ``start <= offset < end`` (offsets without a record, such as
+        transaction markers, are simply absent)."""
+        ...
+
+
+class SourceSequencer:
+    def __init__(
+        self,
+        stage: str,
+        reader: SourceReader,
+        metrics: StreamMetrics,
+        on_filled: FilledCallback | None = None,
+    ) -> None:
+        self._stage, self._reader, self._metrics = stage, reader, metrics
+        self._on_filled = on_filled
+        self._next: dict[Partition, int] = {}
+
+    def expected(self, topic: str, partition: int) -> int | None:
+        return self._next.get((topic, partition))
+
+    def forget(self, partitions: Iterable[Partition] | None = None) -> None:
+        """After a rebalance: the next record of these partitions is a first record again."""
+        if partitions is None:
+            self._next.clear()
+        for tp in partitions or ():
+            self._next.pop(tp, None)
+
+    async def handle(self, record: Inbound, handle: Handler) -> Step:
+        tp = (record.topic, record.partition)
+        expected = self._next.get(tp)
+        if expected is None:
+            expected = await self._reader.start_offset(*tp)
+        step = next_step(expected, record.offset)
+        if step is Step.SKIP:
+            self._metrics.source_records.labels(self._stage, "redelivered").inc()
+            return step
+        if step is Step.FILL:
+            await self._fill(record, expected, handle)
+        await handle(record)
+        self._next[tp] = record.offset + 1
+        return step
+
+    async def _fill(self, record: Inbound, start: int, handle: Handler) -> None:
+        topic, partition, end = record.topic, record.partition, record.offset
+        missing = await self._reader.read(topic, partition, start, end)
+        log.warning(
+            "%s[%d]: offsets %d..%d were not delivered by the stream; %d records read "
+            "directly and handled first",
+            topic,
+            partition,
+            start,
+            end - 1,
+            len(missing),
+        )
+        for earlier in missing:
+            await handle(earlier)
+        self._metrics.source_records.labels(self._stage, "refetched").inc(len(missing))
+        if self._on_filled is not None:
+            self._on_filled(topic, partition, start, end)
