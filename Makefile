@@ -17,7 +17,7 @@ STACK := $(PYTHON) $(STACK_PY)
 # CONSENT_STREAM_REDIS_URL, CONSENT_STREAM_PARTITIONS) in their environment.
 WITH_STACK_ENV = stack_env="$$($(STACK) env)"; eval "$$stack_env";
 PYTEST_ARGS ?=
-# Options of `consent-stream demo` for `make run`, e.g. RUN_ARGS="--subjects 5000 --rate 2000".
+# Options of `consent-stream demo` for `make run`, e.g. RUN_ARGS="--subjects 5000 --rate 500".
 RUN_ARGS ?=
 
 .PHONY: help venv stack stop status env test lint run bench reset clean distclean
@@ -32,9 +32,9 @@ help:
 	@echo "make test    - lint, stack, then the whole pytest suite against it"
 	@echo "make run     - the main job: stack, workers, simulated partners, a realistic workload,"
 	@echo "               progress, then a summary; exit 0 only if every request settled"
-	@echo "               options: make run RUN_ARGS=\"--subjects 5000 --rate 2000\" (see"
+	@echo "               options: make run RUN_ARGS=\"--subjects 5000 --rate 500\" (see"
 	@echo "               $(VENV)/bin/consent-stream demo --help)"
-	@echo "make bench   - benchmark (not yet)"
+	@echo "make bench   - the benchmark (docs/benchmarks.md): ceilings, pipeline, latency, memory"
 	@echo "make reset   - stop the stack and delete its data (keeps the Kafka jar cache)"
 	@echo "make clean   - reset + delete Python caches; distclean also deletes $(VENV) and .stack"
 

@@ -128,13 +128,22 @@ class PartnerConsumer:
         last_record = time.monotonic()
         while not self._stop.is_set() and (max_messages is None or taken < max_messages):
             want = self._batch_size if max_messages is None else max_messages - taken
-            records = self._consumer.consume(min(want, self._batch_size), self._poll_timeout_s)
+            records = self._next_batch(min(want, self._batch_size))
             if records:
                 last_record = time.monotonic()
                 taken += self._process(records)
             elif idle_timeout_s is not None and time.monotonic() - last_record >= idle_timeout_s:
                 break
         return taken
+
+    def _next_batch(self, size: int) -> list[Any]:
+        """Waits up to the poll timeout for one record, then takes what else has already
+        arrived (up to ``size``): a lone instruction is answered at once (``consume(n, t)``
+        alone would wait for ``n`` records or the whole timeout), a burst in batches."""
+        records = list(self._consumer.consume(1, self._poll_timeout_s))
+        if records and size > 1:
+            records += self._consumer.consume(size - 1, 0)
+        return records
 
     def stop(self) -> None:
         """Ask ``run()`` to return (safe from a signal handler or another thread)."""

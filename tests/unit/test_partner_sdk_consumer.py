@@ -79,11 +79,13 @@ class FakeConsumer:
     committed: list[tuple[int, int]] = field(default_factory=list)
     subscribed: list[str] = field(default_factory=list)
     closed: bool = False
+    consume_calls: list[tuple[int, float]] = field(default_factory=list)
 
     def subscribe(self, topics: list[str], *args: Any, **kwargs: Any) -> None:
         self.subscribed.extend(topics)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        self.consume_calls.append((num_messages, timeout))
         return [self.queue.popleft() for _ in range(min(num_messages, len(self.queue)))]
 
     def commit(self, *args: Any, message: FakeMessage, asynchronous: bool = True) -> None:
@@ -220,6 +222,18 @@ def test_each_instruction_is_acked_with_its_ack_key_then_committed(rig: Rig) -> 
         )
         == 3
     )
+
+
+def test_a_lone_instruction_is_answered_without_waiting_for_a_full_batch(rig: Rig) -> None:
+    """``consume(100, 0.5)`` would hold one instruction for the whole poll timeout: the SDK
+    waits for one record, then takes only what has already arrived."""
+    rig.feed(*(encode(instruction()) for _ in range(3)))
+    consumer = make(rig, CountingHandler(), batch_size=100, poll_timeout_s=0.5)
+
+    assert consumer.run(idle_timeout_s=0) == 3
+
+    assert rig.consumer.consume_calls[:2] == [(1, 0.5), (99, 0)]
+    assert rig.consumer.committed == [(0, 3)]  # the three in one batch
 
 
 def test_repeated_instruction_is_not_handled_again_and_the_same_ack_is_resent(rig: Rig) -> None:
