@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +15,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from producers.publisher import make_producer
 from schemas.settings import Settings
+from streams.demo_processes import free_port
 
 __all__ = [
     "Record",
@@ -38,13 +38,6 @@ T = TypeVar("T")
 
 def new_namespace() -> str:
     return f"bench{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def poll_until(check: Callable[[], T | None], timeout_s: float, what: str, step: float = 0.1) -> T:

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from producers.publisher import ConsentPublisher
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.policy import Policy
 from schemas.settings import Settings
+from streams.demo_processes import http_get
 
 __all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]
 
@@ -135,14 +134,7 @@ class WorkerProcess:
             self._log = None
 
     def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                return int(resp.status), resp.read()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
+        return http_get(self.http_port, path, timeout_s)
 
     def metrics(self) -> Samples:
         status, body = self.http_get("/metrics")
