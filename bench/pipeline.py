@@ -1,4 +1,4 @@
-"""(c) The full pipeline's maximum sustainable rate.
+"""(c) The full pipeline's maximum rate: how fast one worker drains a backlog.
 
 A large batch of realistic events is published as fast as possible to the worker's
 namespaced consent.events.v1; ``consent_events_total`` is sampled from the worker's

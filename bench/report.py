@@ -188,7 +188,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     xytext=(-30, -28),
                 )
         if isinstance(peak, int | float):
-            ax.axvline(peak, color="grey", linestyle="-.", label=f"max sustainable {peak:.0f}/s")
+            ax.axvline(peak, color="grey", linestyle="-.", label=f"(c) backlog drain {peak:.0f}/s")
         ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("achieved throughput (events/s)")
