@@ -118,6 +118,9 @@ def validate_event(event: ConsentEvent, policy: Policy, now_ms: int) -> None:
     """Raise a ``ValidationError`` subclass naming the field if ``event`` is invalid."""
     _uuid(event.event_id, "event_id")
     _text(event.subject_id, "subject_id")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in event.subject_id):
+        # an identifier; also keeps the worker's reserved table keys (streams.sequencer) apart
+        raise ValidationError("subject_id contains control characters", field="subject_id")
     _text(event.source, "source")
     if not isinstance(event.occurred_at, int) or event.occurred_at < _EARLIEST_MS:
         raise ValidationError(

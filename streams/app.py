@@ -22,7 +22,7 @@ from streams.inbound import Inbound
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import StreamMetrics
 from streams.processor import EventProcessor
-from streams.sequencer import SourceReader, SourceSequencer
+from streams.sequencer import POSITION_KEY_PREFIX, SourceReader, SourceSequencer
 
 __all__ = ["WorkerParts", "create_app"]
 
@@ -71,16 +71,23 @@ def _inbound(event: Any) -> Inbound:
     )
 
 
-def _sequencers(app: faust.App, parts: WorkerParts) -> dict[str, SourceSequencer]:
-    """One sequencer per agent, forgetting revoked partitions at every rebalance."""
+def _sequencers(
+    app: faust.App, parts: WorkerParts, subjects: Any, tickets: Any
+) -> dict[str, SourceSequencer]:
+    """One sequencer per agent (positions kept in the agent's table where it has one),
+    forgetting revoked partitions at every rebalance."""
 
     def mark_handled(topic: str, partition: int, start: int, end: int) -> None:
         consumer = cast(transport.RedeliveringConsumer, app.consumer)
         consumer.mark_handled(TP(topic, partition), start, end)
 
+    def sequencer(stage: str, positions: Any = None) -> SourceSequencer:
+        return SourceSequencer(stage, parts.source_reader, parts.metrics, mark_handled, positions)
+
     sequencers = {
-        stage: SourceSequencer(stage, parts.source_reader, parts.metrics, mark_handled)
-        for stage in ("events", "acknowledgements", "ledger")
+        "events": sequencer("events", subjects),
+        "acknowledgements": sequencer("acknowledgements"),
+        "ledger": sequencer("ledger", tickets),
     }
 
     @app.on_partitions_revoked.connect
@@ -130,7 +137,7 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
         "consent-tickets", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
 
-    in_order = _sequencers(app, parts)
+    in_order = _sequencers(app, parts, subjects, tickets)
 
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
@@ -158,6 +165,8 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
 
     @app.timer(interval=SWEEP_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def sweep_ledger() -> None:
-        due, _ = parts.ledger.scan(list(tickets.values()))
+        due, _ = parts.ledger.scan(
+            [v for k, v in tickets.items() if not k.startswith(POSITION_KEY_PREFIX)]
+        )
         if due:
             await parts.ledger.request_sweeps(due)

@@ -90,11 +90,12 @@ class LedgerProcessor:
         after = await self._apply(before, key.decode(), entry)
         if after is None or after == before:
             return
+        # the effect first, then the state: a crash in between redoes the publish
+        await self._publish(before, after)
         if after.request is None and after.settled:
             tickets.pop(key, None)  # a lone instruction that has been answered
         else:
             tickets[key] = ticket_to_json(after)
-        await self._publish(before, after)
 
     async def _apply(self, ticket: Ticket | None, key: str, entry: LedgerEntry) -> Ticket | None:
         now = self._now()

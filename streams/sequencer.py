@@ -14,23 +14,29 @@ the sequencer keeps, per source partition, the next offset the agent has to hand
 The first record of a partition after an assignment is compared with the consumer group's
 committed offset, which never passes a record that was not handled (commits follow the
 agents' acknowledgements; the worker's producer flush makes the table state durable
-before). Handling stays at-least-once: a crash before the commit redelivers, and every
-handler here is idempotent.
+before). Where the agent keeps a table, the sequencer also writes the next offset there
+(``positions``, under a key no record key can have: ids with control characters are
+refused), in the same changelog partition as the state the records produced; the larger
+of the two is the start, so records whose state changes already reached the table are
+not applied again after a rebalance or restart (no double counting, no reopened ledger
+ticket). Without a table, handling is at-least-once and the handler is idempotent.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from enum import Enum
-from typing import Protocol
+from typing import Final, Protocol
 
 from streams.inbound import Inbound
 from streams.metrics import StreamMetrics
 
-__all__ = ["SourceReader", "SourceSequencer", "Step", "next_step"]
+__all__ = ["POSITION_KEY_PREFIX", "SourceReader", "SourceSequencer", "Step", "next_step"]
 
 log = logging.getLogger(__name__)
+
+POSITION_KEY_PREFIX: Final = b"\x00next-offset:"
 
 Partition = tuple[str, int]
 Handler = Callable[[Inbound], Awaitable[object]]
@@ -71,9 +77,10 @@ class SourceSequencer:
         reader: SourceReader,
         metrics: StreamMetrics,
         on_filled: FilledCallback | None = None,
+        positions: MutableMapping[bytes, bytes] | None = None,
     ) -> None:
         self._stage, self._reader, self._metrics = stage, reader, metrics
-        self._on_filled = on_filled
+        self._on_filled, self._positions = on_filled, positions
         self._next: dict[Partition, int] = {}
 
     def expected(self, topic: str, partition: int) -> int | None:
@@ -90,7 +97,7 @@ class SourceSequencer:
         tp = (record.topic, record.partition)
         expected = self._next.get(tp)
         if expected is None:
-            expected = await self._reader.start_offset(*tp)
+            expected = await self._start(tp)
         step = next_step(expected, record.offset)
         if step is Step.SKIP:
             self._metrics.source_records.labels(self._stage, "redelivered").inc()
@@ -99,7 +106,14 @@ class SourceSequencer:
             await self._fill(record, expected, handle)
         await handle(record)
         self._next[tp] = record.offset + 1
+        if self._positions is not None:
+            self._positions[_position_key(tp)] = str(record.offset + 1).encode()
         return step
+
+    async def _start(self, tp: Partition) -> int:
+        committed = await self._reader.start_offset(*tp)
+        stored = self._positions.get(_position_key(tp)) if self._positions is not None else None
+        return max(committed, int(stored)) if stored else committed
 
     async def _fill(self, record: Inbound, start: int, handle: Handler) -> None:
         topic, partition, end = record.topic, record.partition, record.offset
@@ -118,3 +132,7 @@ class SourceSequencer:
         self._metrics.source_records.labels(self._stage, "refetched").inc(len(missing))
         if self._on_filled is not None:
             self._on_filled(topic, partition, start, end)
+
+
+def _position_key(tp: Partition) -> bytes:
+    return POSITION_KEY_PREFIX + f"{tp[0]}:{tp[1]}".encode()

@@ -295,6 +295,28 @@ def test_request_lifecycle_is_published_to_the_topic_and_the_view() -> None:
     assert h.metric("consent_instruction_to_ack_seconds_sum", partner="payment") == 3600.0
 
 
+def test_a_failed_publish_leaves_the_ticket_as_it_was_so_the_redelivery_publishes() -> None:
+    """Effect first, then state: were the ticket stored before the status was published,
+    a crash in between would make the redelivered entry a no-op and the status lost."""
+    h = Harness()
+    in_progress(h)
+    before = h.tickets[REQUEST.encode()]
+
+    async def unavailable(status: RequestStatus) -> None:
+        raise ConnectionError("redis down")
+
+    h.views.put = unavailable  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        h.handle(REQUEST, answer(ADS))
+    assert h.tickets[REQUEST.encode()] == before
+
+    h.views = FakeViews()
+    h.processor._views = h.views
+    h.handle(REQUEST, answer(ADS))
+    assert [p.status.value for p in h.views.puts[-1].partners if p.partner == "ads"] == ["DONE"]
+    assert h.tickets[REQUEST.encode()] != before
+
+
 def test_repeated_open_and_dispatch_publish_nothing_new() -> None:
     h = Harness()
     in_progress(h)

@@ -133,3 +133,33 @@ def test_the_metric_counts_redelivered_and_refetched_records() -> None:
 
     assert value("refetched") == 2
     assert value("redelivered") == 2
+
+
+def test_positions_in_the_table_keep_a_restart_from_applying_records_again() -> None:
+    """Committed offset 2, but the table (recovered from its changelog) says the state
+    already reflects records up to 4: those are skipped, not applied a second time."""
+    table: dict[bytes, bytes] = {}
+    first = SourceSequencer(
+        "ledger", FakeReader(range(10), 0), stream_metrics(CollectorRegistry()), positions=table
+    )
+    handled: list[int] = []
+
+    async def handle(r: Inbound) -> None:
+        handled.append(r.offset)
+
+    async def go(seq: SourceSequencer, offsets: Iterable[int]) -> None:
+        for o in offsets:
+            await seq.handle(rec(o), handle)
+
+    asyncio.run(go(first, range(5)))
+    assert table == {b"\x00next-offset:ns.consent.events.v1:0": b"5"}
+    restarted = SourceSequencer(
+        "ledger",
+        FakeReader(range(10), committed=2),
+        stream_metrics(CollectorRegistry()),
+        positions=table,
+    )
+    asyncio.run(go(restarted, range(2, 8)))
+    assert handled == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert table[b"\x00next-offset:ns.consent.events.v1:0"] == b"8"
+

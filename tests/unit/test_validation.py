@@ -174,6 +174,11 @@ INVALID: dict[str, tuple[ConsentEvent, type[ValidationError], str, str]] = {
     "subject too long": (
         _replace(BASE, subject_id="m" * (MAX_ID_LENGTH + 1)),
         ValidationError, "invalid_field", "subject_id"),
+    "control character in the subject": (
+        _replace(BASE, subject_id="\x00next-offset:x"),
+        ValidationError, "invalid_field", "subject_id"),
+    "newline in the subject": (
+        _replace(BASE, subject_id="m-1\nm-2"), ValidationError, "invalid_field", "subject_id"),
     "empty source": (_replace(BASE, source=""), ValidationError, "invalid_field", "source"),
     "occurred in the far future": (
         _replace(BASE, occurred_at=NOW + 400 * 24 * HOUR),
