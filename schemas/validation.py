@@ -119,7 +119,7 @@ def validate_event(event: ConsentEvent, policy: Policy, now_ms: int) -> None:
     _uuid(event.event_id, "event_id")
     _text(event.subject_id, "subject_id")
     if any(ord(c) < 0x20 or c == "\x7f" for c in event.subject_id):
-        # an identifier; also keeps the worker's reserved table keys (streams.sequencer) apart
+        # an identifier: it becomes a Kafka key, a table key and (hashed) a Redis key
         raise ValidationError("subject_id contains control characters", field="subject_id")
     _text(event.source, "source")
     if not isinstance(event.occurred_at, int) or event.occurred_at < _EARLIEST_MS:

@@ -71,11 +71,9 @@ def _inbound(event: Any) -> Inbound:
     )
 
 
-def _sequencers(
-    app: faust.App, parts: WorkerParts, subjects: Any, tickets: Any
-) -> dict[str, SourceSequencer]:
-    """One sequencer per agent (positions kept in the agent's table where it has one),
-    forgetting revoked partitions at every rebalance."""
+def _sequencers(app: faust.App, parts: WorkerParts, tickets: Any) -> dict[str, SourceSequencer]:
+    """One sequencer per agent (the ledger's positions kept in its table), forgetting
+    revoked partitions at every rebalance."""
 
     def mark_handled(topic: str, partition: int, start: int, end: int) -> None:
         consumer = cast(transport.RedeliveringConsumer, app.consumer)
@@ -85,7 +83,9 @@ def _sequencers(
         return SourceSequencer(stage, parts.source_reader, parts.metrics, mark_handled, positions)
 
     sequencers = {
-        "events": sequencer("events", subjects),
+        # events: a redelivered event is recognised by its id (outcome "duplicate"), so
+        # no position write per event on the hot path
+        "events": sequencer("events"),
         "acknowledgements": sequencer("acknowledgements"),
         "ledger": sequencer("ledger", tickets),
     }
@@ -137,7 +137,7 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
         "consent-tickets", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
 
-    in_order = _sequencers(app, parts, subjects, tickets)
+    in_order = _sequencers(app, parts, tickets)
 
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:

@@ -14,12 +14,12 @@ the sequencer keeps, per source partition, the next offset the agent has to hand
 The first record of a partition after an assignment is compared with the consumer group's
 committed offset, which never passes a record that was not handled (commits follow the
 agents' acknowledgements; the worker's producer flush makes the table state durable
-before). Where the agent keeps a table, the sequencer also writes the next offset there
-(``positions``, under a key no record key can have: ids with control characters are
-refused), in the same changelog partition as the state the records produced; the larger
-of the two is the start, so records whose state changes already reached the table are
-not applied again after a rebalance or restart (no double counting, no reopened ledger
-ticket). Without a table, handling is at-least-once and the handler is idempotent.
+before). Given a table (``positions``; the worker gives the ledger's), the sequencer also
+writes the next offset there, under a key no record key can have, in the same changelog
+partition as the state the records produced; the larger of the two is the start, so
+records whose state changes already reached the table are not applied again after a
+rebalance or restart (no double counting, no reopened ledger ticket). Without it,
+handling is at-least-once and the handler is idempotent (events: by event id).
 """
 
 from __future__ import annotations
