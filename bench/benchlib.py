@@ -8,19 +8,18 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import redis
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from producers.publisher import make_producer
 from schemas.settings import Settings
 from streams.demo_processes import free_port
+from streams.namespace import delete_groups, delete_redis_prefix, delete_topics
 
 __all__ = [
     "Record",
     "create_topics",
-    "delete_group",
+    "delete_groups",
     "delete_redis_prefix",
     "delete_topics",
     "free_port",
@@ -73,49 +72,6 @@ def create_topics(
         )
 
     poll_until(ready, 30, "topic leaders")
-
-
-def delete_topics(settings: Settings, prefixes: Iterable[str]) -> list[str]:
-    """Delete every topic whose name starts with one of ``prefixes``; returns them."""
-    admin = AdminClient(settings.admin_config())
-    wanted = tuple(prefixes)
-    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(wanted)]
-    if not names:
-        return []
-    for name, future in admin.delete_topics(names, operation_timeout=30).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            log.warning("could not delete topic %s: %s", name, exc)
-    return names
-
-
-def delete_group(settings: Settings, group: str) -> None:
-    """Delete a consumer group of ours (its committed offsets); absent groups are fine."""
-    admin = AdminClient(settings.admin_config())
-    try:
-        for future in admin.delete_consumer_groups([group], request_timeout=15).values():
-            future.result()
-    except Exception as exc:  # gone with its topics' offsets; cleanup never fails the bench
-        log.debug("consumer group %s not deleted: %s", group, exc)
-
-
-def delete_redis_prefix(redis_url: str, prefix: str) -> int:
-    """Delete the keys ``<prefix>:*`` (the benchmark's own namespace only)."""
-    client = redis.Redis.from_url(redis_url)
-    deleted = 0
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                deleted += int(client.unlink(*batch))
-                batch = []
-        if batch:
-            deleted += int(client.unlink(*batch))
-    finally:
-        client.close()
-    return deleted
 
 
 def produce_all(

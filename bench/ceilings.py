@@ -22,7 +22,7 @@ from typing import Any
 from benchlib import (
     Record,
     create_topics,
-    delete_group,
+    delete_groups,
     delete_topics,
     free_port,
     poll_until,
@@ -134,7 +134,7 @@ def faust_noop(
         if proc is not None:
             _stop(proc)
         delete_topics(settings, [topic, f"{app_id}-"])
-        delete_group(settings, app_id)
+        delete_groups(settings, [app_id])
     span = timing["last"] - timing["first"]
     return {
         "records": count,

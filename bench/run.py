@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from benchlib import (  # noqa: E402
-    delete_group,
+    delete_groups,
     delete_redis_prefix,
     delete_topics,
     free_port,
@@ -162,7 +162,7 @@ def running_worker(
     finally:
         worker.stop()
         delete_topics(settings, [f"{namespace}.", f"{worker.app_id}-"])
-        delete_group(settings, worker.app_id)
+        delete_groups(settings, [worker.app_id])
         delete_redis_prefix(settings.redis_url, namespace)
 
 

@@ -26,6 +26,7 @@ from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.demo_processes import Children
 from streams.demo_run import DemoRun
+from streams.namespace import remove_namespace
 from streams.workload import WorkloadSpec, build_workload
 
 __all__ = ["DemoOptions", "add_demo_command", "default_namespace", "run_demo"]
@@ -47,6 +48,7 @@ class DemoOptions:
     closure_fraction: float = 0.10
     namespace: str | None = None
     keep_running: bool = False
+    keep_data: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
@@ -61,6 +63,7 @@ class DemoOptions:
             closure_fraction=args.closure_fraction,
             namespace=args.namespace,
             keep_running=args.keep_running,
+            keep_data=args.keep_data,
         )
 
 
@@ -115,6 +118,22 @@ def run_demo(options: DemoOptions, settings: Settings, policy: Policy, out: Text
         children.stop_all()
         run.close()
         signal.signal(signal.SIGTERM, previous)
+        if options.namespace is None and not options.keep_data:
+            _remove(scoped, policy, out)
+
+
+def _remove(settings: Settings, policy: Policy, out: TextIO) -> None:
+    """Remove the run's own namespace (topics, groups, Redis keys); logs stay."""
+    try:
+        removed = remove_namespace(settings, policy.partners)
+    except Exception as exc:  # the run's result stands; say what was left behind
+        print(f"could not remove namespace {settings.topic_namespace}: {exc}", file=out)
+        return
+    print(
+        f"removed namespace {settings.topic_namespace}: {removed.topics} topics, "
+        f"{removed.keys} Redis keys (--keep-data keeps them)",
+        file=out,
+    )
 
 
 def _demo(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
@@ -161,4 +180,10 @@ def add_demo_command(sub: Any) -> None:
     )
     add("--namespace", default=None, help="default: a fresh demo<UTC time>-<pid>")
     add("--keep-running", action="store_true", help="after the summary, run until Ctrl-C")
+    add(
+        "--keep-data",
+        action="store_true",
+        help="keep the run's topics and Redis keys afterwards (a fresh namespace is removed "
+        "by default; one given with --namespace is always kept)",
+    )
     demo.set_defaults(handler=_demo)

@@ -60,7 +60,7 @@ def namespace(bootstrap_servers: str, redis_url: str) -> Iterator[str]:
 
 
 def run_demo(
-    bootstrap_servers: str, redis_url: str, namespace: str, cwd: Path, *args: str
+    bootstrap_servers: str, redis_url: str, namespace: str | None, cwd: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -69,7 +69,7 @@ def run_demo(
     }
     try:
         return subprocess.run(
-            [*demo_command(), "--namespace", namespace, *args],
+            [*demo_command(), *(("--namespace", namespace) if namespace else ()), *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -159,3 +159,29 @@ def test_requests_not_settled_in_time_fail_the_run(
     last = result.stdout.rstrip().splitlines()[-1]
     assert re.fullmatch(r"result: FAILED - \d+ of \d+ deletion requests not final after 0 s", last)
     assert_stopped(child_pids(result.stdout))
+
+
+def test_a_run_in_its_own_fresh_namespace_removes_it_afterwards(
+    bootstrap_servers: str, redis_url: str, tmp_path: Path
+) -> None:
+    result = run_demo(
+        bootstrap_servers,
+        redis_url,
+        None,
+        tmp_path,
+        *("--subjects", "20", "--rate", "0", "--timeout-s", "120"),
+    )
+    namespace = found(r"consent-stream demo: namespace (\S+)", result.stdout)
+    assert result.returncode == 0, explain(result, tmp_path, namespace)
+    removed = found(rf"removed namespace {re.escape(namespace)}: (\d+) topics", result.stdout)
+    assert int(removed) >= 13  # the service's topics, partners' and Faust's own
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    left = [t for t in admin.list_topics(timeout=30).topics if namespace in t]
+    assert left == []
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{namespace}:*", count=1000)) == []
+    finally:
+        client.close()
+    assert (tmp_path / ".stack" / "demo" / namespace / "worker-1.log").exists()  # logs stay
