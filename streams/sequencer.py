@@ -25,6 +25,7 @@ handling is at-least-once and the handler is idempotent (events: by event id).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from enum import Enum
 from typing import Final, Protocol
@@ -111,9 +112,21 @@ class SourceSequencer:
         return step
 
     async def _start(self, tp: Partition) -> int:
+        started = time.monotonic()
         committed = await self._reader.start_offset(*tp)
         stored = self._positions.get(_position_key(tp)) if self._positions is not None else None
-        return max(committed, int(stored)) if stored else committed
+        start = max(committed, int(stored)) if stored else committed
+        log.info(
+            "%s[%d]: first record after an assignment; handling from offset %d "
+            "(committed %d, stored %s; looked up in %.0f ms)",
+            tp[0],
+            tp[1],
+            start,
+            committed,
+            stored.decode() if stored else "none",
+            (time.monotonic() - started) * 1000,
+        )
+        return start
 
     async def _fill(self, record: Inbound, start: int, handle: Handler) -> None:
         topic, partition, end = record.topic, record.partition, record.offset
