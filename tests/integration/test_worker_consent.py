@@ -5,12 +5,10 @@ One worker for the module, under its own uuid namespace (see ``processes.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.settings import Settings
@@ -18,7 +16,6 @@ from streams.pseudonyms import Pseudonyms, instruction_id
 
 from .processes import (
     TopicRecord,
-    WorkerFactory,
     WorkerProcess,
     consent_changed,
     deletion_requested,
@@ -28,41 +25,17 @@ from .processes import (
     read_until,
 )
 from .processes import worker_factory as worker_factory
+from .worker_fixtures import publisher as publisher
+from .worker_fixtures import redis_client as redis_client
+from .worker_fixtures import settings as settings
+from .worker_fixtures import store as store
+from .worker_fixtures import worker as worker
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 30.0
 ADS = "personalized_ads"
 EVENTS = "consent_events_total"
-
-
-@pytest.fixture(scope="module")
-def worker(worker_factory: WorkerFactory) -> WorkerProcess:
-    return worker_factory()
-
-
-@pytest.fixture(scope="module")
-def settings(worker: WorkerProcess) -> Settings:
-    return worker.settings
-
-
-@pytest.fixture(scope="module")
-def publisher(worker: WorkerProcess) -> Iterator[ConsentPublisher]:
-    with ConsentPublisher(worker.settings, worker.policy) as publisher:
-        yield publisher
-
-
-@pytest.fixture(scope="module")
-def redis_client(worker: WorkerProcess) -> Iterator[redis.Redis]:
-    client = make_redis(worker.settings)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def store(worker: WorkerProcess, redis_client: redis.Redis) -> ConsentStore:
-    s = worker.settings
-    return ConsentStore(redis_client, worker.policy, s.subject_key, s.redis_prefix)
 
 
 def instructions_for(records: list[TopicRecord], event_id: str) -> list[PartnerInstruction]:

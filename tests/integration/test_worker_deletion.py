@@ -7,14 +7,13 @@ One worker for the module, under its own uuid namespace (see ``processes.py``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.partner import (
     AcknowledgementStatus,
@@ -29,7 +28,6 @@ from streams.pseudonyms import Pseudonyms, instruction_id
 
 from .processes import (
     TopicRecord,
-    WorkerFactory,
     WorkerProcess,
     data_shared,
     deletion_requested,
@@ -39,6 +37,11 @@ from .processes import (
     read_until,
 )
 from .processes import worker_factory as worker_factory
+from .worker_fixtures import publisher as publisher
+from .worker_fixtures import redis_client as redis_client
+from .worker_fixtures import settings as settings
+from .worker_fixtures import store as store
+from .worker_fixtures import worker as worker
 
 pytestmark = pytest.mark.integration
 
@@ -46,35 +49,6 @@ TIMEOUT_S = 30.0
 DAY_MS = 86_400_000
 RETENTION_MS = 1095 * DAY_MS  # transaction records: 3 years after the transaction
 IGNORED = "consent_acknowledgements_ignored_total"
-
-
-@pytest.fixture(scope="module")
-def worker(worker_factory: WorkerFactory) -> WorkerProcess:
-    return worker_factory()
-
-
-@pytest.fixture(scope="module")
-def settings(worker: WorkerProcess) -> Settings:
-    return worker.settings
-
-
-@pytest.fixture(scope="module")
-def publisher(worker: WorkerProcess) -> Iterator[ConsentPublisher]:
-    with ConsentPublisher(worker.settings, worker.policy) as publisher:
-        yield publisher
-
-
-@pytest.fixture(scope="module")
-def redis_client(worker: WorkerProcess) -> Iterator[redis.Redis]:
-    client = make_redis(worker.settings)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def store(worker: WorkerProcess, redis_client: redis.Redis) -> ConsentStore:
-    s = worker.settings
-    return ConsentStore(redis_client, worker.policy, s.subject_key, s.redis_prefix)
 
 
 class Acks:
