@@ -1005,6 +1005,18 @@ def stop_services(cfg: StackConfig) -> None:
         say(f"{service.name} stopped")
 
 
+def cmd_kill_kafka(cfg: StackConfig) -> None:
+    """A broker crash for the fault tests: SIGKILL, by the pid this stack started."""
+    service = kafka_service(cfg)
+    pid = owned_pid(service)
+    if pid is None:
+        raise StackError("kafka is not running (or not one this stack started)")
+    signal_pid(pid, signal.SIGKILL)
+    if not wait_gone(service, pid, cfg.stop_timeout_s):
+        raise StackError(f"kafka (pid {pid}) did not die after SIGKILL")
+    say(f"killed kafka (pid {pid})")
+
+
 def cmd_down(cfg: StackConfig) -> None:
     with stack_lock(cfg):
         stop_services(cfg)
@@ -1087,7 +1099,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="stack TOML (default: %(default)s)"
     )
-    parser.add_argument("command", choices=("install", "up", "down", "status", "env", "reset"))
+    parser.add_argument(
+        "command",
+        choices=("install", "up", "down", "status", "env", "reset", "kill-kafka"),
+        help="kill-kafka: SIGKILL the broker this stack started (fault tests; `up` restarts it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1104,6 +1120,8 @@ def run(command: str, cfg: StackConfig) -> int:
         cmd_env(cfg, sys.stdout)
     elif command == "reset":
         cmd_reset(cfg)
+    elif command == "kill-kafka":
+        cmd_kill_kafka(cfg)
     return 0
 
 
