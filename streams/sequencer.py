@@ -87,11 +87,9 @@ class SourceSequencer:
     def expected(self, topic: str, partition: int) -> int | None:
         return self._next.get((topic, partition))
 
-    def forget(self, partitions: Iterable[Partition] | None = None) -> None:
+    def forget(self, partitions: Iterable[Partition]) -> None:
         """After a rebalance: the next record of these partitions is a first record again."""
-        if partitions is None:
-            self._next.clear()
-        for tp in partitions or ():
+        for tp in partitions:
             self._next.pop(tp, None)
 
     async def handle(self, record: Inbound, handle: Handler) -> Step:
