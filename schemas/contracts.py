@@ -77,7 +77,8 @@ class Contract:
 def load_contract(text: str) -> Contract:
     """Parse one schema text (also used for fixtures of earlier versions)."""
     raw = json.loads(text)
-    parsed: dict[str, Any] = parse_schema(raw, _write_hint=False)  # type: ignore[assignment]
+    # parsed with its write hint, so fastavro does not parse the schema again per record
+    parsed: dict[str, Any] = parse_schema(raw)  # type: ignore[assignment]
     canonical = to_parsing_canonical_form(raw)
     fingerprint = crc64_avro(canonical.encode("utf-8")).to_bytes(8, "little")
     name = f"{raw['namespace']}.{raw['name']}"
