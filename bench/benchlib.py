@@ -27,6 +27,7 @@ __all__ = [
     "new_namespace",
     "poll_until",
     "produce_all",
+    "produce_one",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,17 +91,23 @@ def produce_all(
 
     started = time.monotonic()
     for key, value, headers in records:
-        while True:
-            try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_one(producer, topic, (key, value, headers), on_delivery=on_delivery)
         producer.poll(0)
     left = producer.flush(timeout_s)
     if left:
         log.error("%d records not acknowledged within %.0f s", left, timeout_s)
     return delivered, started, time.monotonic()
+
+
+def produce_one(producer: Any, topic: str, record: Record, **kwargs: Any) -> None:
+    """``producer.produce``, serving delivery reports while the client's queue is full."""
+    key, value, headers = record
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers, **kwargs)
+            return
+        except BufferError:
+            producer.poll(0.01)
 
 
 def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int:

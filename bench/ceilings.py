@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,11 +25,12 @@ from benchlib import (
     poll_until,
     produce_all,
 )
+from childproc import ChildProcess, child_env
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.settings import Settings
 
-__all__ = ["faust_noop", "raw_kafka"]
+__all__ = ["faust_noop", "noop_process", "raw_kafka"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,19 +118,19 @@ def faust_noop(
     app_id = f"consent-stream-{namespace}-noop"
     create_topics(settings, [topic])
     out = work_dir / "noop-result.json"
-    proc: subprocess.Popen[bytes] | None = None
+    args = ["--topic", topic, "--count", str(count), "--out", str(out)]
+    agent = noop_process(settings, app_id, work_dir, args)
     try:
         delivered, _, _ = produce_all(settings, topic, _cycled(pool, count), timeout_s)
         started = time.monotonic()
-        proc = _start_noop(settings, topic, count, app_id, work_dir, out)
-        poll_until(lambda: out.exists() or proc.poll() is not None, timeout_s, "no-op agent")
+        agent.start()
+        poll_until(lambda: out.exists() or not agent.alive(), timeout_s, "no-op agent")
         if not out.exists():
-            raise RuntimeError(f"no-op agent exited {proc.returncode}: {_tail(work_dir)}")
+            raise RuntimeError(f"no-op agent exited {agent.returncode}: {agent.log_tail(20)}")
         timing = json.loads(out.read_text())
         wall = time.monotonic() - started
     finally:
-        if proc is not None:
-            _stop(proc)
+        agent.stop()
         delete_topics(settings, [topic, f"{app_id}-"])
         delete_groups(settings, [app_id])
     span = timing["last"] - timing["first"]
@@ -147,45 +145,16 @@ def faust_noop(
     }
 
 
-def _start_noop(
-    settings: Settings, topic: str, count: int, app_id: str, work_dir: Path, out: Path
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_STREAM_")}
-    env.update(
+def noop_process(settings: Settings, app_id: str, work_dir: Path, args: list[str]) -> ChildProcess:
+    """``noop_agent.py ARGS`` under its own Faust app id (not started yet)."""
+    env = child_env(
         {
             "CONSENT_STREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "CONSENT_STREAM_PARTITIONS": str(settings.partitions),
             "CONSENT_STREAM_APP_ID": app_id,
             "CONSENT_STREAM_HTTP_PORT": str(free_port()),
-            "CONSENT_STREAM_DATA_DIR": str(work_dir / "noop-data"),
+            "CONSENT_STREAM_DATA_DIR": str(work_dir / f"{app_id}-data"),
         }
     )
-    argv = [sys.executable, str(HERE / "noop_agent.py"), "--topic", topic]
-    argv += ["--count", str(count), "--out", str(out)]
-    with (work_dir / "noop.log").open("ab") as logfile:
-        return subprocess.Popen(  # noqa: S603 - our own script
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    """SIGTERM the pid we started; SIGKILL it after ``timeout_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def _tail(work_dir: Path) -> str:
-    try:
-        return "\n".join((work_dir / "noop.log").read_text(errors="replace").splitlines()[-20:])
-    except OSError:
-        return "(no log)"
+    argv = [sys.executable, str(HERE / "noop_agent.py"), *args]
+    return ChildProcess(argv, env, work_dir / f"{app_id}.log")

@@ -8,6 +8,10 @@ per event (so a state record maps to exactly one event). Two measurements per ho
   topic (publish -> partner topic, matched on the instruction's ``source_event_id``); the
   latency is the wall-clock time it saw the record minus the ``cs_published_at`` header;
 * the worker's own histograms (buckets delta over the step, Prometheus interpolation).
+
+Beside each rate (all of them in the full run), the no-op Faust agent gets the same events
+at the same rate for the same time first (``noop_latency.py``): the framework's own latency
+and CPU per event on this machine, in the same run, to judge the pipeline's against.
 """
 
 from __future__ import annotations
@@ -18,23 +22,24 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from cpu import cpu_delta, cpu_snapshot
+from noop_latency import NoopLatency
+from paced import Step, publish_paced
 from pipeline import CounterSampler, processing_rate
 from quantiles import QUANTILES, bucket_delta, histogram_quantile, summary
 from workerproc import Samples, WorkerProcess
 from workload import Workload
 
-from producers.publisher import ConsentPublisher, make_producer
-from schemas.cloudevents import published_at_ms
+from schemas.events import ConsentEvent
 from schemas.partner import PartnerInstruction
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 
-__all__ = ["Observer", "run_latency_steps"]
+__all__ = ["Observer", "Planned", "run_latency_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -88,32 +93,38 @@ class Observer(threading.Thread):
         self.join(5)
 
 
-@dataclass
-class Step:
+@dataclass(frozen=True)
+class Planned:
+    """One rate of the plan: publishing ``rate`` events/s for ``duration_s``; ``noop``: the
+    no-op agent is measured at the same rate too."""
+
+    label: str
     rate: float
     duration_s: float
-    label: str
-    published: dict[str, int] = field(default_factory=dict)  # event id -> published at
-    subjects: dict[bytes, int] = field(default_factory=dict)  # subject -> published at
+    noop: bool = True
 
+    @property
+    def events(self) -> int:
+        return max(1, round(self.rate * self.duration_s))
 
-def _publish_paced(worker: WorkerProcess, policy: Policy, step: Step, events: list[Any]) -> float:
-    """Publish at ``step.rate``; returns the rate achieved by the publisher."""
-    producer: Any = make_producer(worker.settings)
-    publisher = ConsentPublisher(worker.settings, policy, producer=producer)
-    started = time.monotonic()
-    for i, event in enumerate(events):
-        delay = started + i / step.rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        key, value, headers = publisher.prepare(event)
-        at = published_at_ms(dict(headers)) or 0
-        step.published[event.event_id] = at
-        step.subjects[key] = at
-        producer.produce(worker.settings.topics.events, value, key, headers=headers)
-        producer.poll(0)
-    producer.flush(30)
-    return len(events) / max(time.monotonic() - started, 1e-9)
+    @property
+    def need_s(self) -> float:
+        """A rough least time the step takes (publishing, and the drains between)."""
+        return self.duration_s * (2 if self.noop else 1) + 10
+
+    @property
+    def logged(self) -> tuple[str, float, float]:
+        return self.label, self.rate, self.duration_s
+
+    def step(self) -> Step:
+        return Step(self.rate, self.duration_s, self.label)
+
+    def skipped(self, left_s: float) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "offered_events_per_s": self.rate,
+            "skipped": f"time budget of the latency steps spent ({max(left_s, 0):.0f} s left)",
+        }
 
 
 def _histograms(samples: Samples, name: str) -> list[tuple[float, float]]:
@@ -148,19 +159,19 @@ def run_step(
     policy: Policy,
     observer: Observer,
     step: Step,
-    first_subject: int,
+    events: list[ConsentEvent],
     drain_timeout_s: float,
 ) -> dict[str, Any]:
     lag_before = worker.wait_idle(policy, drain_timeout_s / 4)
-    count = int(step.rate * step.duration_s)
-    events = list(Workload(1, seed=first_subject).one_per_subject(first_subject, count))
     before = worker.metrics()
     baseline = sum(v for n, _, v in before if n == "consent_events_total")
     target = baseline + len(events)
     partner_from = len(observer.partner_seen)
     cpu_before = cpu_snapshot(worker.pid)
     with CounterSampler(worker) as sampler:
-        publisher_rate = _publish_paced(worker, policy, step, events)
+        publisher_rate = publish_paced(
+            worker.settings, policy, worker.settings.topics.events, step, events
+        )
         deadline = time.monotonic() + drain_timeout_s
         while sampler.latest() < target and time.monotonic() < deadline and worker.alive():
             time.sleep(0.1)
@@ -204,28 +215,69 @@ def _settle(observer: Observer, quiet_s: float = 0.5, timeout_s: float = 5.0) ->
             return
 
 
+@dataclass
+class _Run:
+    worker: WorkerProcess
+    policy: Policy
+    observer: Observer
+    noop: NoopLatency | None
+    drain_timeout_s: float
+
+    def rate(self, planned: Planned, first_subject: int) -> dict[str, Any]:
+        """The no-op agent's step (if asked for), then the pipeline's, on the same events."""
+        log.info("latency step %s: %.0f events/s for %.1f s", *planned.logged)
+        workload = Workload(1, seed=first_subject)
+        events = list(workload.one_per_subject(first_subject, planned.events))
+        agent = self.noop if planned.noop else None
+        noop = self._noop(agent, planned, events) if agent is not None else None
+        result = run_step(
+            self.worker, self.policy, self.observer, planned.step(), events, self.drain_timeout_s
+        )
+        if noop is not None:
+            result["noop"] = noop
+        return result
+
+    def _noop(
+        self, agent: NoopLatency, planned: Planned, events: list[ConsentEvent]
+    ) -> dict[str, Any]:
+        self.worker.wait_idle(self.policy, self.drain_timeout_s / 4)  # the last step's work
+        try:
+            return agent.run_step(
+                self.worker.settings, self.policy, planned.step(), events, self.drain_timeout_s
+            )
+        except Exception as exc:  # reported in its row; the pipeline's step still runs
+            log.exception("no-op latency step %s failed", planned.label)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def run_latency_steps(
     worker: WorkerProcess,
     policy: Policy,
-    steps: list[tuple[str, float, float]],
+    plan: list[Planned],
     drain_timeout_s: float,
     warmup: tuple[float, float] = (50.0, 5.0),
     first_subject: int = 5_000_000,
+    noop: NoopLatency | None = None,
+    deadline: float = math.inf,
 ) -> list[dict[str, Any]]:
-    """``steps``: (label, events/s, seconds). Runs them in order, draining between, after
-    an unreported warm-up step (``warmup``: events/s, seconds): a fresh worker's first
-    sends to each topic wait for metadata, which is start-up, not steady-state latency."""
+    """Runs the plan in order, draining between, after an unreported warm-up step
+    (``warmup``: events/s, seconds): a fresh worker's first sends to each topic wait for
+    metadata, which is start-up, not steady-state latency. With ``noop``, each rate marked
+    so (and the warm-up) is first offered to the no-op agent: the same events, as fast.
+    A step that would not end before ``deadline`` (monotonic) is reported as skipped."""
     observer = Observer(worker, policy)
     observer.start()
+    run = _Run(worker, policy, observer, noop, drain_timeout_s)
     results = []
     try:
-        for label, rate, duration in [("warm-up", *warmup), *steps]:
-            log.info("latency step %s: %.0f events/s for %.0f s", label, rate, duration)
-            step = Step(rate, duration, label)
-            result = run_step(worker, policy, observer, step, first_subject, drain_timeout_s)
-            if label != "warm-up":
-                results.append(result)
-            first_subject += int(rate * duration) + 1
+        for planned in [Planned("warm-up", *warmup), *plan]:
+            if time.monotonic() + planned.need_s > deadline:
+                results.append(planned.skipped(deadline - time.monotonic()))
+            elif planned.label == "warm-up":
+                run.rate(planned, first_subject)
+            else:
+                results.append(run.rate(planned, first_subject))
+            first_subject += planned.events + 1
     finally:
         observer.stop()
     return results

@@ -1,40 +1,53 @@
-"""(b) The framework's ceiling: a Faust app whose one agent only counts records.
+"""The framework's ceiling: a Faust app whose one agent does nothing with its records.
 
-Run as a subprocess by ``faust_ceiling.py``. The app is built by ``streams.app.create_app``
-(the worker's own Faust settings); the agent consumes one raw-bytes topic with
-``concurrency=1`` and touches each event's headers like the real agent, nothing more.
-When ``--count`` records were seen it writes the wall-clock times of the first and the
-last record to ``--out`` (JSON) and keeps idling until its parent stops it by pid.
+Run as a subprocess by ``ceilings.py`` (b) and ``noop_latency.py`` (d). The app is built by
+``streams.app.create_app`` (the worker's own Faust settings); the agent consumes one
+raw-bytes topic with ``concurrency=1`` and touches each event's headers like the real
+agent, nothing more. Two modes:
 
-Usage: noop_agent.py --topic T --count N --out FILE  (settings from CONSENT_STREAM_*)
+* ``--count N --out FILE`` (b): when N records were seen it writes the wall-clock times of
+  the first and the last record to FILE (JSON);
+* ``--samples FILE`` (d): for each record it appends (now, now - ``cs_published_at``), in
+  ms since the epoch and ms, to an in-memory array; a timer appends the new pairs to FILE
+  (native doubles, 16 bytes a record) every ``FLUSH_INTERVAL_S``.
+
+Either way it keeps running until its parent stops it by pid.
+
+Usage: noop_agent.py --topic T (--count N --out FILE | --samples FILE)
+(settings from CONSENT_STREAM_*)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
 import faust
 
+from schemas.cloudevents import header_map, published_at_ms
 from schemas.settings import Settings
 from streams.app import create_app
+
+FLUSH_INTERVAL_S = 0.2
+
+
+def _raw_topic(app: faust.App, name: str) -> Any:
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
 
 
 def build(settings: Settings, topic_name: str, count: int, out: Path) -> faust.App:
     app = create_app(settings)
-    topic = app.topic(
-        topic_name,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
     seen = {"n": 0, "first": 0.0}
 
-    @app.agent(topic, concurrency=1, name="noop-counter")
+    @app.agent(_raw_topic(app, topic_name), concurrency=1, name="noop-counter")
     async def counter(stream: Any) -> None:
         async for event in stream.events():
             _ = event.message.headers
@@ -49,13 +62,43 @@ def build(settings: Settings, topic_name: str, count: int, out: Path) -> faust.A
     return app
 
 
+def build_latency(settings: Settings, topic_name: str, samples: Path) -> faust.App:
+    app = create_app(settings)
+    fd = os.open(samples, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    pending = array("d")
+
+    @app.agent(_raw_topic(app, topic_name), concurrency=1, name="noop-latency")
+    async def latency(stream: Any) -> None:
+        append = pending.append
+        async for event in stream.events():
+            now = time.time() * 1000
+            at = published_at_ms(header_map(event.message.headers))
+            append(now)
+            append(now - at if at is not None else math.nan)
+
+    @app.timer(FLUSH_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def flush() -> None:
+        if pending:  # one write of whole records, then cleared: no await in between
+            os.write(fd, pending.tobytes())
+            del pending[:]
+
+    return app
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--topic", required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--samples", type=Path)
     args = parser.parse_args()
-    app = build(Settings.from_env(), args.topic, args.count, args.out)
+    settings = Settings.from_env()
+    if args.samples is not None:
+        app = build_latency(settings, args.topic, args.samples)
+    elif args.count is not None and args.out is not None:
+        app = build(settings, args.topic, args.count, args.out)
+    else:
+        parser.error("either --samples or both --count and --out")
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
     return 0
 

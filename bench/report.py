@@ -91,33 +91,71 @@ def _pct(ratio: Any) -> str:
     return f"{ratio * 100:.2f} % (1/{1 / ratio:,.0f})" if ratio > 0 else "-"
 
 
-def _triple(q: dict[str, Any]) -> str:
-    return " / ".join(_num(q.get(k)) for k in ("p50", "p95", "p99"))
+def _pair(q: dict[str, Any]) -> str:
+    return f"{_num(q.get('p50'))} / {_num(q.get('p99'))}"
+
+
+def _us_per_event(s: dict[str, Any]) -> str:
+    ms = s.get("worker_cpu_ms_per_event")
+    return _num(ms * 1000) if isinstance(ms, int | float) else "-"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if not (isinstance(a, int | float) and isinstance(b, int | float)) or b <= 0:
+        return "-"
+    if math.isnan(a) or math.isnan(b):
+        return "-"
+    return _num(a / b, 0 if a / b >= 10 else 1)
+
+
+LATENCY_HEADER = [
+    "| offered ev/s (publisher's own rate) | achieved ev/s pipeline / no-op | "
+    "store p50 / p99 | partner topic p50 / p99 | no-op p50 / p99 | p99 store / no-op | "
+    "worker CPU µs/event | no-op CPU µs/event |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def _offered(s: dict[str, Any]) -> str:
+    sent = s.get("publisher_events_per_s")
+    sent_text = f"; sent {_num(sent)}" if sent is not None else ""
+    return f"{_num(s.get('offered_events_per_s'))} ({s.get('label', '')}{sent_text})"
+
+
+def _latency_row(s: dict[str, Any]) -> str:
+    missing = _missing(s)
+    if missing:
+        return f"| {_offered(s)} | {missing} | | | | | | |"
+    obs = s["observed_ms"]
+    noop = s.get("noop") or {"skipped": "not asked for"}
+    noop_missing = _missing(noop)
+    noop_q = noop.get("latency_ms", {})
+    mark = " (saturated)" if s.get("saturated") else ""
+    cells = [
+        _offered(s),
+        f"{_num(s.get('achieved_events_per_s'))}{mark} / {_num(noop.get('achieved_events_per_s'))}",
+        _pair(obs["store"]),
+        _pair(obs["partner"]),
+        noop_missing or _pair(noop_q),
+        _ratio(obs["store"].get("p99"), noop_q.get("p99")),
+        _us_per_event(s),
+        _us_per_event(noop),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _latency(steps: Any) -> list[str]:
     if isinstance(steps, dict):
         return [_missing(steps) or "not measured"]
-    rows = [
-        "| offered ev/s | achieved ev/s | store p50/p95/p99 (observed) | "
-        "partner topic p50/p95/p99 (observed) | store (histogram) | partner topic (histogram) | "
-        "worker CPU / machine busy |",
-        "|---:|---:|---|---|---|---|---|",
+    return [
+        *LATENCY_HEADER,
+        *(_latency_row(s) for s in steps),
+        "",
+        "Latency observed by a consumer (pipeline) or by the no-op agent itself, wall clock "
+        "minus `cs_published_at`; the no-op agent gets the same events at the same rate first. "
+        "CPU: the process's own time over the step, per event offered. p95, max, the "
+        "worker's own histograms and the machine's busy share are in latest.json.",
     ]
-    for s in steps:
-        if "error" in s:
-            rows.append(f"| {_num(s.get('offered_events_per_s'))} | {_missing(s)} | | | | | |")
-            continue
-        obs, hist = s["observed_ms"], s["histogram_ms"]
-        mark = " (saturated)" if s.get("saturated") else ""
-        rows.append(
-            f"| {_num(s['offered_events_per_s'])} ({s['label']}) | "
-            f"{_num(s['achieved_events_per_s'])}{mark} | {_triple(obs['store'])} | "
-            f"{_triple(obs['partner'])} | {_triple(hist['store'])} | {_triple(hist['partner'])} | "
-            f"{_share(s.get('worker_cpu_share_of_one_core'))} / "
-            f"{_share(s.get('machine_busy_share'))} |"
-        )
-    return rows
 
 
 def _memory(r: dict[str, Any]) -> list[str]:
@@ -156,8 +194,25 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _line(
+    ax: Any,
+    rows: list[tuple[dict[str, Any], dict[str, Any]]],
+    q: str,
+    style: str,
+    label: str,
+    **kwargs: Any,
+) -> None:
+    """One quantile ``q`` against the achieved rate, for (step, quantiles) rows."""
+    pts = [(s.get("achieved_events_per_s", math.nan), qs.get(q, math.nan)) for s, qs in rows]
+    pts = [(x, y) for x, y in pts if not (math.isnan(x) or math.isnan(y))]
+    if pts:
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, style, label=label, **kwargs)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Latency (p50/p95/p99, observed) against achieved throughput, one panel per hop."""
+    """Latency (p50/p95/p99, observed) against achieved throughput, one panel per hop; the
+    no-op agent's p99 (the framework's own) on both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,13 +226,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), dpi=120, sharey=True)
     for ax, (hop, title) in zip(axes, HOPS, strict=True):
         for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
-            pts = [
-                (s["achieved_events_per_s"], s["observed_ms"][hop].get(q, math.nan)) for s in steps
-            ]
-            pts = [(x, y) for x, y in pts if not (math.isnan(x) or math.isnan(y))]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, style, label=q)
+            _line(ax, [(s, s["observed_ms"][hop]) for s in steps], q, style, q)
+        noop = [
+            (s["noop"], s["noop"]["latency_ms"]) for s in steps if "latency_ms" in s.get("noop", {})
+        ]
+        _line(ax, noop, "p99", "x-.", "no-op agent p99", color="grey")
         for s in steps:
             if s.get("saturated"):
                 ax.annotate(

@@ -40,8 +40,9 @@ from benchlib import (  # noqa: E402
 )
 from ceilings import faust_noop, raw_kafka  # noqa: E402
 from footprint import redis_per_subject, worker_rss  # noqa: E402
-from latency import run_latency_steps  # noqa: E402
+from latency import Planned, run_latency_steps  # noqa: E402
 from machine import describe_machine  # noqa: E402
+from noop_latency import NoopLatency  # noqa: E402
 from pipeline import prepare, run_pipeline  # noqa: E402
 from rebuild import rebuild_time  # noqa: E402
 from report import markdown, plot, write_json  # noqa: E402
@@ -64,8 +65,11 @@ class Sizes:
     pipeline_rounds: int
     latency_rates: tuple[float, ...]  # (d) fixed rates, events/s
     latency_fractions: tuple[float, ...]  # (d) fractions of (c)'s maximum
-    latency_step_s: float  # (d) publishing time per rate
+    latency_step_s: float  # (d) publishing time per rate ...
+    latency_step_events: int  # ... shortened to publish at most this many events
+    noop_latency_rates: tuple[float, ...] | None  # (d) rates also offered to no-op; None: all
     latency_warmup_s: float  # (d) unreported, at 50 events/s, on the fresh worker
+    latency_budget_s: float  # (d) all of it; the steps that would end later are skipped
     redis_subjects: int  # (e)
     rss_subjects: int  # (e)
     rebuild_subjects: int  # (f)
@@ -78,10 +82,13 @@ FULL = Sizes(
     pipeline_events=20_000,
     pipeline_subjects=10_000,
     pipeline_rounds=2,
-    latency_rates=(100, 300, 1000),
+    latency_rates=(100, 300, 1000, 5000),
     latency_fractions=(0.5, 0.8, 0.95),
     latency_step_s=15.0,
+    latency_step_events=30_000,
+    noop_latency_rates=None,
     latency_warmup_s=5.0,
+    latency_budget_s=600.0,
     redis_subjects=100_000,
     rss_subjects=100_000,
     rebuild_subjects=100_000,
@@ -90,13 +97,16 @@ QUICK = Sizes(
     raw_records=3_000,
     faust_records=2_000,
     pipeline_warmup=100,
-    pipeline_events=400,
+    pipeline_events=2_000,
     pipeline_subjects=200,
     pipeline_rounds=1,
     latency_rates=(50, 100),
     latency_fractions=(0.5,),
     latency_step_s=2.0,
+    latency_step_events=1_000,
+    noop_latency_rates=(50,),
     latency_warmup_s=1.0,
+    latency_budget_s=120.0,
     redis_subjects=1_000,
     rss_subjects=500,
     rebuild_subjects=1_000,
@@ -166,16 +176,27 @@ def running_worker(
         delete_redis_prefix(settings.redis_url, namespace)
 
 
-def latency_plan(sizes: Sizes, peak: float | None) -> list[tuple[str, float, float]]:
-    """The fixed rates, plus fractions of the maximum not within 10 % of a fixed rate."""
-    plan = [(f"{rate:.0f}/s", rate, sizes.latency_step_s) for rate in sizes.latency_rates]
+def latency_plan(sizes: Sizes, peak: float | None) -> list[Planned]:
+    """The fixed rates, plus fractions of the maximum not within 10 % of a fixed rate; each
+    for ``latency_step_s`` or ``latency_step_events``, whichever is shorter."""
+    rates = [(f"{rate:.0f}/s", rate) for rate in sizes.latency_rates]
     for fraction in sizes.latency_fractions:
         if not peak:
             break
         rate = round(peak * fraction)
         if all(abs(rate - fixed) > 0.1 * fixed for fixed in sizes.latency_rates):
-            plan.append((f"{fraction:.0%} of max", rate, sizes.latency_step_s))
-    return sorted(plan, key=lambda p: p[1])
+            rates.append((f"{fraction:.0%} of max", rate))
+    noop = sizes.noop_latency_rates
+    plan = [
+        Planned(
+            label,
+            rate,
+            min(sizes.latency_step_s, sizes.latency_step_events / rate),
+            noop=noop is None or rate in noop,
+        )
+        for label, rate in rates
+    ]
+    return sorted(plan, key=lambda p: p.rate)
 
 
 def run(sizes: Sizes, out: Path, budget: Budget) -> dict[str, Any]:
@@ -278,11 +299,19 @@ def _pipeline(
 def _latency(
     settings: Settings, policy: Policy, work: Path, sizes: Sizes, budget: Budget, peak: Any
 ) -> list[dict[str, Any]]:
-    """(d) on a fresh worker, so (c)'s leftovers (open tickets) do not weigh on it."""
+    """(d) on a fresh worker, so (c)'s leftovers (open tickets) do not weigh on it; the
+    no-op agent started first, so that its start-up is over before the first step."""
     plan = latency_plan(sizes, peak if isinstance(peak, int | float) else None)
-    with running_worker(settings, policy, work, budget.bound(120)) as worker:
+    deadline = time.monotonic() + budget.bound(sizes.latency_budget_s)
+    with (
+        NoopLatency(settings, work) as noop,
+        running_worker(settings, policy, work, budget.bound(120)) as worker,
+    ):
         warmup = (50.0, sizes.latency_warmup_s)
-        return run_latency_steps(worker, policy, plan, budget.bound(120), warmup)
+        drain_s = budget.bound(180)
+        return run_latency_steps(
+            worker, policy, plan, drain_s, warmup, noop=noop, deadline=deadline
+        )
 
 
 def _rss(
@@ -322,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help="bound of the whole run (default 840 s, quick 300 s)",
+        help="bound of the whole run (default 1080 s, quick 300 s)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -330,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)
     sizes = QUICK if args.quick else FULL
-    budget = Budget(args.budget_s or (300.0 if args.quick else 840.0))
+    budget = Budget(args.budget_s or (300.0 if args.quick else 1080.0))
     results = run(sizes, args.out, budget)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(results, args.out / "latest.json")

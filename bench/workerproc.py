@@ -6,18 +6,15 @@ Faust app id (and so its consumer group and changelog topics), the Redis key pre
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from benchlib import group_lag
+from childproc import REPO_ROOT, ChildProcess, child_env
 from prometheus_client.parser import text_string_to_metric_families
 
 from producers.publisher import ConsentPublisher
@@ -28,7 +25,6 @@ from streams.demo_processes import http_get
 
 __all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 Samples = list[tuple[str, dict[str, str], float]]
 
 
@@ -73,8 +69,7 @@ class WorkerProcess:
             redis_prefix=self.namespace,
         )
         self.log_path = self.work_dir / "worker.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.process = ChildProcess(_command(), self._env(), self.log_path)
 
     @property
     def app_id(self) -> str:
@@ -82,14 +77,11 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("worker not started")
-        return self._proc.pid
+        return self.process.pid
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_STREAM_")}
         s = self.settings
-        env.update(
+        return child_env(
             {
                 "CONSENT_STREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
                 "CONSENT_STREAM_REDIS_URL": s.redis_url,
@@ -101,37 +93,16 @@ class WorkerProcess:
                 "CONSENT_STREAM_DATA_DIR": s.data_dir,
             }
         )
-        return env
 
     def start(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(  # noqa: S603 - our own entry point
-            _command(),
-            cwd=REPO_ROOT,
-            env=self._env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process.start()
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self.process.alive()
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the pid we started, SIGKILL after ``timeout_s``."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.process.stop(timeout_s)
 
     def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return http_get(self.http_port, path, timeout_s)
@@ -185,8 +156,4 @@ class WorkerProcess:
             time.sleep(0.1)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return self.process.log_tail(lines)

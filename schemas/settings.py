@@ -69,7 +69,12 @@ class Settings:
     app_id: str = "consent-stream"
     redis_prefix: str = "cs"
     subject_key: Secret = field(default_factory=lambda: Secret(_DEV_KEY))
+    settled_ticket_grace_s: int = 86_400
+    """How long the worker keeps a settled, answered ledger ticket (the request status
+    stays in Redis and on consent.requests.v1)."""
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
+    failpoint: str = ""
+    """Tests only: where the worker stops for a crash test (``streams.failpoint``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,8 +104,16 @@ class Settings:
             app_id=get("APP_ID", _DEFAULT.app_id),
             redis_prefix=get("REDIS_PREFIX", _DEFAULT.redis_prefix),
             subject_key=Secret(get("SUBJECT_KEY", _DEV_KEY)),
+            settled_ticket_grace_s=_int(
+                env, "SETTLED_TICKET_GRACE_S", _DEFAULT.settled_ticket_grace_s
+            ),
             kafka_extra=extra,
+            failpoint=get("FAILPOINT", ""),
         )
+
+    @property
+    def ticket_grace_ms(self) -> int:
+        return self.settled_ticket_grace_s * 1000
 
     @property
     def topics(self) -> TopicNames:

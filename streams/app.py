@@ -1,34 +1,41 @@
-"""The Faust application: thin agents that decode, call the processors, and send.
+"""The Faust application: thin agents that take a batch, call the processors, acknowledge.
 
 Built by ``create_app`` from settings and injected dependencies; nothing connects at
-import time. Agents on consent paths run with ``concurrency=1``.
+import time. Agents on consent paths run with ``concurrency=1``. Each agent reads its
+stream in self-sizing batches (``streams.faust_glue.batches``), puts each batch in offset
+order per partition (``streams.sequencer``), hands it to its processor, and acknowledges
+the batch's records only when the processor returns (every effect on the broker).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import faust
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from schemas.cloudevents import header_map
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams import transport
-from streams.inbound import Inbound
+from streams.faust_glue import transport
+from streams.faust_glue.batches import EventBatches, inbound
+from streams.faust_glue.tables import StagedTable
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import StreamMetrics
+from streams.output import OutputProducer
 from streams.processor import EventProcessor
-from streams.sequencer import POSITION_KEY_PREFIX, SourceReader, SourceSequencer
+from streams.sequencer import Plan, SourceReader, SourceSequencer
 
 __all__ = ["WorkerParts", "create_app"]
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL_S = 5.0
+SWEEP_INTERVAL_S: Final = 5.0
+MAX_BATCH_RECORDS: Final = 500
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class WorkerParts:
     registry: CollectorRegistry
     metrics: StreamMetrics
     source_reader: SourceReader
+    output: OutputProducer
     store: Any
     views: Any
     redis: Any
@@ -59,19 +67,9 @@ def _raw_topic(
     )
 
 
-def _inbound(event: Any) -> Inbound:
-    msg = event.message
-    return Inbound(
-        event.key,
-        event.value or b"",
-        header_map(msg.headers),
-        msg.topic,
-        msg.partition,
-        msg.offset,
-    )
-
-
-def _sequencers(app: faust.App, parts: WorkerParts, tickets: Any) -> dict[str, SourceSequencer]:
+def _sequencers(
+    app: faust.App, parts: WorkerParts, tickets: StagedTable
+) -> dict[str, SourceSequencer]:
     """One sequencer per agent (the ledger's positions kept in its table), forgetting
     revoked partitions at every rebalance."""
 
@@ -84,7 +82,7 @@ def _sequencers(app: faust.App, parts: WorkerParts, tickets: Any) -> dict[str, S
 
     sequencers = {
         # events: a redelivered event is recognised by its id (outcome "duplicate"), so
-        # no position write per event on the hot path
+        # no position write per batch on the hot path
         "events": sequencer("events"),
         "acknowledgements": sequencer("acknowledgements"),
         "ledger": sequencer("ledger", tickets),
@@ -99,8 +97,26 @@ def _sequencers(app: faust.App, parts: WorkerParts, tickets: Any) -> dict[str, S
     return sequencers
 
 
+async def _in_batches(
+    stream: Any, sequencer: SourceSequencer, handle: Callable[[Plan], Awaitable[object]]
+) -> None:
+    """The agent loop: a batch, in offset order, handled, then acknowledged."""
+    batches = EventBatches(stream, MAX_BATCH_RECORDS)
+    async for events in batches:
+        plan = await sequencer.plan([inbound(e) for e in events])
+        if plan.records:
+            await handle(plan)
+        sequencer.done(plan)
+        await batches.ack(events)
+
+
 def create_app(settings: Settings) -> faust.App:
-    """The Faust app with its settings; agents are attached by ``attach_agents``."""
+    """The Faust app with its settings; agents are attached by ``attach_agents``.
+
+    Offsets are committed by Faust's commit timer only (``broker_commit_every`` is never
+    reached): a commit does not hold up the fetch loop, and commits can only pass records
+    whose batches are acknowledged.
+    """
     transport.register()
     brokers = [f"{transport.SCHEME}://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
     return faust.App(
@@ -117,7 +133,7 @@ def create_app(settings: Settings) -> faust.App:
         web_host="127.0.0.1",
         datadir=settings.data_dir,
         autodiscover=False,
-        broker_commit_every=100,
+        broker_commit_every=1_000_000_000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
@@ -130,43 +146,53 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     acks = _raw_topic(app, *[names.acks(p) for p in sorted(policy.partners)])
     ledger = _raw_topic(app, names.ledger, internal=True, partitions=settings.partitions)
     # bytes key and value types make Faust use the "raw" codec for the changelog too
-    subjects = app.Table(
-        "consent-subjects", partitions=settings.partitions, key_type=bytes, value_type=bytes
+    subjects = StagedTable(
+        app.Table(
+            "consent-subjects", partitions=settings.partitions, key_type=bytes, value_type=bytes
+        )
     )
-    tickets = app.Table(
+    tickets_table = app.Table(
         "consent-tickets", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-
+    tickets = StagedTable(tickets_table)
     in_order = _sequencers(app, parts, tickets)
+    out = parts.output
 
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
-        async def handle(record: Inbound) -> None:
-            await parts.events.handle(record, subjects)
+        outputs = out.outputs("events")
 
-        async for event in stream.events():
-            await in_order["events"].handle(_inbound(event), handle)
+        async def handle(plan: Plan) -> None:
+            await parts.events.handle_batch(plan.records, subjects, outputs)
+
+        await _in_batches(stream, in_order["events"], handle)
 
     @app.agent(acks, concurrency=1, name="partner-acknowledgements")
     async def partner_acknowledgements(stream: Any) -> None:
-        async def handle(record: Inbound) -> None:
-            await parts.ledger.forward_ack(record.key, record.value, record.topic)
+        outputs = out.outputs("acknowledgements")
 
-        async for event in stream.events():
-            await in_order["acknowledgements"].handle(_inbound(event), handle)
+        async def handle(plan: Plan) -> None:
+            await parts.ledger.forward_acks(plan.records, outputs)
+
+        await _in_batches(stream, in_order["acknowledgements"], handle)
 
     @app.agent(ledger, concurrency=1, name="instruction-ledger")
     async def instruction_ledger(stream: Any) -> None:
-        async def handle(record: Inbound) -> None:
-            await parts.ledger.handle(record.key or b"", record.value, tickets)
+        outputs = out.outputs("ledger")
 
-        async for event in stream.events():
-            await in_order["ledger"].handle(_inbound(event), handle)
+        async def handle(plan: Plan) -> None:
+            await parts.ledger.handle_batch(plan.records, tickets, outputs, plan.positions)
+
+        await _in_batches(stream, in_order["ledger"], handle)
+
+    sweeps = out.outputs("sweep")
+
+    @tickets_table.on_recover
+    async def index_tickets() -> None:
+        started = time.monotonic()
+        count = parts.ledger.rebuild_index(list(tickets.store.items()))
+        log.info("ledger index: %d tickets in %.1f s", count, time.monotonic() - started)
 
     @app.timer(interval=SWEEP_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def sweep_ledger() -> None:
-        due, _ = parts.ledger.scan(
-            [v for k, v in tickets.items() if not k.startswith(POSITION_KEY_PREFIX)]
-        )
-        if due:
-            await parts.ledger.request_sweeps(due)
+        await parts.ledger.sweep_due(sweeps)

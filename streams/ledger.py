@@ -33,6 +33,7 @@ __all__ = [
     "TrackedInstruction",
     "answered_late",
     "apply_ack",
+    "awaits_follow_up",
     "mark_dispatched",
     "needs_sweep",
     "open_ticket",
@@ -85,7 +86,7 @@ class Ticket:
     @property
     def settled(self) -> bool:
         """Nothing left to wait for: no pending instruction, no retention to follow up."""
-        return not any(t.pending or _awaits_follow_up(self, t) for t in self.instructions)
+        return not any(t.pending or awaits_follow_up(self, t) for t in self.instructions)
 
 
 _DELETION_ACTIONS = frozenset({InstructionAction.ERASE, InstructionAction.RESTRICT})
@@ -191,7 +192,8 @@ def apply_ack(
     return _derive(replace(ticket, instructions=items), now), AckOutcome.APPLIED
 
 
-def _awaits_follow_up(ticket: Ticket, t: TrackedInstruction) -> bool:
+def awaits_follow_up(ticket: Ticket, t: TrackedInstruction) -> bool:
+    """``t`` was answered RESTRICTED and its follow-up ERASE has not been issued yet."""
     if t.outcome.status is not OutcomeStatus.RESTRICTED or t.sent is None:
         return False
     return not any(
@@ -226,7 +228,7 @@ def sweep(ticket: Ticket, now: int, policy: Policy) -> tuple[Ticket, list[Partne
         if t.pending and now > outcome.due_by and not outcome.overdue:
             outcome = replace(outcome, overdue=True)
         until = outcome.retain_until
-        if _awaits_follow_up(ticket, t) and until is not None and until <= now:
+        if awaits_follow_up(ticket, t) and until is not None and until <= now:
             due = policy.deadline_ms(outcome.partner, InstructionAction.ERASE)
             erase = _follow_up(t, now, due)
             follow_ups.append(erase)
@@ -244,7 +246,7 @@ def needs_sweep(ticket: Ticket, now: int) -> bool:
         if t.pending and now > t.outcome.due_by and not t.outcome.overdue:
             return True
         until = t.outcome.retain_until
-        if until is not None and until <= now and _awaits_follow_up(ticket, t):
+        if until is not None and until <= now and awaits_follow_up(ticket, t):
             return True
     r = ticket.request
     return r is not None and not ticket.overdue and answered_late(ticket, now)

@@ -1,11 +1,20 @@
 """JSON codecs of the worker's internal data: ledger tickets (table values) and the
-entries of the internal ``consent.ledger.v1`` topic. Internal, not a partner contract."""
+entries of the internal ``consent.ledger.v1`` topic. Internal, not a partner contract.
+
+A ledger record carries the entries of one batch for one ledger partition
+(``encode_entries``: a JSON list of ``[ticket key, entry]``), so the ledger agent reads
+one record per partition and batch rather than one per entry. Tickets are placed by the
+Java client's murmur2 of their key (``ledger_partition``), the placement Faust's producer
+gave single-entry records (a single-entry record, ``encode_entry``, is still read)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from aiokafka.partitioner import murmur2
 
 from schemas.contracts import PARTNER_ACKNOWLEDGEMENT, PARTNER_INSTRUCTION
 from schemas.events import DeletionScope
@@ -21,8 +30,12 @@ __all__ = [
     "LedgerEntry",
     "OpenEntry",
     "SweepEntry",
+    "decode_entries",
     "decode_entry",
+    "encode_entries",
     "encode_entry",
+    "entries_by_partition",
+    "ledger_partition",
     "ticket_from_json",
     "ticket_to_json",
 ]
@@ -84,6 +97,10 @@ def _outcome_from(d: dict[str, Any]) -> PartnerOutcome:
 
 
 def encode_entry(entry: LedgerEntry) -> bytes:
+    return json.dumps(_entry_doc(entry), separators=(",", ":")).encode()
+
+
+def _entry_doc(entry: LedgerEntry) -> dict[str, Any]:
     match entry:
         case OpenEntry():
             doc: dict[str, Any] = {
@@ -103,11 +120,44 @@ def encode_entry(entry: LedgerEntry) -> bytes:
             doc = {"kind": "dispatched", "at": entry.at}
         case SweepEntry():
             doc = {"kind": "sweep", "at": entry.at}
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return doc
 
 
 def decode_entry(data: bytes) -> LedgerEntry:
+    return _entry_from(json.loads(data))
+
+
+def encode_entries(entries: Iterable[tuple[str, LedgerEntry]]) -> bytes:
+    """One ledger record holding many entries (of one ledger partition), in order."""
+    docs = [[key, _entry_doc(entry)] for key, entry in entries]
+    return json.dumps(docs, separators=(",", ":")).encode()
+
+
+def decode_entries(key: bytes | None, data: bytes) -> list[tuple[str, LedgerEntry]]:
+    """The entries of a ledger record: many (``encode_entries``) or one (``encode_entry``,
+    keyed by its ticket)."""
     doc = json.loads(data)
+    if isinstance(doc, dict):
+        return [((key or b"").decode(), _entry_from(doc))]
+    return [(ticket, _entry_from(entry)) for ticket, entry in doc]
+
+
+def ledger_partition(key: str, partitions: int) -> int:
+    """The ledger partition of a ticket (the Java client's default partitioner)."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def entries_by_partition(
+    entries: Sequence[tuple[str, LedgerEntry]], partitions: int
+) -> dict[int, bytes]:
+    """The ledger records of a batch of entries: one per partition, order kept."""
+    grouped: dict[int, list[tuple[str, LedgerEntry]]] = {}
+    for key, entry in entries:
+        grouped.setdefault(ledger_partition(key, partitions), []).append((key, entry))
+    return {partition: encode_entries(group) for partition, group in grouped.items()}
+
+
+def _entry_from(doc: dict[str, Any]) -> LedgerEntry:
     kind = doc["kind"]
     if kind == "open":
         return OpenEntry(

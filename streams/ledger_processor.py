@@ -1,26 +1,32 @@
 """Handling of the ledger: acknowledgements forwarded by key, request lifecycle, sweeps.
 
 All writes to a ticket happen here, in order per ticket key (the partition of the
-internal ledger topic), so request state stays consistent across workers.
+internal ledger topic), so request state stays consistent across workers. A batch of
+ledger records is applied in memory, then carried out in two waves: the effects (request
+status in Redis and on consent.requests.v1, retention follow-up instructions), then the
+changed tickets (table changelog). A crash in between redoes the effects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
 
 from schemas.errors import ContractError
-from schemas.partner import PartnerAcknowledgement
+from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
-from schemas.views import FINAL_REQUEST_STATES, OutcomeStatus
+from schemas.views import FINAL_REQUEST_STATES, RequestStatus
+from streams.faust_glue.tables import StagedTable
+from streams.inbound import Inbound
 from streams.ledger import (
     AckOutcome,
     Ticket,
-    answered_late,
     apply_ack,
     mark_dispatched,
     needs_sweep,
@@ -34,18 +40,39 @@ from streams.ledger_codec import (
     LedgerEntry,
     OpenEntry,
     SweepEntry,
-    decode_entry,
-    encode_entry,
+    decode_entries,
     ticket_from_json,
     ticket_to_json,
 )
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
+from streams.output import Outputs
 from streams.request_views import AsyncRequestViews
+from streams.sequencer import POSITION_KEY_PREFIX
+from streams.store_retry import wait_out_store_outages
+from streams.ticket_index import TicketIndex, expired
 
 __all__ = ["LedgerProcessor"]
 
 log = logging.getLogger(__name__)
+
+Positions = dict[bytes, tuple[int, bytes]]
+
+SWEEPS_PER_TICK: Final = 10_000
+
+
+@dataclass
+class _Changes:
+    """What a batch of ledger entries did: tickets as they now are, and the effects."""
+
+    tickets: dict[str, Ticket | None] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
+    loaded: dict[str, Ticket | None] = field(default_factory=dict)
+    statuses: dict[str, RequestStatus] = field(default_factory=dict)
+    follow_ups: list[PartnerInstruction] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    acks: list[tuple[AckEntry, Ticket]] = field(default_factory=list)
+    ignored: list[AckOutcome] = field(default_factory=list)
 
 
 class LedgerProcessor:
@@ -57,124 +84,182 @@ class LedgerProcessor:
         views: AsyncRequestViews,
         metrics: StreamMetrics,
         topics: TopicNames,
+        index: TicketIndex,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy, self._serde, self._sender = policy, serde, sender
         self._views, self._metrics, self._clock = views, metrics, clock
-        self._topics = topics
+        self._topics, self.index = topics, index
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
-    async def forward_ack(self, key: bytes | None, value: bytes, topic: str) -> bool:
-        """An acknowledgement from a partner's topic, into the ledger under its key."""
-        partner = self._topics.partner_of_acks(topic) or topic
-        try:
-            ack = self._serde.decode_as(value, PartnerAcknowledgement, topic)
-        except ContractError as exc:
-            self._metrics.acknowledgements_ignored.labels("undecodable").inc()
-            log.warning("undecodable acknowledgement on %s: %s", topic, exc.reason)
-            return False
-        entry = AckEntry(partner, ack, self._now())
-        ticket_key = key or ack.instruction_id.encode()
-        fut = await self._sender.outbox.send(
-            self._topics.ledger, ticket_key, encode_entry(entry), []
-        )
-        await fut
-        return True
+    async def forward_acks(self, records: Sequence[Inbound], outputs: Outputs) -> int:
+        """Acknowledgements from partners' topics, into the ledger under their keys."""
+        now = self._now()
+        entries: list[tuple[str, LedgerEntry]] = []
+        for record in records:
+            partner = self._topics.partner_of_acks(record.topic) or record.topic
+            try:
+                ack = self._serde.decode_as(record.value, PartnerAcknowledgement, record.topic)
+            except ContractError as exc:
+                self._metrics.acknowledgements_ignored.labels("undecodable").inc()
+                log.warning("undecodable acknowledgement on %s: %s", record.topic, exc.reason)
+                continue
+            key = record.key.decode() if record.key else ack.instruction_id
+            entries.append((key, AckEntry(partner, ack, now)))
+        self._sender.send_ledger(outputs, entries)
+        await outputs.delivered()
+        return len(entries)
 
-    async def handle(self, key: bytes, value: bytes, tickets: MutableMapping[bytes, bytes]) -> None:
-        entry = decode_entry(value)
-        raw = tickets.get(key)
-        before = ticket_from_json(raw) if raw else None
-        after = await self._apply(before, key.decode(), entry)
+    async def handle_batch(
+        self,
+        records: Sequence[Inbound],
+        tickets: StagedTable,
+        outputs: Outputs,
+        positions: Positions | None = None,
+    ) -> None:
+        changes = _Changes()
+        now = self._now()
+        for record in records:
+            for key, entry in decode_entries(record.key, record.value):
+                self._apply(changes, tickets, key, entry, record.partition, now)
+        try:
+            await self._effects(changes, outputs)
+            self._stage(changes, tickets, outputs, positions or {})
+            await outputs.delivered()
+        except BaseException:
+            tickets.discard()
+            raise
+        tickets.commit()
+        for key, loaded in changes.loaded.items():
+            self.index.update(key, loaded, changes.tickets.get(key, loaded))
+        self._count(changes)
+        self.set_gauges()
+
+    def _apply(
+        self,
+        changes: _Changes,
+        tickets: StagedTable,
+        key: str,
+        entry: LedgerEntry,
+        partition: int,
+        now: int,
+    ) -> None:
+        if key in changes.tickets:
+            before = changes.tickets[key]
+        elif key in changes.loaded:
+            before = changes.loaded[key]
+        else:
+            raw = tickets.get(key.encode())
+            before = changes.loaded[key] = ticket_from_json(raw) if raw else None
+        if isinstance(entry, SweepEntry) and self._expired(before, now):
+            changes.tickets[key], changes.partitions[key] = None, partition
+            return
+        after = self._next(changes, before, key, entry, now)
         if after is None or after == before:
             return
-        # the effect first, then the state: a crash in between redoes the publish
-        await self._publish(before, after)
-        if after.request is None and after.settled:
-            tickets.pop(key, None)  # a lone instruction that has been answered
-        else:
-            tickets[key] = ticket_to_json(after)
+        # a lone instruction that has been answered is done with: deleted
+        done = after.request is None and after.settled
+        changes.tickets[key], changes.partitions[key] = (None if done else after), partition
+        status = request_status(after, now)
+        if status is not None:
+            changes.statuses[status.request_id] = status
+            was_final = before is not None and before.status in FINAL_REQUEST_STATES
+            if status.status in FINAL_REQUEST_STATES and not was_final:
+                changes.finished.append(status.status.value)
 
-    async def _apply(self, ticket: Ticket | None, key: str, entry: LedgerEntry) -> Ticket | None:
-        now = self._now()
+    def _expired(self, ticket: Ticket | None, now: int) -> bool:
+        """Settled and answered long enough ago (``grace_ms``) to be deleted."""
+        return ticket is not None and expired(ticket, now, self.index.grace_ms)
+
+    def _next(
+        self, changes: _Changes, ticket: Ticket | None, key: str, entry: LedgerEntry, now: int
+    ) -> Ticket | None:
         match entry:
             case OpenEntry():
                 return open_ticket(ticket, key, entry.request, list(entry.instructions), now)
             case DispatchedEntry():
                 return mark_dispatched(ticket, entry.at)
             case AckEntry():
-                return self._ack(ticket, entry, now)
+                updated, outcome = apply_ack(ticket, entry.ack, entry.partner, now)
+                if outcome is not AckOutcome.APPLIED or updated is None:
+                    changes.ignored.append(outcome)
+                    return ticket
+                changes.acks.append((entry, updated))
+                return updated
             case SweepEntry():
                 if ticket is None or not needs_sweep(ticket, now):
                     return ticket
                 ticket, follow_ups = sweep(ticket, now, self._policy)
-                await _wait(await self._sender.send_instructions(follow_ups))
-                for ins in follow_ups:
-                    self._metrics.retention_follow_ups.labels(ins.partner).inc()
-                    self._metrics.instructions.labels(ins.partner, ins.action.value).inc()
+                changes.follow_ups += follow_ups
                 return ticket
 
-    def _ack(self, ticket: Ticket | None, entry: AckEntry, now: int) -> Ticket | None:
-        updated, outcome = apply_ack(ticket, entry.ack, entry.partner, now)
-        if outcome is not AckOutcome.APPLIED or updated is None:
-            self._metrics.acknowledgements_ignored.labels(outcome.value).inc()
-            return ticket
-        ack = entry.ack
-        self._metrics.acknowledgements.labels(ack.partner, ack.status.value).inc()
-        tracked = updated.find(ack.instruction_id)
-        if tracked is not None:
-            latency = max(0, entry.received_at - tracked.outcome.issued_at) / 1000
-            self._metrics.instruction_to_ack.labels(ack.partner).observe(latency)
-        return updated
-
-    async def _publish(self, before: Ticket | None, after: Ticket) -> None:
-        status = request_status(after, self._now())
-        if status is None:
-            return
-        await self._views.put(status)
-        fut = await self._sender.send_object(self._topics.requests, status.request_id, status)
-        await fut
-        was_final = before is not None and before.status in FINAL_REQUEST_STATES
-        if status.status in FINAL_REQUEST_STATES and not was_final:
-            self._metrics.requests_finished.labels(status.status.value).inc()
-
-    def scan(self, tickets: Iterable[bytes]) -> tuple[list[bytes], dict[str, Any]]:
-        """Read-only pass over local tickets: keys needing a sweep, and gauge values."""
-        now = self._now()
-        due: list[bytes] = []
-        open_requests = overdue_requests = 0
-        pending: dict[str, int] = dict.fromkeys(self._policy.partners, 0)
-        overdue: dict[str, int] = dict.fromkeys(self._policy.partners, 0)
-        for raw in tickets:
-            if b'"PENDING"' not in raw and b'"RESTRICTED"' not in raw:
-                continue  # settled: nothing pending, no retention hold (cheap pre-filter)
-            t = ticket_from_json(raw)
-            if needs_sweep(t, now):
-                due.append(t.key.encode())
-            if t.request is not None and t.answered_at is None:
-                open_requests += 1
-                overdue_requests += int(answered_late(t, now))
-            for i in t.instructions:
-                if i.outcome.status is OutcomeStatus.PENDING:
-                    pending[i.outcome.partner] = pending.get(i.outcome.partner, 0) + 1
-                    late = i.outcome.overdue or now > i.outcome.due_by
-                    overdue[i.outcome.partner] = overdue.get(i.outcome.partner, 0) + int(late)
-        self._metrics.requests_open.set(open_requests)
-        self._metrics.requests_overdue.set(overdue_requests)
-        for partner in pending:
-            self._metrics.instructions_pending.labels(partner).set(pending[partner])
-            self._metrics.instructions_overdue.labels(partner).set(overdue[partner])
-        return due, {"open_requests": open_requests, "overdue_requests": overdue_requests}
-
-    async def request_sweeps(self, keys: list[bytes]) -> None:
-        entry = encode_entry(SweepEntry(self._now()))
-        await _wait(
-            [await self._sender.outbox.send(self._topics.ledger, k, entry, []) for k in keys]
+    async def _effects(self, changes: _Changes, outputs: Outputs) -> None:
+        for ins in changes.follow_ups:
+            self._sender.send_instruction(outputs, ins)
+        statuses = list(changes.statuses.values())
+        for status in statuses:
+            self._sender.send_object(outputs, self._topics.requests, status.request_id, status)
+        await asyncio.gather(
+            outputs.delivered(),
+            wait_out_store_outages(lambda: self._views.put_many(statuses), self._metrics),
         )
 
+    def _stage(
+        self, changes: _Changes, tickets: StagedTable, outputs: Outputs, positions: Positions
+    ) -> None:
+        for key, ticket in changes.tickets.items():
+            value = None if ticket is None else ticket_to_json(ticket)
+            tickets.stage(outputs, changes.partitions[key], key.encode(), value)
+        for position, (partition, value) in positions.items():
+            tickets.stage(outputs, partition, position, value)
 
-async def _wait(futures: list[Any]) -> None:
-    for fut in futures:
-        await fut
+    def _count(self, changes: _Changes) -> None:
+        m = self._metrics
+        for ins in changes.follow_ups:
+            m.retention_follow_ups.labels(ins.partner).inc()
+            m.instructions.labels(ins.partner, ins.action.value).inc()
+        for status in changes.finished:
+            m.requests_finished.labels(status).inc()
+        for outcome in changes.ignored:
+            m.acknowledgements_ignored.labels(outcome.value).inc()
+        for entry, ticket in changes.acks:
+            ack = entry.ack
+            m.acknowledgements.labels(ack.partner, ack.status.value).inc()
+            tracked = ticket.find(ack.instruction_id)
+            if tracked is not None:
+                latency = max(0, entry.received_at - tracked.outcome.issued_at) / 1000
+                m.instruction_to_ack.labels(ack.partner).observe(latency)
+
+    def set_gauges(self) -> None:
+        """The ledger gauges, from the index (kept write by write)."""
+        g, m = self.index.gauges(), self._metrics
+        m.requests_open.set(g.open_requests)
+        m.requests_overdue.set(g.overdue_requests)
+        for partner in sorted({*self._policy.partners, *g.pending}):
+            m.instructions_pending.labels(partner).set(g.pending.get(partner, 0))
+            m.instructions_overdue.labels(partner).set(g.overdue.get(partner, 0))
+
+    def rebuild_index(self, tickets: Iterable[tuple[bytes, bytes]]) -> int:
+        """Index a recovered table's tickets (after a rebalance); returns how many."""
+        items = [
+            (key.decode(), ticket_from_json(raw))
+            for key, raw in tickets
+            if not key.startswith(POSITION_KEY_PREFIX)
+        ]
+        self.index.rebuild(items)
+        self.set_gauges()
+        return len(items)
+
+    async def sweep_due(self, outputs: Outputs) -> int:
+        """Ask the ledger to sweep (or expire) the tickets that are due; returns how many."""
+        keys = self.index.pop_due(self._now(), SWEEPS_PER_TICK)
+        if keys:
+            await self.request_sweeps([k.encode() for k in keys], outputs)
+        return len(keys)
+
+    async def request_sweeps(self, keys: Iterable[bytes], outputs: Outputs) -> None:
+        entry = SweepEntry(self._now())
+        self._sender.send_ledger(outputs, [(k.decode(), entry) for k in keys])
+        await outputs.delivered()

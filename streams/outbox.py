@@ -1,46 +1,20 @@
-"""Where the processors send records: a port with a Faust-backed implementation.
-
-``send`` enqueues and returns an awaitable that completes when the broker acknowledged
-the record; processors await every effect before they update their state.
-"""
+"""Records on their topics: contract objects (Avro, CloudEvents headers) and ledger
+entries, sent through an agent's ``Outputs`` (enqueued; the agent waits for a whole wave
+with ``Outputs.delivered``)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 from schemas.cloudevents import Headers, ce_headers
 from schemas.partner import PartnerInstruction
 from schemas.records import Contracted
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
+from streams.ledger_codec import LedgerEntry, entries_by_partition
+from streams.output import Outputs
 
-__all__ = ["FaustOutbox", "Outbox", "RecordSender", "instruction_headers"]
-
-
-class Outbox(Protocol):
-    async def send(
-        self, topic: str, key: bytes, value: bytes, headers: Headers
-    ) -> Awaitable[Any]: ...
-
-
-class FaustOutbox:
-    """Sends raw records through the Faust app's producer."""
-
-    def __init__(self, app: Any) -> None:
-        self._app = app
-        self._topics: dict[str, Any] = {}
-
-    def _topic(self, name: str) -> Any:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._app.topic(name, key_serializer="raw", value_serializer="raw")
-            self._topics[name] = topic
-        return topic
-
-    async def send(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Awaitable[Any]:
-        fut: Awaitable[Any] = await self._topic(topic).send(key=key, value=value, headers=headers)
-        return fut
+__all__ = ["RecordSender", "instruction_headers"]
 
 
 def instruction_headers(ins: PartnerInstruction, data_schema: str) -> Headers:
@@ -60,28 +34,35 @@ class RecordSender:
     """Encodes contract objects and sends them; the one place topics meet the serde."""
 
     def __init__(
-        self, outbox: Outbox, serde: AvroSerde, data_schema: str, topics: TopicNames
+        self, serde: AvroSerde, data_schema: str, topics: TopicNames, ledger_partitions: int
     ) -> None:
-        self.outbox = outbox
         self._topics = topics
         self._serde = serde
         self._schema = data_schema
+        self._ledger_partitions = ledger_partitions
 
-    async def send_object(
-        self, topic: str, key: str, obj: Contracted, headers: Headers | None = None
-    ) -> Awaitable[Any]:
+    def send_ledger(self, outputs: Outputs, entries: Sequence[tuple[str, LedgerEntry]]) -> None:
+        """Ledger entries (internal, JSON), one record per ledger partition."""
+        by_partition = entries_by_partition(entries, self._ledger_partitions)
+        for partition, value in by_partition.items():
+            outputs.send(self._topics.ledger, None, value, None, partition)
+
+    def send_object(
+        self,
+        outputs: Outputs,
+        topic: str,
+        key: str,
+        obj: Contracted,
+        headers: Headers | None = None,
+    ) -> None:
         value = self._serde.encode(obj, topic)
-        return await self.outbox.send(topic, key.encode("utf-8"), value, headers or [])
+        outputs.send(topic, key.encode("utf-8"), value, headers)
 
-    async def send_instructions(
-        self, instructions: Sequence[PartnerInstruction]
-    ) -> list[Awaitable[Any]]:
-        return [
-            await self.send_object(
-                self._topics.instructions(ins.partner),
-                ins.subject_ref,
-                ins,
-                instruction_headers(ins, self._schema),
-            )
-            for ins in instructions
-        ]
+    def send_instruction(self, outputs: Outputs, ins: PartnerInstruction) -> None:
+        self.send_object(
+            outputs,
+            self._topics.instructions(ins.partner),
+            ins.subject_ref,
+            ins,
+            instruction_headers(ins, self._schema),
+        )

@@ -1,8 +1,17 @@
-"""Handling of one inbound record: decode, validate, decide, carry out the effects.
+"""Handling of a batch of inbound records: decode, validate, decide, carry out the effects.
 
-Effects are awaited (broker-acknowledged, store written) before the subject's state is
-updated, so a crash at any point leads to a redelivery that redoes them; every effect is
-idempotent (deterministic instruction ids, versioned store writes).
+The batch's effects go out in three waves, each sent without awaiting its records and
+then awaited once (the ordering barriers):
+
+1. ledger tickets and dead letters on Kafka, and the consent store (one pipelined Redis
+   round trip); a ticket is on the ledger before its instructions exist, so no partner's
+   acknowledgement can reach the ledger before the ticket it answers;
+2. partner instructions and state records;
+3. "dispatched" ledger entries and the changed subject states (table changelog).
+
+The subjects' states are written last, so a crash at any point leads to a redelivery
+that redoes every effect; every effect is idempotent (deterministic instruction ids,
+versioned store writes, tickets keyed by request or instruction).
 """
 
 from __future__ import annotations
@@ -10,32 +19,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from schemas.cloudevents import published_at_ms
-from schemas.errors import ContractError, StoreUnavailableError, ValidationError
+from schemas.errors import ValidationError
 from schemas.events import ConsentEvent
 from schemas.partner import PartnerInstruction
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from schemas.validation import validate_event
+from schemas.views import ConsentState
 from streams.deadletter import DeadLetter, deadletter_headers
-from streams.decisions import Decision, Outcome, decide
+from streams.event_batch import EventBatch, StoreWrite, plan_batch
+from streams.failpoint import Failpoint
 from streams.fanout import FanOut
+from streams.faust_glue.tables import StagedTable
 from streams.inbound import Inbound
-from streams.ledger_codec import DispatchedEntry, LedgerEntry, OpenEntry, encode_entry
+from streams.ledger_codec import DispatchedEntry
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
+from streams.output import Outputs
 from streams.pseudonyms import Pseudonyms
-from streams.subject import SubjectState, state_from_json, state_to_json, to_consent_state
+from streams.store_retry import wait_out_store_outages
+from streams.subject import state_to_json, to_consent_state
 
 __all__ = ["EventProcessor", "Inbound"]
 
 log = logging.getLogger(__name__)
-
-_STORE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class EventProcessor:
@@ -49,33 +60,33 @@ class EventProcessor:
         metrics: StreamMetrics,
         topics: TopicNames,
         clock: Callable[[], float] = time.time,
+        failpoint: Failpoint | None = None,
     ) -> None:
         self._policy, self._pseudonyms, self._serde = policy, pseudonyms, serde
         self._sender, self._store, self._metrics, self._clock = sender, store, metrics, clock
         self._topics = topics
+        self._failpoint = failpoint or Failpoint("", ".")
 
     def _now(self) -> int:
         return int(self._clock() * 1000)
 
-    async def handle(
-        self, record: Inbound, subjects: MutableMapping[bytes, bytes]
-    ) -> Outcome | None:
-        """Process one record; returns the outcome, or None when it was dead-lettered."""
+    async def handle_batch(
+        self, records: Sequence[Inbound], subjects: StagedTable, outputs: Outputs
+    ) -> EventBatch:
+        """Process a batch; every effect is on the broker (and in Redis) when it returns."""
+        fan = FanOut(self._policy, self._pseudonyms, self._now())
+        batch = plan_batch(records, self._parse, subjects.get, fan)
+        views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
         try:
-            event = self._parse(record)
-        except ContractError as exc:
-            await self.deadletter(record, exc.reason, str(exc))
-            return None
-        key = event.subject_id.encode("utf-8")
-        raw = subjects.get(key)
-        state = state_from_json(raw) if raw else SubjectState(event.subject_id)
-        decision = decide(state, event, FanOut(self._policy, self._pseudonyms, self._now()))
-        self._metrics.events.labels(event.type.value, decision.outcome.value).inc()
-        if decision.outcome is Outcome.APPLIED:
-            await self._carry_out(event, decision, record.headers)
-        if decision.state is not state:
-            subjects[key] = state_to_json(decision.state)
-        return decision.outcome
+            await self._store_and_tickets(batch, views, outputs)
+            await self._instructions_and_states(batch, views, outputs)
+            await self._dispatched_and_subjects(batch, subjects, outputs)
+        except BaseException:
+            subjects.discard()
+            raise
+        subjects.commit()
+        self._count(batch)
+        return batch
 
     def _parse(self, record: Inbound) -> ConsentEvent:
         event = self._serde.decode_as(record.value, ConsentEvent, record.topic)
@@ -86,96 +97,81 @@ class EventProcessor:
             )
         return event
 
-    async def deadletter(self, record: Inbound, reason: str, error: str) -> None:
-        dl = DeadLetter(reason, error, record.topic, record.partition, record.offset, self._now())
-        headers = deadletter_headers(record.headers, dl)
-        fut = await self._sender.outbox.send(
-            self._topics.deadletter, record.key or b"", record.value, headers
-        )
-        await fut
-        self._metrics.deadletters.labels(reason).inc()
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-        )
-
-    async def _carry_out(self, event: ConsentEvent, d: Decision, headers: dict[str, bytes]) -> None:
-        published = published_at_ms(headers)
-        tickets = self._tickets(d)
-        await _all([await self._ledger(key, entry) for key, entry in tickets])
-        sent = await self._sender.send_instructions(d.instructions)
-        await _all(sent)
-        self._observe_partner_hops(d.instructions, published)
-        if tickets and d.instructions:
-            await _all(
-                [await self._ledger(key, DispatchedEntry(self._now())) for key, _ in tickets]
-            )
-        if d.consent_changed:
-            await self._update_store(d.state, published)
-
-    def _tickets(self, d: Decision) -> list[tuple[str, LedgerEntry]]:
-        """Ledger entries: one per request (with all its instructions) or lone instruction."""
-        digest = self._pseudonyms.refs_digest
-        by_key: dict[str, list[PartnerInstruction]] = {}
-        for ins in d.instructions:
-            by_key.setdefault(ins.ack_key, []).append(ins)
-        if d.request is not None:
-            by_key.setdefault(d.request.request_id, [])
-        return [
-            (
-                key,
-                OpenEntry(
-                    key,
-                    d.request if d.request and d.request.request_id == key else None,
-                    tuple((i, digest(i.partner_refs.items())) for i in items),
-                ),
-            )
-            for key, items in by_key.items()
-        ]
-
-    async def _ledger(self, key: str, entry: LedgerEntry) -> Awaitable[Any]:
-        return await self._sender.outbox.send(
-            self._topics.ledger, key.encode(), encode_entry(entry), []
-        )
-
-    def _observe_partner_hops(
-        self, instructions: tuple[PartnerInstruction, ...], published: int | None
+    async def _store_and_tickets(
+        self, batch: EventBatch, views: list[ConsentState], outputs: Outputs
     ) -> None:
+        self._sender.send_ledger(outputs, batch.tickets)
         now = self._now()
+        for rejected in batch.rejected:
+            r, exc = rejected.record, rejected.error
+            dl = DeadLetter(exc.reason, str(exc), r.topic, r.partition, r.offset, now)
+            headers = deadletter_headers(r.headers, dl)
+            outputs.send(self._topics.deadletter, r.key or b"", r.value, headers)
+        await asyncio.gather(
+            outputs.delivered(),
+            wait_out_store_outages(lambda: self._store.apply_states(views), self._metrics),
+        )
+        self._observe_store(batch.store.values())
+
+    def _observe_store(self, writes: Iterable[StoreWrite]) -> None:
+        now = self._now()
+        observe = self._metrics.publish_to_store.observe
+        for write in writes:
+            for published in write.published:
+                observe(max(0, now - published) / 1000)
+
+    async def _instructions_and_states(
+        self, batch: EventBatch, views: list[ConsentState], outputs: Outputs
+    ) -> None:
+        instructions = [ins for ins, _ in batch.instructions]
+        if self._failpoint.armed("events.mid_instructions", len(instructions)):
+            await self._stop_mid_instructions(batch, instructions, outputs)
         for ins in instructions:
-            self._metrics.instructions.labels(ins.partner, ins.action.value).inc()
+            self._sender.send_instruction(outputs, ins)
+        for view in views:
+            self._sender.send_object(outputs, self._topics.state, view.subject_id, view)
+        await outputs.delivered()
+        now = self._now()
+        m = self._metrics
+        for ins, published in batch.instructions:
+            m.instructions.labels(ins.partner, ins.action.value).inc()
             if published is not None:
-                self._metrics.publish_to_partner_topic.labels(ins.partner).observe(
+                m.publish_to_partner_topic.labels(ins.partner).observe(
                     max(0, now - published) / 1000
                 )
 
-    async def _update_store(self, state: SubjectState, published: int | None) -> None:
-        view = to_consent_state(state, self._now())
-        await self._write_store(view)
-        if published is not None:
-            self._metrics.publish_to_store.observe(max(0, self._now() - published) / 1000)
-        fut = await self._sender.send_object(self._topics.state, state.subject_id, view)
-        await fut
+    async def _stop_mid_instructions(
+        self, batch: EventBatch, instructions: list[PartnerInstruction], outputs: Outputs
+    ) -> None:
+        """The crash test's failpoint: half the instructions on the broker, then stop."""
+        half = instructions[: len(instructions) // 2]
+        for ins in half:
+            self._sender.send_instruction(outputs, ins)
+        await outputs.delivered()
+        facts = {
+            "records": len(batch.outcomes) + len(batch.rejected),
+            "instructions": len(instructions),
+            "sent": [ins.instruction_id for ins in half],
+            "subjects_changed": len(batch.states),
+        }
+        self._failpoint.hit(facts)
 
-    async def _write_store(self, view: Any) -> None:
-        """Write the consent store; Redis outages are waited out, never skipped."""
-        attempt = 0
-        while True:
-            try:
-                await self._store.apply_state(view)
-                return
-            except StoreUnavailableError as exc:
-                delay = _STORE_BACKOFF_S[min(attempt, len(_STORE_BACKOFF_S) - 1)]
-                attempt += 1
-                self._metrics.store_retries.inc()
-                log.warning(
-                    "consent store unavailable (attempt %d, retry in %.1fs): %s",
-                    attempt,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
+    async def _dispatched_and_subjects(
+        self, batch: EventBatch, subjects: StagedTable, outputs: Outputs
+    ) -> None:
+        at = self._now()
+        self._sender.send_ledger(outputs, [(key, DispatchedEntry(at)) for key in batch.dispatched])
+        for key, (partition, state) in batch.states.items():
+            subjects.stage(outputs, partition, key, state_to_json(state))
+        await outputs.delivered()
 
-
-async def _all(futures: list[Awaitable[Any]]) -> None:
-    if futures:
-        await asyncio.gather(*futures)
+    def _count(self, batch: EventBatch) -> None:
+        events = self._metrics.events
+        for kind, outcome in batch.outcomes:
+            events.labels(kind, outcome.value).inc()
+        for rejected in batch.rejected:
+            r = rejected.record
+            self._metrics.deadletters.labels(rejected.error.reason).inc()
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset, rejected.error.reason
+            )

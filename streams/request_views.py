@@ -4,9 +4,14 @@ the record is the published ``RequestStatus`` evidence, digests only)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from schemas.contracts import REQUEST_STATUS
+from schemas.errors import StoreUnavailableError
 from schemas.records import from_record, to_record
 from schemas.views import RequestStatus
 
@@ -32,7 +37,21 @@ class AsyncRequestViews:
         self._redis, self._prefix = redis, prefix
 
     async def put(self, status: RequestStatus) -> None:
-        await self._redis.set(request_key(self._prefix, status.request_id), status_to_json(status))
+        await self.put_many([status])
+
+    async def put_many(self, statuses: Sequence[RequestStatus]) -> None:
+        """Write the views in one pipelined round trip; Redis not answering raises
+        ``StoreUnavailableError``."""
+        if not statuses:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for status in statuses:
+                    key = request_key(self._prefix, status.request_id)
+                    pipe.set(key, status_to_json(status))
+                await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailableError(f"request views: {exc}") from exc
 
     async def get(self, request_id: str) -> RequestStatus | None:
         raw = await self._redis.get(request_key(self._prefix, request_id))

@@ -1,46 +1,58 @@
 """Every record of a source partition handled once per worker run, in offset order.
 
 Around restarts and rebalances Faust may hand an agent a record twice, late (after later
-records of its partition) or not at all (faust-streaming issue 596; ``streams.transport``
+records of its partition) or not at all (faust-streaming issue 596; ``streams.faust_glue.transport``
 mends the part of it that lives in Faust's fetch loop). Order per partition is order per
 subject, and a lost record is a lost consent change, so the agents do not rely on it:
-the sequencer keeps, per source partition, the next offset the agent has to handle.
+the sequencer keeps, per source partition, the next offset the agent has to handle, and
+turns each batch the stream delivers into the records to handle, in order:
 
 - a record below it was handled already (a redelivery): skipped;
 - the expected record: handled;
 - a record above it: the records in between are read from Kafka directly
   (``SourceReader``) and handled first, in order, then this one.
 
+``plan`` does not move the expected offsets; ``done`` does, once the batch's effects are
+acknowledged. A batch that fails is therefore read again (as missing records) by the
+next batch of its partitions.
+
 The first record of a partition after an assignment is compared with the consumer group's
 committed offset, which never passes a record that was not handled (commits follow the
-agents' acknowledgements; the worker's producer flush makes the table state durable
-before). Given a table (``positions``; the worker gives the ledger's), the sequencer also
-writes the next offset there, under a key no record key can have, in the same changelog
-partition as the state the records produced; the larger of the two is the start, so
-records whose state changes already reached the table are not applied again after a
-rebalance or restart (no double counting, no reopened ledger ticket). Without it,
-handling is at-least-once and the handler is idempotent (events: by event id).
+agents' acknowledgements, which follow the batch's effects). Given a table of positions
+(the ledger's), the next offset is also kept there (``Plan.positions``, written by the
+agent with the batch's state, under a key no record key can have); the larger of the two
+is the start, so records whose state changes already reached the table are not applied
+again after a rebalance or restart. Without it, handling is at-least-once and the
+handler is idempotent (events: by event id).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
 
 from streams.inbound import Inbound
 from streams.metrics import StreamMetrics
 
-__all__ = ["POSITION_KEY_PREFIX", "SourceReader", "SourceSequencer", "Step", "next_step"]
+__all__ = [
+    "POSITION_KEY_PREFIX",
+    "Plan",
+    "SourceReader",
+    "SourceSequencer",
+    "Step",
+    "next_step",
+    "position_key",
+]
 
 log = logging.getLogger(__name__)
 
 POSITION_KEY_PREFIX: Final = b"\x00next-offset:"
 
 Partition = tuple[str, int]
-Handler = Callable[[Inbound], Awaitable[object]]
 FilledCallback = Callable[[str, int, int, int], None]
 
 
@@ -71,6 +83,21 @@ class SourceReader(Protocol):
         ...
 
 
+@dataclass
+class Plan:
+    """The records of one batch to handle, in order, and what follows once they are."""
+
+    records: list[Inbound] = field(default_factory=list)
+    next: dict[Partition, int] = field(default_factory=dict)
+    filled: list[tuple[str, int, int, int]] = field(default_factory=list)
+    redelivered: int = 0
+
+    @property
+    def positions(self) -> dict[bytes, tuple[int, bytes]]:
+        """Table entries (key -> (partition, value)) that keep the next offsets."""
+        return {position_key(tp): (tp[1], str(n).encode()) for tp, n in self.next.items()}
+
+
 class SourceSequencer:
     def __init__(
         self,
@@ -78,7 +105,7 @@ class SourceSequencer:
         reader: SourceReader,
         metrics: StreamMetrics,
         on_filled: FilledCallback | None = None,
-        positions: MutableMapping[bytes, bytes] | None = None,
+        positions: Mapping[bytes, bytes] | None = None,
     ) -> None:
         self._stage, self._reader, self._metrics = stage, reader, metrics
         self._on_filled, self._positions = on_filled, positions
@@ -92,27 +119,39 @@ class SourceSequencer:
         for tp in partitions:
             self._next.pop(tp, None)
 
-    async def handle(self, record: Inbound, handle: Handler) -> Step:
-        tp = (record.topic, record.partition)
-        expected = self._next.get(tp)
-        if expected is None:
-            expected = await self._start(tp)
-        step = next_step(expected, record.offset)
-        if step is Step.SKIP:
-            self._metrics.source_records.labels(self._stage, "redelivered").inc()
-            return step
-        if step is Step.FILL:
-            await self._fill(record, expected, handle)
-        await handle(record)
-        self._next[tp] = record.offset + 1
-        if self._positions is not None:
-            self._positions[_position_key(tp)] = str(record.offset + 1).encode()
-        return step
+    async def plan(self, batch: Sequence[Inbound]) -> Plan:
+        """The records to handle for ``batch``: redeliveries out, missing records in."""
+        plan = Plan()
+        for record in batch:
+            tp = (record.topic, record.partition)
+            expected = plan.next.get(tp)
+            if expected is None:
+                expected = self._next.get(tp)
+            if expected is None:
+                expected = await self._start(tp)
+            step = next_step(expected, record.offset)
+            if step is Step.SKIP:
+                plan.redelivered += 1
+                continue
+            if step is Step.FILL:
+                await self._fill(plan, record, expected)
+            plan.records.append(record)
+            plan.next[tp] = record.offset + 1
+        return plan
+
+    def done(self, plan: Plan) -> None:
+        """The plan's records are handled and their effects acknowledged."""
+        self._next.update(plan.next)
+        if plan.redelivered:
+            self._metrics.source_records.labels(self._stage, "redelivered").inc(plan.redelivered)
+        for topic, partition, start, end in plan.filled:
+            if self._on_filled is not None:
+                self._on_filled(topic, partition, start, end)
 
     async def _start(self, tp: Partition) -> int:
         started = time.monotonic()
         committed = await self._reader.start_offset(*tp)
-        stored = self._positions.get(_position_key(tp)) if self._positions is not None else None
+        stored = self._positions.get(position_key(tp)) if self._positions is not None else None
         start = max(committed, int(stored)) if stored else committed
         log.info(
             "%s[%d]: first record after an assignment; handling from offset %d "
@@ -126,7 +165,7 @@ class SourceSequencer:
         )
         return start
 
-    async def _fill(self, record: Inbound, start: int, handle: Handler) -> None:
+    async def _fill(self, plan: Plan, record: Inbound, start: int) -> None:
         topic, partition, end = record.topic, record.partition, record.offset
         missing = await self._reader.read(topic, partition, start, end)
         log.warning(
@@ -138,12 +177,10 @@ class SourceSequencer:
             end - 1,
             len(missing),
         )
-        for earlier in missing:
-            await handle(earlier)
+        plan.records.extend(missing)
+        plan.filled.append((topic, partition, start, end))
         self._metrics.source_records.labels(self._stage, "refetched").inc(len(missing))
-        if self._on_filled is not None:
-            self._on_filled(topic, partition, start, end)
 
 
-def _position_key(tp: Partition) -> bytes:
+def position_key(tp: Partition) -> bytes:
     return POSITION_KEY_PREFIX + f"{tp[0]}:{tp[1]}".encode()

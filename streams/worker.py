@@ -14,13 +14,16 @@ from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from streams.app import WorkerParts, attach_agents, create_app
+from streams.failpoint import Failpoint
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import stream_metrics
-from streams.outbox import FaustOutbox, RecordSender
+from streams.outbox import RecordSender
+from streams.output import OutputProducer, output_producer_config
 from streams.processor import EventProcessor
 from streams.pseudonyms import Pseudonyms
 from streams.request_views import AsyncRequestViews
 from streams.source_reader import KafkaSourceReader
+from streams.ticket_index import TicketIndex
 from streams.topics import ensure_topics
 from streams.web import attach_views
 
@@ -37,14 +40,27 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
     views = AsyncRequestViews(redis, settings.redis_prefix)
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     schema_ref = settings.schema_registry_url or CONSENT_EVENT.rsplit(".", 1)[0]
-    sender = RecordSender(FaustOutbox(app), serde, schema_ref, settings.topics)
+    sender = RecordSender(serde, schema_ref, settings.topics, settings.partitions)
     pseudonyms = Pseudonyms(settings.subject_key)
+    topics = settings.topics
     return WorkerParts(
-        events=EventProcessor(policy, pseudonyms, serde, sender, store, metrics, settings.topics),
-        ledger=LedgerProcessor(policy, serde, sender, views, metrics, settings.topics),
+        events=EventProcessor(
+            policy,
+            pseudonyms,
+            serde,
+            sender,
+            store,
+            metrics,
+            topics,
+            failpoint=Failpoint(settings.failpoint, settings.data_dir),
+        ),
+        ledger=LedgerProcessor(
+            policy, serde, sender, views, metrics, topics, TicketIndex(settings.ticket_grace_ms)
+        ),
         registry=registry,
         metrics=metrics,
         source_reader=KafkaSourceReader(settings, str(app.conf.id)),
+        output=OutputProducer(output_producer_config(settings, "worker")),
         store=store,
         views=views,
         redis=redis,

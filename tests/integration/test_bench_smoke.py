@@ -60,6 +60,16 @@ def test_quick_bench_writes_every_section(
         assert s["complete"] is True, s
         assert s["observed_ms"]["store"]["count"] > 0, s
         assert s["histogram_ms"]["store"]["count"] == s["observed_ms"]["store"]["count"], s
+        assert s["worker_cpu_ms_per_event"] > 0, s
+    noop_rates = results["sizes"]["noop_latency_rates"]
+    noop_steps = [s for s in steps if "noop" in s]
+    assert [s["offered_events_per_s"] for s in noop_steps] == noop_rates
+    for s in noop_steps:
+        noop = s["noop"]
+        assert noop["complete"] is True and noop["seen"] == noop["events"] == s["events"], noop
+        assert noop["latency_ms"]["count"] == noop["events"], noop
+        assert noop["latency_ms"]["p50"] <= noop["latency_ms"]["p99"], noop
+        assert noop["worker_cpu_ms_per_event"] > 0, noop
 
     ratios = results["ratios"]
     assert 0 < ratios["pipeline_to_raw_kafka"] < 1
@@ -68,3 +78,4 @@ def test_quick_bench_writes_every_section(
     assert (tmp_path / "latency-vs-throughput.png").read_bytes()[:8] == PNG_MAGIC
     table = (tmp_path / "latest.md").read_text()
     assert "## Throughput" in table and "## Latency per hop (ms)" in table
+    assert "no-op p50 / p99" in table and "worker CPU µs/event" in table

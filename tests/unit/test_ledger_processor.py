@@ -1,5 +1,6 @@
 """LedgerProcessor with fakes (no Kafka, no Redis): acknowledgements forwarded by key,
-request lifecycle published, ignored acknowledgements counted, sweeps and gauges."""
+request lifecycle published, ignored acknowledgements counted, sweeps, expiry and the
+gauges kept by the ticket index."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from schemas.errors import PublishError
 from schemas.events import (
     ConsentChanged,
     ConsentDecision,
@@ -35,6 +37,8 @@ from schemas.topics import TopicNames
 from schemas.views import RequestState, RequestStatus
 from streams.decisions import decide
 from streams.fanout import FanOut, RequestOpening
+from streams.faust_glue.tables import StagedTable
+from streams.inbound import Inbound
 from streams.ledger import apply_ack, mark_dispatched, open_ticket
 from streams.ledger_codec import (
     AckEntry,
@@ -42,8 +46,9 @@ from streams.ledger_codec import (
     LedgerEntry,
     OpenEntry,
     SweepEntry,
-    decode_entry,
-    encode_entry,
+    decode_entries,
+    encode_entries,
+    ledger_partition,
     ticket_to_json,
 )
 from streams.ledger_processor import LedgerProcessor
@@ -51,6 +56,7 @@ from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import SubjectState
+from streams.ticket_index import TicketIndex
 
 POLICY = load_policy()
 PSEUDONYMS = Pseudonyms(Secret("k"))
@@ -81,22 +87,39 @@ REQUEST = eid("request")
 # ---- fakes ----------------------------------------------------------------------------
 
 
+PARTITIONS = 3
+GRACE_MS = DAY
+
+
 @dataclass(frozen=True)
 class Sent:
     topic: str
-    key: bytes
-    value: bytes
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+    wave: int
 
 
-class FakeOutbox:
+class FakeOutputs:
+    """Records every send with the number of the wave it belongs to (``delivered``
+    closes a wave: every record sent before it is acknowledged by the broker)."""
+
     def __init__(self) -> None:
         self.records: list[Sent] = []
+        self.wave = 0
 
-    async def send(self, topic: str, key: bytes, value: bytes, headers: Any) -> Any:
-        self.records.append(Sent(topic, key, value))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        self.records.append(Sent(topic, key, value, partition, self.wave))
+
+    async def delivered(self) -> None:
+        self.wave += 1
 
     def on(self, topic: str) -> list[Sent]:
         return [r for r in self.records if r.topic == topic]
@@ -108,8 +131,19 @@ class FakeViews:
     def __init__(self) -> None:
         self.puts: list[RequestStatus] = []
 
-    async def put(self, status: RequestStatus) -> None:
-        self.puts.append(status)
+    async def put_many(self, statuses: list[RequestStatus]) -> None:
+        self.puts += statuses
+
+
+class FakeTable:
+    """A Faust table as ``StagedTable`` sees it: a store and a changelog topic name."""
+
+    def __init__(self, data: dict[bytes, bytes]) -> None:
+        self.data = data
+        self.changelog_topic = self
+
+    def get_topic_name(self) -> str:
+        return "tickets-changelog"
 
 
 @dataclass
@@ -120,9 +154,10 @@ class Harness:
     tickets: dict[bytes, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.outbox = FakeOutbox()
+        self.outbox = FakeOutputs()
         self.views = FakeViews()
-        sender = RecordSender(self.outbox, SERDE, "urn:test:schema", self.topics)
+        self.index = TicketIndex(GRACE_MS)
+        sender = RecordSender(SERDE, "urn:test:schema", self.topics, PARTITIONS)
         self.processor = LedgerProcessor(
             POLICY,
             SERDE,
@@ -130,11 +165,24 @@ class Harness:
             self.views,  # type: ignore[arg-type]
             stream_metrics(self.registry),
             self.topics,
+            self.index,
             clock=lambda: self.now / 1000,
         )
+        self.offset = 0
 
     def handle(self, key: str, entry: LedgerEntry) -> None:
-        asyncio.run(self.processor.handle(key.encode(), encode_entry(entry), self.tickets))
+        self.handle_batch([(key, entry)])
+
+    def handle_batch(self, entries: list[tuple[str, LedgerEntry]]) -> None:
+        """One ledger record per entry, in one batch."""
+        records = []
+        for key, entry in entries:
+            partition = ledger_partition(key, PARTITIONS)
+            value = encode_entries([(key, entry)])
+            records.append(Inbound(None, value, {}, self.topics.ledger, partition, self.offset))
+            self.offset += 1
+        staged = StagedTable(FakeTable(self.tickets))
+        asyncio.run(self.processor.handle_batch(records, staged, self.outbox))
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -147,6 +195,11 @@ class Harness:
             s.request_id.encode() for s in statuses
         ]
         return [s.status for s in statuses]
+
+
+def published(h: Harness) -> list[Sent]:
+    """What went out besides the ledger's own table changelog."""
+    return [r for r in h.outbox.records if r.topic != "tickets-changelog"]
 
 
 # ---- work to track --------------------------------------------------------------------
@@ -248,19 +301,27 @@ def test_forward_ack_sends_an_ack_entry_under_the_record_key(
     topic = h.topics.acks("ads")
     ack = PartnerAcknowledgement(ADS.instruction_id, "ads", DONE, NOW - 5)
 
-    assert asyncio.run(h.processor.forward_ack(key, SERDE.encode(ack, topic), topic)) is True
+    record = Inbound(key, SERDE.encode(ack, topic), {}, topic, 0, 0)
+
+    assert asyncio.run(h.processor.forward_acks([record], h.outbox)) == 1
 
     (sent,) = h.outbox.records
-    assert sent.topic == h.topics.ledger and sent.key == ledger_key
-    assert decode_entry(sent.value) == AckEntry("ads", ack, NOW)
+    assert sent.topic == h.topics.ledger and sent.wave == 0
+    assert sent.partition == ledger_partition(ledger_key.decode(), PARTITIONS)
+    assert sent.value is not None
+    assert decode_entries(sent.key, sent.value) == [
+        (ledger_key.decode(), AckEntry("ads", ack, NOW))
+    ]
 
 
 def test_undecodable_ack_is_counted_and_not_forwarded() -> None:
     h = Harness()
 
-    forwarded = asyncio.run(h.processor.forward_ack(b"k", b"\x00garbage", "partner.ads.acks.v1"))
+    record = Inbound(b"k", b"\x00garbage", {}, "partner.ads.acks.v1", 0, 0)
 
-    assert forwarded is False and h.outbox.records == []
+    forwarded = asyncio.run(h.processor.forward_acks([record], h.outbox))
+
+    assert forwarded == 0 and h.outbox.records == []
     assert h.metric("consent_acknowledgements_ignored_total", reason="undecodable") == 1
 
 
@@ -302,16 +363,17 @@ def test_a_failed_publish_leaves_the_ticket_as_it_was_so_the_redelivery_publishe
     in_progress(h)
     before = h.tickets[REQUEST.encode()]
 
-    async def unavailable(status: RequestStatus) -> None:
-        raise ConnectionError("redis down")
+    async def undelivered() -> None:
+        raise PublishError("the broker did not acknowledge the status record")
 
-    h.views.put = unavailable  # type: ignore[method-assign]
-    with pytest.raises(ConnectionError):
+    h.outbox.records.clear()
+    h.outbox.delivered = undelivered  # type: ignore[method-assign]
+    with pytest.raises(PublishError):
         h.handle(REQUEST, answer(ADS))
     assert h.tickets[REQUEST.encode()] == before
+    assert not any(r.topic == "tickets-changelog" for r in h.outbox.records)
 
-    h.views = FakeViews()
-    h.processor._views = h.views
+    h.outbox = FakeOutputs()
     h.handle(REQUEST, answer(ADS))
     assert [p.status.value for p in h.views.puts[-1].partners if p.partner == "ads"] == ["DONE"]
     assert h.tickets[REQUEST.encode()] != before
@@ -390,7 +452,7 @@ def test_lone_instruction_ticket_is_deleted_once_answered_and_never_published() 
     h.handle(key, answer(ins, received_at=NOW + MINUTE))
 
     assert h.tickets == {}
-    assert h.outbox.records == [] and h.views.puts == []
+    assert published(h) == [] and h.views.puts == []
     assert h.metric("consent_acknowledgements_total", partner="ads", status="DONE") == 1
     assert h.metric("consent_instruction_to_ack_seconds_sum", partner="ads") == 60.0
 
@@ -434,16 +496,26 @@ def test_sweep_entry_for_nothing_due_changes_nothing() -> None:
     assert h.tickets == stored and len(h.outbox.records) == sent
 
 
-def test_request_sweeps_sends_one_sweep_entry_per_key() -> None:
+def test_request_sweeps_sends_one_record_per_ledger_partition() -> None:
     h = Harness()
+    keys = [f"ticket-{i}" for i in range(12)]
 
-    asyncio.run(h.processor.request_sweeps([b"a", b"b"]))
+    asyncio.run(h.processor.request_sweeps([k.encode() for k in keys], h.outbox))
 
-    assert [(r.topic, r.key) for r in h.outbox.records] == [(LEDGER, b"a"), (LEDGER, b"b")]
-    assert all(decode_entry(r.value) == SweepEntry(NOW) for r in h.outbox.records)
+    records = h.outbox.records
+    assert all(r.topic == LEDGER and r.wave == 0 for r in records)
+    assert len({r.partition for r in records}) == len(records) > 1
+    swept: list[str] = []
+    for r in records:
+        assert r.value is not None
+        entries = decode_entries(r.key, r.value)
+        assert all(ledger_partition(k, PARTITIONS) == r.partition for k, _ in entries)
+        assert all(e == SweepEntry(NOW) for _, e in entries)
+        swept += [k for k, _ in entries]
+    assert sorted(swept) == sorted(keys)
 
 
-# ---- scan: gauges and keys to sweep ---------------------------------------------------
+# ---- the index: gauges, keys to sweep, expiry -----------------------------------------
 
 
 def _tickets() -> dict[bytes, bytes]:
@@ -466,64 +538,130 @@ def _tickets() -> dict[bytes, bytes]:
     return {t.key.encode(): ticket_to_json(t) for t in tickets}
 
 
+def _sweep_requests(h: Harness) -> list[str]:
+    """The ticket keys of the sweep entries the timer sends at ``h.now``."""
+    h.outbox.records.clear()
+    asyncio.run(h.processor.sweep_due(h.outbox))
+    keys: list[str] = []
+    for r in h.outbox.on(LEDGER):
+        assert r.value is not None
+        keys += [k for k, e in decode_entries(r.key, r.value) if isinstance(e, SweepEntry)]
+    return keys
+
+
 @pytest.mark.parametrize(
-    ("now", "due", "open_overdue", "pending", "overdue"),
+    ("now", "due"),
     [
-        pytest.param(
-            NOW,
-            [],
-            (1, 0),
-            {"ads": 2, "logistics": 2, "payment": 1, "research": 0},
-            {"ads": 0, "logistics": 0, "payment": 0, "research": 0},
-            id="fresh",
-        ),
-        pytest.param(
-            NOW + 2 * HOUR,
-            ["lone"],
-            (1, 0),
-            {"ads": 2, "logistics": 2, "payment": 1, "research": 0},
-            {"ads": 1, "logistics": 0, "payment": 0, "research": 0},
-            id="lone-stop-past-1h",
-        ),
-        pytest.param(
-            NOW + 16 * DAY,
-            ["request", "lone"],
-            (1, 1),
-            {"ads": 2, "logistics": 2, "payment": 1, "research": 0},
-            {"ads": 2, "logistics": 2, "payment": 1, "research": 0},
-            id="request-past-15-days",
-        ),
+        pytest.param(NOW, [], id="fresh"),
+        pytest.param(NOW + 2 * HOUR, ["lone"], id="lone-stop-past-1h"),
+        pytest.param(NOW + 16 * DAY, ["lone", "finished", "request"], id="past-15-days"),
     ],
 )
-def test_scan_sets_the_gauges_and_returns_the_keys_to_sweep(
-    now: int,
-    due: list[str],
-    open_overdue: tuple[int, int],
-    pending: dict[str, int],
-    overdue: dict[str, int],
-) -> None:
+def test_the_index_names_the_tickets_to_sweep_or_expire(now: int, due: list[str]) -> None:
     h = Harness(now=now)
-    tickets = _tickets()
-    keys = {"request": REQUEST.encode(), "lone": lone_instruction().instruction_id.encode()}
+    h.tickets.update(_tickets())
+    keys = {
+        "request": REQUEST,
+        "lone": lone_instruction().instruction_id,
+        "finished": eid("finished"),
+    }
 
-    due_keys, figures = h.processor.scan(tickets.values())
+    assert h.processor.rebuild_index(list(h.tickets.items())) == 3
 
-    assert due_keys == [keys[d] for d in due]
-    assert figures == {"open_requests": open_overdue[0], "overdue_requests": open_overdue[1]}
-    assert h.metric("consent_requests_open") == open_overdue[0]
-    assert h.metric("consent_requests_overdue") == open_overdue[1]
+    assert sorted(_sweep_requests(h)) == sorted(keys[d] for d in due)
+    assert _sweep_requests(h) == []  # taken out of the queue until the ledger writes them
+
+
+def test_the_gauges_are_set_from_the_index_and_follow_every_write() -> None:
+    h = Harness()
+    h.tickets.update(_tickets())
+    h.processor.rebuild_index(list(h.tickets.items()))
+
+    assert h.metric("consent_requests_open") == 1
+    assert h.metric("consent_requests_overdue") == 0
+    pending = {"ads": 2, "logistics": 2, "payment": 1, "research": 0}
     for partner in POLICY.partners:
         assert h.metric("consent_instructions_pending", partner=partner) == pending[partner]
+        assert h.metric("consent_instructions_overdue", partner=partner) == 0
+
+    h.now = NOW + 16 * DAY  # the sweep flags what is late; the gauges follow the flags
+    h.handle_batch(
+        [(REQUEST, SweepEntry(h.now)), (lone_instruction().instruction_id, SweepEntry(h.now))]
+    )
+
+    assert h.metric("consent_requests_overdue") == 1
+    overdue = {"ads": 2, "logistics": 2, "payment": 1, "research": 0}
+    for partner in POLICY.partners:
         assert h.metric("consent_instructions_overdue", partner=partner) == overdue[partner]
 
 
-def test_scan_does_not_count_a_retention_follow_up_as_an_overdue_request() -> None:
+def test_a_settled_ticket_is_deleted_after_the_grace_period_and_its_evidence_stays() -> None:
+    h = Harness()
+    h.tickets.update(_tickets())
+    finished = eid("finished").encode()
+    h.processor.rebuild_index(list(h.tickets.items()))
+    h.now = NOW + GRACE_MS - 1
+    assert eid("finished") not in _sweep_requests(h)
+
+    h.now = NOW + GRACE_MS
+    assert eid("finished") in _sweep_requests(h)
+    h.handle(eid("finished"), SweepEntry(h.now))
+
+    assert finished not in h.tickets
+    (tombstone,) = [r for r in h.outbox.on("tickets-changelog") if r.key == finished]
+    assert tombstone.value is None
+    assert h.outbox.on(REQUESTS) == []  # the published status is the evidence; untouched
+    assert REQUEST.encode() in h.tickets  # the open request is kept
+
+
+def test_the_index_does_not_count_a_retention_follow_up_as_an_overdue_request() -> None:
     h = Harness()
     restricted(h)
     h.now = RETAIN_UNTIL
     h.handle(REQUEST, SweepEntry(RETAIN_UNTIL))
 
-    h.processor.scan(h.tickets.values())
-
     assert h.metric("consent_instructions_pending", partner="payment") == 1  # the ERASE
     assert h.metric("consent_requests_overdue") == 0
+
+
+# ---- batches ----------------------------------------------------------------------------
+
+
+def test_a_batch_applies_its_entries_in_order_and_publishes_the_last_status_once() -> None:
+    one_by_one = Harness()
+    restricted(one_by_one)
+    h = Harness()
+    entries: list[tuple[str, LedgerEntry]] = [
+        (REQUEST, open_entry()),
+        (REQUEST, DispatchedEntry(NOW)),
+        (REQUEST, answer(ADS)),
+        (REQUEST, answer(LOG_ERASE)),
+        (REQUEST, answer(LOG_RESTRICT)),
+        (REQUEST, answer(PAYMENT, RESTRICTED)),
+    ]
+
+    h.handle_batch(entries)
+
+    assert h.tickets == one_by_one.tickets
+    (status,) = h.outbox.on(REQUESTS)  # intermediate statuses of one batch are not kept
+    assert status.wave == 0
+    assert h.views.puts[-1] == one_by_one.views.puts[-1]
+    assert h.views.puts[-1].status is RequestState.COMPLETED_WITH_RESTRICTIONS
+    (changelog,) = h.outbox.on("tickets-changelog")  # one write per changed key
+    assert changelog.wave == 1 and changelog.value == h.tickets[REQUEST.encode()]
+    assert h.metric(
+        "consent_requests_finished_total", status="COMPLETED_WITH_RESTRICTIONS"
+    ) == one_by_one.metric("consent_requests_finished_total", status="COMPLETED_WITH_RESTRICTIONS")
+
+
+def test_positions_are_written_with_the_batch_state() -> None:
+    h = Harness()
+    position = (b"\x00next-offset:consent.ledger.v1:1", (1, b"42"))
+    records = [Inbound(None, encode_entries([(REQUEST, open_entry())]), {}, LEDGER, 1, 41)]
+
+    staged = StagedTable(FakeTable(h.tickets))
+    asyncio.run(h.processor.handle_batch(records, staged, h.outbox, dict([position])))
+
+    written = {r.key: (r.partition, r.value, r.wave) for r in h.outbox.on("tickets-changelog")}
+    assert written[position[0]] == (1, b"42", 1)
+    assert h.tickets[position[0]] == b"42"

@@ -1,19 +1,21 @@
-"""EventProcessor with fakes (no Kafka, no Redis): dead letters, the order of effects,
-idempotence, store retries and the latency histograms."""
+"""EventProcessor.handle_batch with fakes (no Kafka, no Redis): dead letters, the waves of
+effects, idempotence, store retries, the latency histograms, and what batching promises
+(a subject's events decided on top of each other, one state write per subject and batch,
+a failed wave leaves the table as it was, order of instructions and ledger entries)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.errors import StoreUnavailableError
+from schemas.errors import PublishError, StoreUnavailableError
 from schemas.events import (
     ConsentChanged,
     ConsentDecision,
@@ -22,6 +24,7 @@ from schemas.events import (
     DeletionRequested,
     DeletionScope,
     Payload,
+    PermissionRevoked,
 )
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement, PartnerInstruction
 from schemas.policy import load_policy
@@ -29,10 +32,18 @@ from schemas.serde import AvroSerde
 from schemas.settings import Secret
 from schemas.topics import TopicNames
 from schemas.views import ConsentState
-from streams import processor as processor_module
+from streams import store_retry
 from streams.decisions import Outcome, decide
+from streams.event_batch import EventBatch
 from streams.fanout import FanOut
-from streams.ledger_codec import DispatchedEntry, OpenEntry, decode_entry
+from streams.faust_glue.tables import StagedTable
+from streams.ledger_codec import (
+    DispatchedEntry,
+    LedgerEntry,
+    OpenEntry,
+    decode_entries,
+    ledger_partition,
+)
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
 from streams.processor import EventProcessor, Inbound
@@ -48,13 +59,15 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 SUBJECT = "buyer-4711@example.com"
 KEY = SUBJECT.encode()
+PARTITION = 3
+LEDGER_PARTITIONS = 4
 EVENTS = "consent.events.v1"
 LEDGER = "consent.ledger.v1"
 STATE = "consent.state.v1"
 DEADLETTER = "consent.deadletter.v1"
 ADS_INSTRUCTIONS = "partner.ads.instructions.v1"
-STORE = "(store write)"
-TABLE = "(table write)"
+LOGISTICS_INSTRUCTIONS = "partner.logistics.instructions.v1"
+CHANGELOG = "consent-stream-consent-subjects-changelog"
 
 
 def eid(name: str) -> str:
@@ -69,107 +82,159 @@ REQUEST = eid("request")
 
 @dataclass(frozen=True)
 class Sent:
+    wave: int
     topic: str
-    key: bytes
-    value: bytes
+    key: bytes | None
+    value: bytes | None
     headers: list[tuple[str, bytes]]
+    partition: int | None
 
 
-class FakeOutbox:
-    """Records every send; the returned future is already completed (broker ack)."""
+class FakeOutputs:
+    """Records every send with its wave: what is sent before the n-th ``delivered()`` is
+    wave n. ``delivered()`` of a wave in ``fail_waves`` raises PublishError."""
 
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-        self.records: list[Sent] = []
+    def __init__(self, fail_waves: Iterable[int] = ()) -> None:
+        self.sent: list[Sent] = []
+        self.wave = 1
+        self.acknowledged = 0  # waves delivered so far
+        self.fail_waves = set(fail_waves)
 
-    async def send(self, topic: str, key: bytes, value: bytes, headers: Any) -> Any:
-        self.records.append(Sent(topic, key, value, list(headers)))
-        self.log.append(topic)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        self.sent.append(Sent(self.wave, topic, key, value, list(headers or []), partition))
 
-    def on(self, topic: str) -> list[Sent]:
-        return [r for r in self.records if r.topic == topic]
+    async def delivered(self) -> None:
+        wave, self.wave = self.wave, self.wave + 1
+        await asyncio.sleep(0)  # the broker's round trip: what runs beside the wait goes on
+        if wave in self.fail_waves:
+            raise PublishError(f"wave {wave}: a record was not acknowledged")
+        self.acknowledged = wave
+
+    def waves(self) -> list[list[str]]:
+        """The topics of each wave's records, in send order."""
+        return [[s.topic for s in self.sent if s.wave == w] for w in range(1, self.wave)]
+
+    def on(self, topic: str, wave: int | None = None) -> list[Sent]:
+        return [s for s in self.sent if s.topic == topic and wave in (None, s.wave)]
+
+    def last_wave_out(self) -> int:
+        """The latest wave of which records are out (1 before any)."""
+        return max((s.wave for s in self.sent), default=1)
 
 
 class FakeStore:
-    """The consent store; fails ``failures`` times with StoreUnavailableError first."""
+    """The consent store; fails ``failures`` times with StoreUnavailableError first.
+    Notes, per write, the latest wave of which records were out at the time."""
 
-    def __init__(self, log: list[str], failures: int = 0) -> None:
-        self.log, self.failures = log, failures
+    def __init__(self, outputs: Callable[[], FakeOutputs], failures: int = 0) -> None:
+        self.outputs, self.failures = outputs, failures
         self.calls = 0
-        self.writes: list[ConsentState] = []
+        self.writes: list[list[ConsentState]] = []
+        self.waves: list[int] = []
 
-    async def apply_state(self, view: ConsentState) -> None:
+    async def apply_states(self, views: Sequence[ConsentState]) -> list[Any]:
         self.calls += 1
         if self.failures:
             self.failures -= 1
             raise StoreUnavailableError("redis did not answer")
-        self.writes.append(view)
-        self.log.append(STORE)
+        if views:
+            self.writes.append(list(views))
+            self.waves.append(self.outputs().last_wave_out())
+        return []
 
 
-class Table(dict[bytes, bytes]):
-    """The subjects table: a dict that notes when it is written."""
+class LocalStore(dict[bytes, bytes]):
+    """A Faust table's local store; notes each write with the waves delivered by then."""
 
-    def __init__(self, log: list[str]) -> None:
+    def __init__(self, outputs: Callable[[], FakeOutputs]) -> None:
         super().__init__()
-        self.log = log
+        self.outputs = outputs
+        self.writes: list[tuple[bytes, int]] = []
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.log.append(TABLE)
+        self.writes.append((key, self.outputs().acknowledged))
         super().__setitem__(key, value)
 
+    def pop(self, key: bytes, *default: Any) -> Any:
+        self.writes.append((key, self.outputs().acknowledged))
+        return super().pop(key, *default)
 
-@dataclass
+
+class FakeFaustTable:
+    def __init__(self, outputs: Callable[[], FakeOutputs]) -> None:
+        self.data = LocalStore(outputs)
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: CHANGELOG)
+
+
 class Harness:
-    store_failures: int = 0
-    serde: AvroSerde = SERDE
-    log: list[str] = field(default_factory=list)
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    """A processor over fakes; each ``run`` is one batch with its own FakeOutputs."""
 
-    def __post_init__(self) -> None:
-        self.outbox = FakeOutbox(self.log)
-        self.store = FakeStore(self.log, self.store_failures)
-        self.table = Table(self.log)
-        sender = RecordSender(self.outbox, self.serde, "urn:test:schema", TOPICS)
+    def __init__(self, *, store_failures: int = 0, serde: AvroSerde = SERDE) -> None:
+        self.registry = CollectorRegistry()
+        self.outputs = FakeOutputs()
+        self.store = FakeStore(lambda: self.outputs, store_failures)
+        self.table = FakeFaustTable(lambda: self.outputs)
+        self.subjects = StagedTable(self.table)
         self.processor = EventProcessor(
             POLICY,
             PSEUDONYMS,
-            self.serde,
-            sender,
+            serde,
+            RecordSender(serde, "urn:test:schema", TOPICS, LEDGER_PARTITIONS),
             self.store,
             stream_metrics(self.registry),
             TOPICS,
             clock=lambda: NOW / 1000,
         )
 
-    def handle(self, record: Inbound) -> Outcome | None:
-        return asyncio.run(self.processor.handle(record, self.table))
+    def run(self, *records: Inbound, fail_waves: Iterable[int] = ()) -> EventBatch:
+        self.outputs = FakeOutputs(fail_waves)
+        return asyncio.run(self.processor.handle_batch(records, self.subjects, self.outputs))
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
-    def state(self) -> SubjectState:
-        return state_from_json(self.table[KEY])
+    def state(self, key: bytes = KEY) -> SubjectState:
+        return state_from_json(self.table.data[key])
 
 
-# ---- events and records ---------------------------------------------------------------
+# ---- events, records and expectations -------------------------------------------------
 
 
-def event(payload: Payload, name: str, at: int = NOW - HOUR) -> ConsentEvent:
-    return ConsentEvent(eid(name), SUBJECT, at, "test", payload)
+def event(
+    payload: Payload, name: str, at: int = NOW - HOUR, subject: str = SUBJECT
+) -> ConsentEvent:
+    return ConsentEvent(eid(name), subject, at, "test", payload)
 
 
-def withdraw(purpose: str = "personalized_ads", name: str = "withdraw") -> ConsentEvent:
-    payload = ConsentChanged(purpose, ConsentDecision.WITHDRAWN, "2023-09-01", "settings")
-    return event(payload, name)
+def consent(
+    purpose: str,
+    decision: ConsentDecision,
+    name: str,
+    at: int = NOW - HOUR,
+    subject: str = SUBJECT,
+) -> ConsentEvent:
+    payload = ConsentChanged(purpose, decision, "2023-09-01", "settings")
+    return event(payload, name, at, subject)
 
 
-def share(partner: str, categories: Iterable[str], refs: dict[str, str]) -> ConsentEvent:
+def withdraw(
+    purpose: str = "personalized_ads", name: str = "withdraw", subject: str = SUBJECT
+) -> ConsentEvent:
+    return consent(purpose, ConsentDecision.WITHDRAWN, name, subject=subject)
+
+
+def share(
+    partner: str, categories: Iterable[str], refs: dict[str, str], subject: str = SUBJECT
+) -> ConsentEvent:
     payload = DataShared(partner, tuple(categories), MappingProxyType(refs), NOW - 10 * DAY)
-    return event(payload, f"share-{partner}", NOW - 2 * DAY)
+    return event(payload, f"share-{partner}-{subject}", NOW - 2 * DAY, subject)
 
 
 def close_account() -> ConsentEvent:
@@ -182,6 +247,7 @@ def inbound(
     value: bytes | None = None,
     key: bytes | None = KEY,
     published_at: int | None = NOW - 250,
+    offset: int = 42,
 ) -> Inbound:
     headers = {"ce_id": b"original-ce-id"}
     if published_at is not None:
@@ -189,10 +255,16 @@ def inbound(
     if value is None:
         assert e is not None
         value = SERDE.encode(e, EVENTS)  # no validation: the processor must catch it
-    return Inbound(key, value, headers, EVENTS, partition=3, offset=42)
+    return Inbound(key, value, headers, EVENTS, partition=PARTITION, offset=offset)
+
+
+def records(*events: ConsentEvent) -> list[Inbound]:
+    """One record per event, keyed by its subject, at consecutive offsets."""
+    return [inbound(e, key=e.subject_id.encode(), offset=i) for i, e in enumerate(events)]
 
 
 def expected_instructions(*events: ConsentEvent) -> tuple[PartnerInstruction, ...]:
+    """The instructions of the last event, decided after the others."""
     state, fan = SubjectState(SUBJECT), FanOut(POLICY, PSEUDONYMS, NOW)
     d = None
     for e in events:
@@ -200,6 +272,30 @@ def expected_instructions(*events: ConsentEvent) -> tuple[PartnerInstruction, ..
         state = d.state
     assert d is not None
     return d.instructions
+
+
+def instructions(outputs: FakeOutputs) -> list[PartnerInstruction]:
+    """The instruction records sent, decoded, in send order."""
+    return [
+        SERDE.decode_as(s.value or b"", PartnerInstruction)
+        for s in outputs.sent
+        if s.topic.startswith("partner.")
+    ]
+
+
+def ledger_records(outputs: FakeOutputs, wave: int) -> list[list[tuple[str, LedgerEntry]]]:
+    """The entries of each ledger record of a wave (checked to sit in their partition)."""
+    out = []
+    for s in outputs.on(LEDGER, wave):
+        assert s.key is None and s.partition is not None and s.value is not None
+        entries = decode_entries(s.key, s.value)
+        assert {ledger_partition(k, LEDGER_PARTITIONS) for k, _ in entries} == {s.partition}
+        out.append(entries)
+    return out
+
+
+def ledger_entries(outputs: FakeOutputs, wave: int) -> list[tuple[str, LedgerEntry]]:
+    return [entry for record in ledger_records(outputs, wave) for entry in record]
 
 
 # ---- dead letters ---------------------------------------------------------------------
@@ -228,10 +324,10 @@ def test_bad_record_goes_to_the_deadletter_topic(make: Any, reason: str) -> None
     h = Harness()
     record: Inbound = make()
 
-    assert h.handle(record) is None
+    assert h.run(record).outcomes == []
 
-    (dl,) = h.outbox.records
-    assert dl.topic == DEADLETTER
+    (dl,) = h.outputs.sent
+    assert dl.topic == DEADLETTER and dl.wave == 1 and dl.partition is None
     assert dl.key == (record.key or b"") and dl.value == record.value
     headers = dict(dl.headers)
     assert headers["ce_id"] == b"original-ce-id"  # original headers kept
@@ -241,7 +337,7 @@ def test_bad_record_goes_to_the_deadletter_topic(make: Any, reason: str) -> None
     assert headers["cs_dlq_source_offset"] == b"42"
     assert headers["cs_dlq_error"]
     assert h.metric("consent_deadletters_total", reason=reason) == 1
-    assert dict(h.table) == {} and h.store.calls == 0
+    assert dict(h.table.data) == {} and h.store.writes == []
 
 
 def test_oversized_record_is_dead_lettered() -> None:
@@ -249,38 +345,63 @@ def test_oversized_record_is_dead_lettered() -> None:
     record = inbound(value=VALID)
     assert len(VALID) > 64
 
-    assert h.handle(record) is None
-    assert [r.topic for r in h.outbox.records] == [DEADLETTER]
+    assert h.run(record).outcomes == []
+
+    assert h.outputs.waves() == [[DEADLETTER], [], []]
     assert h.metric("consent_deadletters_total", reason="oversized") == 1
+
+
+def test_a_bad_record_does_not_hold_up_the_rest_of_its_batch() -> None:
+    h = Harness()
+    bad = inbound(value=b"not avro at all", offset=7)
+
+    batch = h.run(inbound(withdraw(), offset=6), bad, inbound(close_account(), offset=8))
+
+    assert [o for _, o in batch.outcomes] == [Outcome.APPLIED, Outcome.APPLIED]
+    (dl,) = h.outputs.on(DEADLETTER)
+    assert dl.wave == 1 and dict(dl.headers)["cs_dlq_source_offset"] == b"7"
+    (ins,) = expected_instructions(withdraw())
+    assert {k for k, _ in ledger_entries(h.outputs, 1)} == {ins.instruction_id, REQUEST}
+    assert h.state().closed_at == NOW - HOUR
+    assert h.metric("consent_deadletters_total", reason="unknown_schema") == 1
 
 
 # ---- effects of an applied event ------------------------------------------------------
 
 
-def test_withdrawal_effects_in_order_then_the_table() -> None:
+def test_withdrawal_effects_go_out_in_three_waves_then_the_table() -> None:
     h = Harness()
     e = withdraw()
     (ins,) = expected_instructions(e)
 
-    assert h.handle(inbound(e)) is Outcome.APPLIED
+    batch = h.run(inbound(e))
 
-    assert h.log == [LEDGER, ADS_INSTRUCTIONS, LEDGER, STORE, STATE, TABLE]
-    opened, sent, dispatched, state = h.outbox.records
-    assert opened.key == ins.instruction_id.encode() == dispatched.key
-    assert decode_entry(opened.value) == OpenEntry(ins.instruction_id, None, ((ins, ""),))
-    assert decode_entry(dispatched.value) == DispatchedEntry(NOW)
+    assert batch.outcomes == [("consent.changed", Outcome.APPLIED)]
+    assert h.outputs.waves() == [[LEDGER], [ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.store.waves == [1]  # beside the tickets, before the instructions
+    assert h.table.data.writes == [(KEY, 3)]  # once all three waves are delivered
+    opened, sent, state, dispatched, changelog = h.outputs.sent
 
-    assert sent.key == ins.subject_ref.encode()
-    assert SERDE.decode_as(sent.value, PartnerInstruction) == ins
+    assert opened.partition == ledger_partition(ins.instruction_id, LEDGER_PARTITIONS)
+    assert dispatched.partition == opened.partition
+    key = ins.instruction_id
+    assert ledger_entries(h.outputs, 1) == [(key, OpenEntry(key, None, ((ins, ""),)))]
+    assert ledger_entries(h.outputs, 3) == [(key, DispatchedEntry(NOW))]
+
+    assert sent.key == ins.subject_ref.encode() and sent.partition is None
+    assert SERDE.decode_as(sent.value or b"", PartnerInstruction) == ins
     headers = dict(sent.headers)
     assert headers["ce_id"] == ins.instruction_id.encode()
     assert headers["ce_type"] == b"partner.instruction.stop_processing"
-    assert all(SUBJECT.encode() not in v for v in headers.values())  # ads holds no identity
+    assert all(KEY not in v for v in headers.values())  # ads holds no identity
 
-    (view,) = h.store.writes
-    assert state.key == KEY and SERDE.decode_as(state.value, ConsentState) == view
+    ((view,),) = h.store.writes
+    assert state.key == KEY and SERDE.decode_as(state.value or b"", ConsentState) == view
     assert view.version == 1 and view.updated_at == NOW
     assert [(d.purpose, d.granted) for d in view.purposes] == [("personalized_ads", False)]
+
+    assert changelog.key == KEY and changelog.partition == PARTITION
+    assert changelog.value == h.table.data[KEY]
     assert h.state().version == 1 and h.state().seen(e.event_id)
 
     assert h.metric("consent_events_total", type="consent.changed", outcome="applied") == 1
@@ -290,33 +411,36 @@ def test_withdrawal_effects_in_order_then_the_table() -> None:
 def test_duplicate_has_no_effects() -> None:
     h = Harness()
     record = inbound(withdraw())
-    h.handle(record)
-    log, records = list(h.log), list(h.outbox.records)
+    h.run(record)
+    table = dict(h.table.data)
 
-    assert h.handle(record) is Outcome.DUPLICATE
+    assert h.run(record).outcomes == [("consent.changed", Outcome.DUPLICATE)]
 
-    assert h.log == log and h.outbox.records == records and len(h.store.writes) == 1
+    assert h.outputs.sent == [] and len(h.store.writes) == 1
+    assert h.table.data == table and len(h.table.data.writes) == 1
     assert h.metric("consent_events_total", type="consent.changed", outcome="duplicate") == 1
 
 
 def test_stale_event_is_only_remembered() -> None:
     h = Harness()
-    h.handle(inbound(withdraw()))
-    older = ConsentChanged("personalized_ads", ConsentDecision.GRANTED, "2023-09-01", "settings")
-    log = list(h.log)
+    h.run(inbound(withdraw()))
+    older = consent("personalized_ads", ConsentDecision.GRANTED, "older", NOW - 2 * HOUR)
 
-    assert h.handle(inbound(event(older, "older", NOW - 2 * HOUR))) is Outcome.STALE
+    assert h.run(inbound(older)).outcomes == [("consent.changed", Outcome.STALE)]
 
-    assert h.log == [*log, TABLE]
-    assert h.state().seen(eid("older")) and h.state().version == 1
+    assert h.outputs.waves() == [[], [], [CHANGELOG]]
+    assert len(h.store.writes) == 1
+    assert h.state().seen(older.event_id) and h.state().version == 1
 
 
 def test_data_shared_only_updates_the_table() -> None:
     h = Harness()
 
-    assert h.handle(inbound(share("ads", ["behaviour"], {"ad_id": "AD-1"}))) is Outcome.APPLIED
+    batch = h.run(inbound(share("ads", ["behaviour"], {"ad_id": "AD-1"})))
 
-    assert h.log == [TABLE]
+    assert batch.outcomes == [("data.shared", Outcome.APPLIED)]
+    assert h.outputs.waves() == [[], [], [CHANGELOG]]
+    assert h.store.writes == []
     assert [s.partner for s in h.state().shares] == ["ads"]
 
 
@@ -326,41 +450,38 @@ def test_account_deletion_opens_the_request_with_all_its_instructions() -> None:
         share("ads", ["behaviour"], {"ad_id": "AD-1"}),
         share("logistics", ["delivery_details"], {"order_no": "O-1"}),
     ]
-    for s in shares:
-        h.handle(inbound(s))
-    instructions = expected_instructions(*shares, close_account())
+    h.run(*records(*shares))
+    expected = expected_instructions(*shares, close_account())
 
-    assert h.handle(inbound(close_account())) is Outcome.APPLIED
+    assert h.run(inbound(close_account())).outcomes == [("deletion.requested", Outcome.APPLIED)]
 
-    assert h.log[2:] == [
-        LEDGER,
-        ADS_INSTRUCTIONS,
-        "partner.logistics.instructions.v1",
-        LEDGER,
-        STORE,
-        STATE,
-        TABLE,
+    assert h.outputs.waves() == [
+        [LEDGER],
+        [ADS_INSTRUCTIONS, LOGISTICS_INSTRUCTIONS, STATE],
+        [LEDGER, CHANGELOG],
     ]
-    opened = decode_entry(h.outbox.on(LEDGER)[0].value)
-    assert isinstance(opened, OpenEntry)
+    assert instructions(h.outputs) == list(expected)
+    ((key, opened),) = ledger_entries(h.outputs, 1)
+    assert key == REQUEST and isinstance(opened, OpenEntry)
     assert opened.key == REQUEST and opened.request is not None
     assert opened.request.request_id == REQUEST and opened.request.store_erased_at == NOW
-    assert [i for i, _ in opened.instructions] == list(instructions)
+    assert [i for i, _ in opened.instructions] == list(expected)
     assert [d for _, d in opened.instructions] == [
-        PSEUDONYMS.refs_digest(i.partner_refs.items()) for i in instructions
+        PSEUDONYMS.refs_digest(i.partner_refs.items()) for i in expected
     ]
-    assert all(r.key == REQUEST.encode() for r in h.outbox.on(LEDGER))
-    (view,) = h.store.writes
+    assert ledger_entries(h.outputs, 3) == [(REQUEST, DispatchedEntry(NOW))]
+    ((view,),) = h.store.writes
     assert view.account_closed_at == NOW - HOUR and view.purposes == ()
+    assert h.store.waves == [1]
 
 
 def test_deletion_without_lineage_opens_the_request_and_dispatches_nothing() -> None:
     h = Harness()
 
-    assert h.handle(inbound(close_account())) is Outcome.APPLIED
+    assert h.run(inbound(close_account())).outcomes == [("deletion.requested", Outcome.APPLIED)]
 
-    assert h.log == [LEDGER, STORE, STATE, TABLE]
-    opened = decode_entry(h.outbox.records[0].value)
+    assert h.outputs.waves() == [[LEDGER], [STATE], [CHANGELOG]]
+    ((_, opened),) = ledger_entries(h.outputs, 1)
     assert isinstance(opened, OpenEntry)
     assert opened.request is not None and opened.instructions == ()
 
@@ -369,14 +490,15 @@ def test_deletion_without_lineage_opens_the_request_and_dispatches_nothing() -> 
 
 
 def test_store_outage_is_retried_not_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processor_module, "_STORE_BACKOFF_S", (0.0,))
+    monkeypatch.setattr(store_retry, "STORE_BACKOFF_S", (0.0,))
     h = Harness(store_failures=2)
 
-    assert h.handle(inbound(withdraw())) is Outcome.APPLIED
+    assert h.run(inbound(withdraw())).outcomes == [("consent.changed", Outcome.APPLIED)]
 
     assert h.store.calls == 3 and len(h.store.writes) == 1
     assert h.metric("consent_store_write_retries_total") == 2
-    assert h.log[-3:] == [STORE, STATE, TABLE]
+    assert h.store.waves == [1]  # the instructions and state records waited for it
+    assert h.outputs.waves() == [[LEDGER], [ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
 
 
 @pytest.mark.parametrize(
@@ -392,7 +514,7 @@ def test_latency_histograms_observe_the_publish_time(
 ) -> None:
     h = Harness()
 
-    h.handle(inbound(withdraw(), published_at=published_at))
+    h.run(inbound(withdraw(), published_at=published_at))
 
     assert h.metric("consent_publish_to_store_seconds_count") == count
     assert h.metric("consent_publish_to_store_seconds_sum") == pytest.approx(seconds)
@@ -400,3 +522,132 @@ def test_latency_histograms_observe_the_publish_time(
     assert h.metric("consent_publish_to_partner_topic_seconds_sum", partner="ads") == pytest.approx(
         seconds
     )
+
+
+# ---- batches --------------------------------------------------------------------------
+
+OTHER = "buyer-0815@example.com"
+
+
+def test_a_subjects_events_in_one_batch_are_decided_on_top_of_each_other() -> None:
+    events = [
+        share("ads", ["behaviour"], {"ad_id": "AD-1"}),
+        withdraw(),
+        consent("personalized_ads", ConsentDecision.GRANTED, "grant", NOW - HOUR // 2),
+        close_account(),
+    ]
+    one_by_one, batched = Harness(), Harness()
+    outcomes, sent, tickets = [], [], []
+    for record in records(*events):
+        outcomes += one_by_one.run(record).outcomes
+        sent += instructions(one_by_one.outputs)
+        tickets += ledger_entries(one_by_one.outputs, 1)
+
+    batch = batched.run(*records(*events))
+
+    assert batch.outcomes == outcomes
+    assert [o for _, o in outcomes] == [Outcome.APPLIED] * 4
+    assert instructions(batched.outputs) == sent and len(sent) == 3  # stop, resume, erase
+    assert sorted(ledger_entries(batched.outputs, 1), key=lambda e: e[0]) == sorted(
+        tickets, key=lambda e: e[0]
+    )
+    assert batched.table.data == one_by_one.table.data
+    assert batched.state().version == 4
+
+
+def test_a_repeated_event_in_one_batch_is_a_duplicate() -> None:
+    h = Harness()
+    record = inbound(withdraw())
+
+    batch = h.run(record, record)
+
+    assert [o for _, o in batch.outcomes] == [Outcome.APPLIED, Outcome.DUPLICATE]
+    assert len(instructions(h.outputs)) == 1 and len(ledger_entries(h.outputs, 1)) == 1
+
+
+def test_only_the_last_consent_state_of_a_subject_is_written_per_batch() -> None:
+    events = [
+        withdraw("personalized_ads", "a-1"),
+        withdraw("personalized_ads", "b-1", subject=OTHER),
+        withdraw("ads_analytics", "a-2"),
+        share("ads", ["behaviour"], {"ad_id": "AD-1"}),  # a version bump, no consent change
+    ]
+    one_by_one = Harness()
+    for record in records(*events[:3]):
+        one_by_one.run(record)
+    h = Harness()
+
+    h.run(*records(*events))
+
+    ((mine, other),) = h.store.writes  # one pipelined write, one state per subject
+    assert (mine.subject_id, other.subject_id) == (SUBJECT, OTHER)
+    assert mine.version == 2 and h.state().version == 3
+    assert [(d.purpose, d.granted) for d in mine.purposes] == [
+        ("ads_analytics", False),
+        ("personalized_ads", False),
+    ]
+    assert [mine, other] == [one_by_one.store.writes[2][0], one_by_one.store.writes[1][0]]
+    state_records = h.outputs.on(STATE)
+    assert [(s.key, s.wave) for s in state_records] == [(KEY, 2), (OTHER.encode(), 2)]
+    assert [SERDE.decode_as(s.value or b"", ConsentState) for s in state_records] == [mine, other]
+
+
+@pytest.mark.parametrize("wave", [1, 2, 3])
+def test_a_failed_wave_leaves_the_table_unchanged_and_a_retry_redoes_every_effect(
+    wave: int,
+) -> None:
+    h = Harness()
+    h.run(inbound(share("ads", ["behaviour"], {"ad_id": "AD-1"})))
+    table, writes = dict(h.table.data), list(h.table.data.writes)
+    record = inbound(withdraw())
+
+    with pytest.raises(PublishError):
+        h.run(record, fail_waves={wave})
+
+    assert len(h.outputs.waves()) == wave  # nothing sent after the failed wave
+    assert h.table.data == table and h.table.data.writes == writes
+    assert h.subjects.get(KEY) == table[KEY]  # nothing left staged
+    assert h.metric("consent_events_total", type="consent.changed", outcome="applied") == 0
+
+    assert h.run(record).outcomes == [("consent.changed", Outcome.APPLIED)]
+
+    assert h.outputs.waves() == [[LEDGER], [ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.state().version == 2 and h.state().seen(eid("withdraw"))
+    assert h.metric("consent_events_total", type="consent.changed", outcome="applied") == 1
+
+
+def test_instructions_of_a_batch_keep_the_events_order() -> None:
+    events = [
+        withdraw("personalized_ads", "a-ads"),
+        consent("research_sharing", ConsentDecision.GRANTED, "b-research", subject=OTHER),
+        event(PermissionRevoked(app_id="carrier-tracking"), "a-app"),
+        withdraw("ads_analytics", "b-analytics", subject=OTHER),
+    ]
+    h = Harness()
+
+    h.run(*records(*events))
+
+    sent = instructions(h.outputs)
+    assert [i.source_event_id for i in sent] == [e.event_id for e in events]
+    assert [i.partner for i in sent] == ["ads", "research", "logistics", "ads"]
+    assert {s.wave for s in h.outputs.sent if s.topic.startswith("partner.")} == {2}
+
+
+def test_ledger_entries_are_packed_one_record_per_ledger_partition_in_order() -> None:
+    subjects = [f"buyer-{n}@example.com" for n in range(12)]
+    h = Harness()
+
+    h.run(*records(*(withdraw(name=f"w-{s}", subject=s) for s in subjects)))
+
+    keys = [i.ack_key for i in instructions(h.outputs)]  # lone instructions: one ticket each
+    assert len(keys) == len(subjects)
+    for wave in (1, 3):
+        packed = ledger_records(h.outputs, wave)
+        partitions = [s.partition for s in h.outputs.on(LEDGER, wave)]
+        assert len(packed) > 1 and len(set(partitions)) == len(partitions)
+        for partition, entries in zip(partitions, packed, strict=True):
+            assert [k for k, _ in entries] == [
+                k for k in keys if ledger_partition(k, LEDGER_PARTITIONS) == partition
+            ]
+    assert all(isinstance(e, OpenEntry) for _, e in ledger_entries(h.outputs, 1))
+    assert all(isinstance(e, DispatchedEntry) for _, e in ledger_entries(h.outputs, 3))

@@ -1,0 +1,119 @@
+"""What a batch of inbound records implies, decided in memory (no I/O).
+
+Records are decided in order against the subjects' states as the batch leaves them, so a
+subject with several events in one batch sees each one applied on top of the previous.
+The result lists every effect in the order the processor carries them out: ledger
+tickets, the consent store, instructions and state records, then the changed states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from schemas.cloudevents import published_at_ms
+from schemas.errors import ContractError
+from schemas.events import ConsentEvent
+from schemas.partner import PartnerInstruction
+from streams.decisions import Decision, Outcome, decide
+from streams.fanout import FanOut
+from streams.inbound import Inbound
+from streams.ledger_codec import OpenEntry
+from streams.subject import SubjectState, state_from_json
+
+__all__ = ["EventBatch", "Rejected", "StoreWrite", "plan_batch", "ticket_entries"]
+
+Parse = Callable[[Inbound], ConsentEvent]
+StateLookup = Callable[[bytes], bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that goes to the dead-letter topic."""
+
+    record: Inbound
+    error: ContractError
+
+
+@dataclass
+class StoreWrite:
+    """The consent state a subject's last consent change in the batch left, and the
+    publish times of the events that changed it (for publish -> store)."""
+
+    state: SubjectState
+    published: list[int] = field(default_factory=list)
+
+
+@dataclass
+class EventBatch:
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    tickets: list[tuple[str, OpenEntry]] = field(default_factory=list)
+    instructions: list[tuple[PartnerInstruction, int | None]] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)
+    store: dict[str, StoreWrite] = field(default_factory=dict)
+    states: dict[bytes, tuple[int, SubjectState]] = field(default_factory=dict)
+
+
+def ticket_entries(d: Decision, refs_digest: Callable[..., str]) -> list[tuple[str, OpenEntry]]:
+    """Ledger entries: one per request (with all its instructions) or lone instruction."""
+    by_key: dict[str, list[PartnerInstruction]] = {}
+    for ins in d.instructions:
+        by_key.setdefault(ins.ack_key, []).append(ins)
+    if d.request is not None:
+        by_key.setdefault(d.request.request_id, [])
+    return [
+        (
+            key,
+            OpenEntry(
+                key,
+                d.request if d.request and d.request.request_id == key else None,
+                tuple((i, refs_digest(i.partner_refs.items())) for i in items),
+            ),
+        )
+        for key, items in by_key.items()
+    ]
+
+
+def plan_batch(
+    records: Sequence[Inbound], parse: Parse, stored: StateLookup, fan: FanOut
+) -> EventBatch:
+    """Decide every record of the batch, in order; ``stored`` reads a subject's state."""
+    batch = EventBatch()
+    current: dict[bytes, SubjectState] = {}
+    for record in records:
+        try:
+            event = parse(record)
+        except ContractError as exc:
+            batch.rejected.append(Rejected(record, exc))
+            continue
+        key = event.subject_id.encode("utf-8")
+        state = current.get(key)
+        if state is None:
+            raw = stored(key)
+            state = state_from_json(raw) if raw else SubjectState(event.subject_id)
+        decision = decide(state, event, fan)
+        batch.outcomes.append((event.type.value, decision.outcome))
+        if decision.outcome is Outcome.APPLIED:
+            _effects(batch, event, decision, published_at_ms(record.headers), fan)
+        if decision.state is not state:
+            current[key] = decision.state
+            batch.states[key] = (record.partition, decision.state)
+    return batch
+
+
+def _effects(
+    batch: EventBatch, event: ConsentEvent, d: Decision, published: int | None, fan: FanOut
+) -> None:
+    tickets = ticket_entries(d, fan.pseudonyms.refs_digest)
+    batch.tickets += tickets
+    batch.instructions += [(ins, published) for ins in d.instructions]
+    if tickets and d.instructions:
+        batch.dispatched += [key for key, _ in tickets]
+    if d.consent_changed:
+        write = batch.store.get(event.subject_id)
+        if write is None:
+            write = batch.store[event.subject_id] = StoreWrite(d.state)
+        write.state = d.state
+        if published is not None:
+            write.published.append(published)

@@ -1,0 +1,28 @@
+"""Everything that reaches into faust-streaming 0.15 internals, in one place.
+
+faust-streaming is pinned ``<0.16`` because of these modules; an upgrade must re-run
+``tests/unit/test_transport.py``, ``test_staged_table.py``, the batch tests and the
+SIGKILL / broker-restart / mid-batch crash tests. Each module covers one upstream
+limitation and says how to tell when it can go:
+
+``transport``
+    The fetch loop drops re-fetched records below its "read offset" and its gap
+    bookkeeping then commits past them (faust-streaming issue 596): events were lost
+    through a crash. Can go when a SIGKILL test without ``RedeliveringConsumer`` keeps
+    every event (``test_without_the_fix_faust_would_drop_them`` shows the defect).
+``batches``
+    ``Stream.take_events`` only yields on a timer or a full buffer and acknowledges the
+    buffer when resumed, not when the caller's effects are done. Uses the agent channel's
+    queue, ``Message.tracked``, ``Consumer._unacked_messages`` and the flow-control and
+    generation checks of Faust's stream iterator. Can go when Faust offers a batch read
+    that returns what is queued and leaves acknowledgement to the caller.
+``tables``
+    ``table[key] = value`` needs the stream's current event (none in a batch) and sends
+    one changelog record per write through Faust's per-message producer path. Writes the
+    store (``Table.data``, the memory store's ``_key_partition``) and the changelog
+    topic itself. Can go when Faust tables accept a partition per write and a
+    caller-provided producer.
+
+The sequencer (``streams.sequencer``) stays either way: order and completeness per
+partition are the product's guarantees, checked rather than assumed.
+"""

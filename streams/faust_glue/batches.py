@@ -1,0 +1,85 @@
+"""An agent's stream as self-sizing batches, acknowledged after the batch's effects.
+
+``stream.take_events(n, within)`` (faust-streaming 0.15) yields when ``n`` events are
+buffered or a timer fires, so at low rates every event waits for the timer, and it
+acknowledges the whole buffer when the consumer of the generator resumes it. Here a batch
+is whatever the agent's channel holds when the agent is ready for more: one record at a
+low rate, up to ``max_records`` on a backlog, with no added wait. Events are tracked the
+way Faust's stream iterator tracks them; acknowledgement is explicit (``ack``), after the
+batch's effects, so the consumer's commits never pass a record whose effects are not on
+the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from faust.types import EventT
+
+from schemas.cloudevents import header_map
+from streams.inbound import Inbound
+
+__all__ = ["EventBatches", "inbound"]
+
+
+def inbound(event: Any) -> Inbound:
+    """A Faust event as plain data."""
+    msg = event.message
+    return Inbound(
+        event.key,
+        event.value or b"",
+        header_map(msg.headers),
+        msg.topic,
+        msg.partition,
+        msg.offset,
+    )
+
+
+class EventBatches:
+    """Reads an agent's stream in batches (``async for events in batches``), then
+    ``ack(events)``. Ends when the worker stops (Faust throws ``StopAsyncIteration`` into
+    the channel, as its own stream iterator expects)."""
+
+    def __init__(self, stream: Any, max_records: int) -> None:
+        self._stream, self._max = stream, max_records
+        self._app = stream.app
+        self._queue = stream.channel.queue
+        self._started = False
+
+    def __aiter__(self) -> EventBatches:
+        return self
+
+    async def __anext__(self) -> list[Any]:
+        """The next non-empty batch of events (waits for the first one)."""
+        if not self._started:
+            await self._stream.maybe_start()
+            self._started = True
+        queue, limit = self._queue, self._max
+        while True:
+            items = [await queue.get()]
+            while len(items) < limit and not queue.empty():
+                items.append(queue.get_nowait())
+            events = [item for item in items if self._admit(item)]
+            if events:
+                return events
+
+    def _admit(self, item: Any) -> bool:
+        """Faust's checks for a channel value: a current-generation event while the flow
+        is active (else it is read again after the rebalance), tracked as unacked."""
+        if not isinstance(item, EventT):
+            return False
+        app, message = self._app, item.message
+        if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+            return False
+        if message.topic in app.topics.acking_topics and not message.tracked:
+            message.tracked = True
+            app.consumer._unacked_messages.add(message)
+            self._stream._on_message_in(message.tp, message.offset, message)
+        return True
+
+    async def ack(self, events: Sequence[Any]) -> None:
+        """The events' effects are acknowledged by the broker: their offsets may be committed."""
+        ack = self._stream.ack
+        for event in events:
+            await ack(event)

@@ -1,0 +1,114 @@
+"""A worker killed in the middle of a large batch: half of the batch's instructions are on
+the partners' topics, the rest, the state records and the subjects' states are not.
+
+The worker runs with the ``events.mid_instructions`` failpoint (``streams.failpoint``):
+on the first batch with at least ``MIN_INSTRUCTIONS`` instructions it sends half of them,
+waits for the broker, records which, and stops; the test SIGKILLs it by its pid. After a
+restart every effect is compared with the pure decisions over the same events, exactly:
+the store of every subject, the set of instruction ids per partner (a duplicate only for
+an instruction the killed batch had already sent), one status per deletion request, and
+the ledger's pending instructions (each instruction tracked once, none lost or doubled).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from consumers.consent_store import ConsentStore, make_redis
+from producers.publisher import ConsentPublisher
+
+from .processes import WorkerFactory, WorkerProcess, poll_until, read_all, read_until
+from .processes import worker_factory as worker_factory
+from .test_worker_crash import expected_effects, ids_on, make_workload, store_mismatches
+
+pytestmark = pytest.mark.integration
+
+SUBJECTS = 400
+EVENTS = 4000
+SEED = 20261202
+MIN_INSTRUCTIONS = 40
+FAILPOINT = "events.mid_instructions"
+CATCH_UP_TIMEOUT_S = 150.0
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: WorkerFactory) -> WorkerProcess:
+    failpoint = f"{FAILPOINT}:{MIN_INSTRUCTIONS}"
+    # a short session timeout, so the restarted worker gets the partitions back soon
+    return worker_factory(
+        env={"CONSENT_STREAM_FAILPOINT": failpoint, "BROKER_SESSION_TIMEOUT": "10"}
+    )
+
+
+@pytest.fixture(scope="module")
+def redis_client(worker: WorkerProcess) -> Iterator[redis.Redis]:
+    client = make_redis(worker.settings)
+    yield client
+    client.close()
+
+
+def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
+    worker: WorkerProcess, redis_client: redis.Redis
+) -> None:
+    settings, policy = worker.settings, worker.policy
+    workload = make_workload(policy, SUBJECTS, EVENTS, SEED)
+    expected = expected_effects(workload, policy, settings)
+    marker = worker.config.data_dir / f"failpoint-{FAILPOINT}.json"
+
+    with ConsentPublisher(settings, policy) as publisher:  # a burst: large batches
+        receipts = publisher.publish_many(workload.events)
+    assert len(receipts) == EVENTS
+    poll_until(marker.exists, 60.0, "the worker to reach the failpoint", explain=worker.describe)
+    worker.kill()
+    stopped = json.loads(marker.read_text())
+    sent_before_kill = set(stopped["sent"])
+    assert stopped["instructions"] >= MIN_INSTRUCTIONS and stopped["records"] > 1
+    assert 0 < len(sent_before_kill) < stopped["instructions"]
+
+    worker.start()
+    worker.wait_ready(CATCH_UP_TIMEOUT_S)
+
+    store = ConsentStore(redis_client, policy, settings.subject_key, settings.redis_prefix)
+    poll_until(
+        lambda: not store_mismatches(redis_client, store, expected.store),
+        CATCH_UP_TIMEOUT_S,
+        "the consent store to reach the expected state of every subject",
+        interval_s=0.5,
+        explain=lambda: "\n".join(store_mismatches(redis_client, store, expected.store)[:10]),
+    )
+    duplicated: Counter[str] = Counter()
+    for partner, ids in sorted(expected.instructions.items()):
+        records = read_until(
+            settings,
+            settings.topics.instructions(partner),
+            lambda rs, ids=ids: ids <= set(ids_on(rs)),  # type: ignore[misc]
+            timeout_s=60.0,
+            what=f"every expected instruction id for {partner} ({len(ids)})",
+            explain=worker.describe,
+        )
+        seen = ids_on(records)
+        assert set(seen) == ids, f"{partner}: instructions no event implies"
+        duplicated.update({i: n for i, n in seen.items() if n > 1})
+    assert set(duplicated) <= sent_before_kill, "a duplicate the killed batch had not sent"
+    assert all(n == 2 for n in duplicated.values())
+    statuses = read_until(
+        settings,
+        settings.topics.requests,
+        lambda rs: expected.requests <= {(r.key or b"").decode() for r in rs},
+        timeout_s=60.0,
+        what=f"a status for each of the {len(expected.requests)} deletion requests",
+        explain=worker.describe,
+    )
+    assert {r.obj.request_id for r in statuses} == expected.requests
+    total = sum(len(ids) for ids in expected.instructions.values())
+    worker.poll(
+        lambda: worker.metric("consent_instructions_pending") == total or None,
+        30.0,
+        f"the ledger to track each of the {total} instructions once",
+    )
+    assert read_all(settings, settings.topics.deadletter, decode=False) == []

@@ -1,0 +1,162 @@
+"""The benchmark's pure parts: the latency plan, the paced publisher, the no-op figures,
+the latency table."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import paced
+import report
+import run
+from noop_latency import noop_figures
+
+
+def test_full_plan_has_the_5000_step_shortened_and_noop_at_every_rate() -> None:
+    plan = run.latency_plan(run.FULL, 726.0)
+    assert [p.rate for p in plan] == [100, 300, 363, 581, 690, 1000, 5000]
+    assert all(p.noop for p in plan)
+    by_rate = {p.rate: p for p in plan}
+    assert by_rate[1000].duration_s == 15.0
+    assert by_rate[5000].duration_s == pytest.approx(6.0)
+    assert by_rate[5000].events == 30_000
+
+
+def test_quick_plan_offers_one_small_rate_to_the_noop_agent() -> None:
+    plan = run.latency_plan(run.QUICK, 400.0)
+    assert [(p.rate, p.noop) for p in plan] == [(50, True), (100, False), (200, False)]
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+
+
+class _FakePublisher:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def prepare(self, event: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        return f"s{event}".encode(), b"v", [("cs_published_at", b"1000")]
+
+
+class _FakeProducer:
+    def __init__(self) -> None:
+        self.produced = 0
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.produced += 1
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        self.connected = topic
+
+
+@pytest.mark.parametrize(("rate", "count", "max_sleeps"), [(5000.0, 2000, 450), (100.0, 50, 50)])
+def test_paced_publisher_sends_in_small_bursts_at_the_rate(
+    monkeypatch: pytest.MonkeyPatch, rate: float, count: int, max_sleeps: int
+) -> None:
+    clock, producer = _FakeClock(), _FakeProducer()
+    monkeypatch.setattr(paced, "time", clock)
+    monkeypatch.setattr(paced, "make_producer", lambda settings: producer)
+    monkeypatch.setattr(paced, "ConsentPublisher", _FakePublisher)
+    monkeypatch.setattr(paced, "_PRODUCERS", {})
+    events: Any = [_Event(i) for i in range(count)]
+    step = paced.Step(rate, count / rate, "test")
+
+    settings: Any = type("S", (), {"bootstrap_servers": "b"})()
+    achieved = paced.publish_paced(settings, None, "topic", step, events)
+
+    assert producer.connected == "topic"  # connected before the first timed record
+    assert producer.produced == count and len(step.published) == count
+    assert achieved == pytest.approx(rate, rel=0.03)  # n events over (n - 1) / rate
+    assert clock.sleeps <= max_sleeps
+
+
+class _Event:
+    def __init__(self, i: int) -> None:
+        self.event_id = f"e{i}"
+        self.i = i
+
+    def __str__(self) -> str:
+        return str(self.i)
+
+
+def test_noop_figures_from_seen_at_and_latency_pairs() -> None:
+    pairs = [1000.0, 5.0, 1010.0, 7.0, 1020.0, math.nan, 2000.0, 9.0]
+    figures = noop_figures(pairs)
+    assert figures["seen"] == 4
+    assert figures["achieved_events_per_s"] == pytest.approx(3.0)  # 3 gaps over 1 s
+    assert figures["latency_ms"]["count"] == 3
+    assert figures["latency_ms"]["p50"] == 7.0
+
+
+def _step(**extra: Any) -> dict[str, Any]:
+    quantiles = {"count": 10.0, "p50": 20.0, "p95": 90.0, "p99": 100.0, "max": 120.0}
+    return {
+        "label": "1000/s",
+        "offered_events_per_s": 1000,
+        "publisher_events_per_s": 998.0,
+        "achieved_events_per_s": 700.0,
+        "saturated": True,
+        "worker_cpu_ms_per_event": 1.234,
+        "observed_ms": {"store": quantiles, "partner": quantiles},
+        "histogram_ms": {"store": quantiles, "partner": quantiles},
+        **extra,
+    }
+
+
+def test_latency_table_has_noop_ratio_and_cpu_per_event_columns() -> None:
+    noop = {
+        "achieved_events_per_s": 1001.0,
+        "latency_ms": {"p50": 2.0, "p99": 4.0},
+        "worker_cpu_ms_per_event": 0.081,
+    }
+    header, rule, row = report._latency([_step(noop=noop)])[:3]
+    assert "no-op p50 / p99" in header and "no-op CPU µs/event" in header
+    assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [
+        "1,000 (1000/s; sent 998)",
+        "700 (saturated) / 1,001",
+        "20 / 100",
+        "20 / 100",
+        "2 / 4",
+        "25",
+        "1,234",
+        "81",
+    ]
+
+
+def test_latency_table_rows_without_noop_or_skipped() -> None:
+    rows = report._latency(
+        [
+            _step(),
+            _step(noop={"error": "RuntimeError: gone"}),
+            {"label": "5000/s", "offered_events_per_s": 5000, "skipped": "budget"},
+        ]
+    )
+    no_noop, failed, skipped = (r.split("|") for r in rows[2:5])
+    assert no_noop[5].strip() == "not measured: not asked for"
+    assert failed[5].strip() == "not measured: RuntimeError: gone"
+    assert "not measured: budget" in skipped[2]
+    assert len(skipped) == len(no_noop)

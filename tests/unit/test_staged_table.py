@@ -1,0 +1,110 @@
+"""StagedTable: a batch's writes are sent to the changelog when staged, read back by the
+batch, and reach the local store only on ``commit`` (``discard`` forgets them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from streams.faust_glue.tables import StagedTable
+
+CHANGELOG = "app-consent-subjects-changelog"
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    partition: int | None
+
+
+@dataclass
+class RecordingOutputs:
+    sent: list[Sent] = field(default_factory=list)
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        self.sent.append(Sent(topic, key, value, headers, partition))
+
+    async def delivered(self) -> None:
+        return None
+
+
+def table(**data: bytes) -> tuple[StagedTable, dict[bytes, bytes], RecordingOutputs]:
+    """A StagedTable over a fake Faust table holding ``data`` (keys as bytes)."""
+    store = {k.encode(): v for k, v in data.items()}
+    faust_table = SimpleNamespace(
+        data=store, changelog_topic=SimpleNamespace(get_topic_name=lambda: CHANGELOG)
+    )
+    return StagedTable(faust_table), store, RecordingOutputs()
+
+
+def test_get_reads_the_local_store() -> None:
+    t, store, _ = table(a=b"1")
+
+    assert t.get(b"a") == b"1" and t.get(b"b") is None
+    assert t.store is store and t.changelog_topic == CHANGELOG
+
+
+def test_stage_sends_the_changelog_record_to_the_given_partition() -> None:
+    t, _, out = table()
+
+    t.stage(out, 5, b"a", b"1")
+    t.stage(out, 2, b"b", None)
+
+    assert out.sent == [Sent(CHANGELOG, b"a", b"1", None, 5), Sent(CHANGELOG, b"b", None, None, 2)]
+
+
+def test_staged_values_are_read_back_but_not_stored_before_commit() -> None:
+    t, store, out = table(a=b"1")
+
+    t.stage(out, 0, b"a", b"2")
+    t.stage(out, 0, b"b", b"3")
+
+    assert (t.get(b"a"), t.get(b"b")) == (b"2", b"3")
+    assert store == {b"a": b"1"}
+
+
+def test_commit_applies_the_staged_values_once() -> None:
+    t, store, out = table(a=b"1")
+    t.stage(out, 0, b"a", b"2")
+    t.stage(out, 0, b"b", b"3")
+    t.stage(out, 0, b"b", b"4")  # the last staged value of a key wins
+
+    t.commit()
+
+    assert store == {b"a": b"2", b"b": b"4"}
+    store[b"a"] = b"9"  # nothing staged is left to shadow the store
+    assert t.get(b"a") == b"9"
+
+
+def test_a_staged_tombstone_reads_as_absent_and_commit_deletes() -> None:
+    t, store, out = table(a=b"1", b=b"2")
+
+    t.stage(out, 0, b"a", None)
+    t.stage(out, 0, b"zzz", None)  # deleting what is not there is fine
+
+    assert t.get(b"a") is None and store[b"a"] == b"1"
+    t.commit()
+    assert store == {b"b": b"2"}
+
+
+def test_discard_forgets_what_was_staged() -> None:
+    t, store, out = table(a=b"1")
+    t.stage(out, 0, b"a", None)
+    t.stage(out, 0, b"b", b"3")
+
+    t.discard()
+
+    assert (t.get(b"a"), t.get(b"b")) == (b"1", None)
+    t.commit()
+    assert store == {b"a": b"1"}
