@@ -42,7 +42,7 @@ def test_command_line_defaults_and_options() -> None:
     assert options == DemoOptions()
     assert (options.subjects, options.rate, options.workers, options.timeout_s) == (
         2000,
-        200.0,
+        1000.0,
         1,
         300.0,
     )
