@@ -46,6 +46,7 @@ from noop_latency import NoopLatency  # noqa: E402
 from pipeline import prepare, run_pipeline  # noqa: E402
 from rebuild import rebuild_time  # noqa: E402
 from report import markdown, plot, write_json  # noqa: E402
+from sweep import sweep_step  # noqa: E402
 from workerproc import WorkerProcess  # noqa: E402
 from workload import Workload  # noqa: E402
 
@@ -73,6 +74,8 @@ class Sizes:
     redis_subjects: int  # (e)
     rss_subjects: int  # (e)
     rebuild_subjects: int  # (f)
+    sweep_tickets: int  # (g) open tickets (3-year retention holds) held by the worker
+    sweep_rates: tuple[float, ...]  # (g) events/s measured with them
 
 
 FULL = Sizes(
@@ -92,6 +95,8 @@ FULL = Sizes(
     redis_subjects=100_000,
     rss_subjects=100_000,
     rebuild_subjects=100_000,
+    sweep_tickets=1_000_000,
+    sweep_rates=(300, 1000),
 )
 QUICK = Sizes(
     raw_records=3_000,
@@ -110,6 +115,8 @@ QUICK = Sizes(
     redis_subjects=1_000,
     rss_subjects=500,
     rebuild_subjects=1_000,
+    sweep_tickets=2_000,
+    sweep_rates=(100,),
 )
 
 
@@ -260,6 +267,21 @@ def run(sizes: Sizes, out: Path, budget: Budget) -> dict[str, Any]:
                 settings, policy, new_namespace(), sizes.rebuild_subjects, budget.bound(240)
             ),
         )
+        step(
+            results,
+            "sweep",
+            budget,
+            60,
+            lambda: sweep_step(
+                settings,
+                policy,
+                work,
+                sizes.sweep_tickets,
+                sizes.sweep_rates,
+                sizes.latency_step_s,
+                budget.bound(600),
+            ),
+        )
     results["ratios"] = _ratios(results)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -351,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help="bound of the whole run (default 1080 s, quick 300 s)",
+        help="bound of the whole run (default 1500 s, quick 300 s)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -359,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _on_sigterm)
     sizes = QUICK if args.quick else FULL
-    budget = Budget(args.budget_s or (300.0 if args.quick else 1080.0))
+    budget = Budget(args.budget_s or (300.0 if args.quick else 1500.0))
     results = run(sizes, args.out, budget)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(results, args.out / "latest.json")

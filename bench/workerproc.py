@@ -145,6 +145,8 @@ class WorkerProcess:
         self._poll(
             lambda: self.http_get(f"/consent/{probe}")[0] == 200, started + timeout_s, "probe"
         )
+        # the store is written in the batch's first wave, the event counted when it is done
+        self._poll(lambda: self.events_total() >= 1, started + timeout_s, "probe counted")
         return time.monotonic() - started
 
     def _poll(self, check: Callable[[], bool], deadline: float, what: str) -> None:

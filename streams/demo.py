@@ -39,7 +39,7 @@ DEMO_DIR = Path(".stack") / "demo"
 @dataclass(frozen=True)
 class DemoOptions:
     subjects: int = 2000
-    rate: float = 200.0
+    rate: float = 1000.0
     workers: int = 1
     seed: int = 1
     timeout_s: float = 300.0

@@ -30,6 +30,10 @@ class RequestTracker:
     def total(self) -> int:
         return len(self._ids)
 
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
     def poll(self) -> None:
         with self._lock:
             pending = [i for i in self._ids if i not in self._final]

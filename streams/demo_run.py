@@ -1,5 +1,5 @@
-"""One run of the demo: children up, readiness probe, paced publishing with progress,
-settling, and the summary. Used by ``streams.demo.run_demo``."""
+"""One run of the demo: children up, warm-up (``streams.demo_warmup``), paced publishing
+with progress, settling, and the summary. Used by ``streams.demo.run_demo``."""
 
 from __future__ import annotations
 
@@ -9,26 +9,26 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from consumers.consent_store import make_redis
 from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError
-from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.policy import Policy
 from schemas.settings import ENV_PREFIX, Settings
 from streams.demo_processes import Child, Children, child_env, free_port, http_get
 from streams.demo_requests import RequestTracker
 from streams.demo_summary import (
     ACKS,
-    DEADLETTERS,
-    EVENTS,
     INSTRUCTIONS,
     Progress,
     RunFacts,
+    processed,
     progress_line,
     summary_lines,
+    warmup_line,
 )
+from streams.demo_warmup import Warmup
 from streams.latency import Samples
 from streams.topics import ensure_topics
 from streams.workload import Workload
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["DemoRun"]
 
 log = logging.getLogger(__name__)
-
-READY_TIMEOUT_S: Final = 120.0
-PROBE_PURPOSE: Final = "marketing_sms"  # opt-out, no partner processes it: no instruction
 
 
 class DemoRun:
@@ -66,7 +63,9 @@ class DemoRun:
         self.published = 0
         self.published_by_type: Counter[str] = Counter()
         self.delivery_errors: list[PublishError] = []
-        self.probes = 0
+        self.children_started = 0.0
+        self.probes: Counter[str] = Counter()
+        self.baseline = Samples()
         self.publish_s = 0.0
         self.publish_started = 0.0
         self.process_s: float | None = None
@@ -82,7 +81,7 @@ class DemoRun:
         self._announce()
         ensure_topics(self.settings, self.policy)
         self._start_children()
-        failure = self._wait_ready()
+        failure = self._warm_up()
         progress = threading.Thread(target=self._report_progress, name="progress", daemon=True)
         if failure is None:
             progress.start()
@@ -104,6 +103,7 @@ class DemoRun:
     def _start_children(self) -> None:
         env = child_env(self.settings)
         o = self.options
+        self.children_started = time.monotonic()
         for i, name in enumerate(self.partner_names):
             port = free_port()
             args = ["partner", "--name", name, "--metrics-port", str(port)]
@@ -129,38 +129,28 @@ class DemoRun:
         if o.workers > self.settings.partitions:
             self.say(f"note: {o.workers} workers share {self.settings.partitions} partitions")
 
-    def _wait_ready(self) -> str | None:
-        def answering() -> bool:
-            workers = all(http_get(w.port, "/healthz", 2.0)[0] == 200 for w in self.workers)
-            partners = all(
-                http_get(c.port, "/metrics", 2.0)[0] == 200
-                for c in self.children.items
-                if c not in self.workers
-            )
-            return workers and partners
-
-        failure = self.children.wait_until(answering, READY_TIMEOUT_S, "the children to answer")
-        if failure is not None:
-            return failure
+    def _warm_up(self) -> str | None:
+        """Warm everything up, then take the workers' metrics as the baseline."""
         self.publisher = ConsentPublisher(self.settings, self.policy)
-        self.publisher.publish(self._probe())
-        self.probes = 1
-        failure = self.children.wait_until(
-            lambda: self._processed(self.snapshot()) >= 1, READY_TIMEOUT_S, "the readiness probe"
+        warmup = Warmup(
+            self.settings,
+            self.policy,
+            self.children,
+            self.workers,
+            self.publisher,
+            self.redis,
+            self.snapshot,
         )
-        if failure is None:
-            self.say(f"ready after {time.monotonic() - self.started:.1f} s; publishing")
-        return failure
-
-    def _probe(self) -> ConsentEvent:
-        import uuid
-
-        payload = ConsentChanged(
-            PROBE_PURPOSE, ConsentDecision.GRANTED, self.policy.notice_version, "demo-probe"
-        )
-        subject = f"demo-probe-{self.settings.topic_namespace}"
-        now = int(time.time() * 1000)
-        return ConsentEvent(str(uuid.uuid4()), subject, now, "consent-stream.demo", payload)
+        report, failure = warmup.run(self.children_started)
+        if report is None:
+            return failure
+        self.probes = warmup.events
+        self.baseline = self.snapshot(attempts=5)
+        rate = self.options.rate
+        pace = f"at {rate:.0f} events/s" if rate > 0 else "as fast as possible"
+        self.say(warmup_line(report))
+        self.say(f"ready after {time.monotonic() - self.started:.1f} s; publishing {pace}")
+        return None
 
     def _delivered(
         self, event_type: str, receipt: DeliveryReceipt | None, error: PublishError | None
@@ -194,12 +184,12 @@ class DemoRun:
         return None
 
     def _settle(self) -> str | None:
-        expected = len(self.workload.events) + self.probes
+        expected = len(self.workload.events)
         state: dict[str, float] = {}
 
         def settled() -> bool:
-            samples = self.snapshot()
-            state["processed"] = self._processed(samples)
+            samples = self.measured()
+            state["processed"] = processed(samples)
             state["unacked"] = samples.total(INSTRUCTIONS) - samples.total(ACKS)
             state["final"] = self.requests.final_count()
             if self.process_s is None and state["processed"] >= expected:
@@ -238,20 +228,20 @@ class DemoRun:
                     time.sleep(0.5)
         return Samples.from_pages(pages)
 
-    @staticmethod
-    def _processed(samples: Samples) -> float:
-        return samples.total(EVENTS) + samples.total(DEADLETTERS)
+    def measured(self) -> Samples:
+        """What the workers counted since the warm-up (the workload's figures)."""
+        return self.snapshot().since(self.baseline)
 
     def _report_progress(self) -> None:
         while not self._progress_stop.wait(1.0):
-            samples = self.snapshot()
+            samples = self.measured()
             self.say(
                 progress_line(
                     Progress(
                         elapsed_s=time.monotonic() - self.started,
                         published=self.published,
                         total=len(self.workload.events),
-                        processed=int(self._processed(samples)),
+                        processed=int(processed(samples)),
                         instructions=int(samples.total(INSTRUCTIONS)),
                         acks=int(samples.total(ACKS)),
                         requests_final=self.requests.final_count(),
@@ -281,6 +271,7 @@ class DemoRun:
             logs=[c.log_path.name for c in self.children.items],
             failure=failure,
             note=self.note,
+            baseline=self.baseline,
         )
         for line in summary_lines(facts):
             self.say(line)

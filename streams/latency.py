@@ -1,7 +1,8 @@
 """Latency figures from Prometheus histograms, without a Prometheus server.
 
 ``parse_samples`` reads the text exposition (``/metrics`` of a worker); ``Samples`` adds up
-pages of several processes; ``histogram_quantile`` estimates a quantile from cumulative
+pages of several processes and, with ``since``, keeps what they counted after an earlier
+scrape (a baseline); ``histogram_quantile`` estimates a quantile from cumulative
 buckets exactly as PromQL's ``histogram_quantile`` does (linear interpolation inside the
 bucket; the highest finite bound when the rank falls in the ``+Inf`` bucket). Pure.
 """
@@ -74,6 +75,32 @@ class Samples:
 
     def quantile(self, q: float, histogram: str, **labels: str) -> float:
         return histogram_quantile(q, self.buckets(histogram, **labels))
+
+    def since(self, baseline: Samples) -> Samples:
+        """What was counted after ``baseline``, an earlier scrape of the same processes.
+
+        For counters and histograms (every ``_bucket``, ``_count`` and ``_sum``): each value
+        minus its value in the baseline, like PromQL's ``increase`` over the two scrapes (a
+        value below its baseline is a restarted process: counted from zero). Samples of the
+        same name and labels are added up first, so several workers' pages work too.
+        """
+        before = _added_up(baseline.items)
+        out: list[Sample] = []
+        for (name, labels), value in _added_up(self.items).items():
+            earlier = before.get((name, labels), 0.0)
+            out.append(Sample(name, dict(labels), value - earlier if value >= earlier else value))
+        return Samples(out)
+
+
+_Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _added_up(items: Iterable[Sample]) -> dict[_Key, float]:
+    out: dict[_Key, float] = {}
+    for s in items:
+        key = (s.name, tuple(sorted(s.labels.items())))
+        out[key] = out.get(key, 0.0) + s.value
+    return out
 
 
 def _monotonic(buckets: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

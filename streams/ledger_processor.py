@@ -235,6 +235,7 @@ class LedgerProcessor:
     def set_gauges(self) -> None:
         """The ledger gauges, from the index (kept write by write)."""
         g, m = self.index.gauges(), self._metrics
+        m.ledger_tickets.set(len(self.index))
         m.requests_open.set(g.open_requests)
         m.requests_overdue.set(g.overdue_requests)
         for partner in sorted({*self._policy.partners, *g.pending}):

@@ -65,6 +65,7 @@ class StreamMetrics:
     instruction_to_ack: Histogram
     requests_finished: Counter
     source_records: Counter
+    ledger_tickets: Gauge
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -168,6 +169,12 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             "(events, acknowledgements, ledger) and outcome (redelivered: handled "
             "before, skipped; refetched: missing, read from Kafka directly).",
             ["stage", "outcome"],
+            registry=registry,
+        ),
+        ledger_tickets=Gauge(
+            "consent_ledger_tickets",
+            "Ledger tickets this worker holds with work ahead (open instructions, "
+            "retention holds, settled tickets until their grace period ends).",
             registry=registry,
         ),
     )

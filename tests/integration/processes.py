@@ -284,6 +284,14 @@ class WorkerProcess:
             )
         left = max(1.0, deadline - time.monotonic())
         self.poll(lambda: self.http_status(f"/consent/{probe}") == 200, left, "the probe event")
+        # the store is written in the batch's first wave, the event counted once the batch
+        # is done: ready means counted too
+        left = max(1.0, deadline - time.monotonic())
+        self.poll(
+            lambda: self.metric("consent_events_total", outcome="applied") >= 1,
+            left,
+            "the probe event counted",
+        )
 
     # -- HTTP ------------------------------------------------------------------------
 

@@ -17,7 +17,15 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MEASURED = ("raw_kafka", "faust_noop", "pipeline", "redis_memory", "worker_rss", "rebuild")
+MEASURED = (
+    "raw_kafka",
+    "faust_noop",
+    "pipeline",
+    "redis_memory",
+    "worker_rss",
+    "rebuild",
+    "sweep",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,6 +60,9 @@ def test_quick_bench_writes_every_section(
     assert results["pipeline"]["rate_events_per_s"] > 0
     assert results["redis_memory"]["bytes_per_subject"] > 0
     assert results["rebuild"]["applied"] == results["sizes"]["rebuild_subjects"]
+    sweep = results["sweep"]
+    assert sweep["tickets_indexed"] == sweep["tickets"] == results["sizes"]["sweep_tickets"]
+    assert [s["offered_events_per_s"] for s in sweep["latency"]] == results["sizes"]["sweep_rates"]
 
     steps = results["latency"]
     assert isinstance(steps, list), steps

@@ -138,7 +138,8 @@ def test_a_short_run_settles_every_request(
         views = [status_from_json(raw) for raw in client.mget(keys) if raw is not None]
     finally:
         client.close()
-    assert len(views) == requests
+    probes = int(found(r"warm-up: .*, (\d+) probe subjects \(", out))  # one closure each
+    assert len(views) == requests + probes
     assert all(v.status in FINAL_REQUEST_STATES for v in views)
     assert (tmp_path / ".stack" / "demo" / namespace / "worker-1.log").exists()
     assert_stopped(child_pids(out))

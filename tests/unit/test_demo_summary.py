@@ -20,9 +20,11 @@ from streams.demo_requests import NOT_SEEN, RequestTracker
 from streams.demo_summary import (
     Progress,
     RunFacts,
+    WarmupReport,
     format_seconds,
     progress_line,
     summary_lines,
+    warmup_line,
 )
 from streams.latency import Samples
 from streams.metrics import stream_metrics
@@ -40,7 +42,7 @@ def test_command_line_defaults_and_options() -> None:
     assert options == DemoOptions()
     assert (options.subjects, options.rate, options.workers, options.timeout_s) == (
         2000,
-        200.0,
+        1000.0,
         1,
         300.0,
     )
@@ -99,28 +101,35 @@ def test_request_tracker_counts_statuses_and_stops_reading_final_ones() -> None:
     assert tracker.total == 3
 
 
-def facts(**overrides: Any) -> RunFacts:
+def page(
+    events: int = 5, acked: int = 4, latencies: Sequence[float] = (0.002, 0.02, 0.02, 0.2)
+) -> str:
+    """A worker's /metrics page: ``events`` applied, ``acked`` instructions to ads."""
     registry = CollectorRegistry()
     m = stream_metrics(registry)
-    m.events.labels("consent.changed", "applied").inc(5)
-    m.instructions.labels("ads", "STOP_PROCESSING").inc(4)
-    m.acknowledgements.labels("ads", "DONE").inc(4)
-    for value in (0.002, 0.02, 0.02, 0.2):
+    m.events.labels("consent.changed", "applied").inc(events)
+    m.instructions.labels("ads", "STOP_PROCESSING").inc(acked)
+    m.acknowledgements.labels("ads", "DONE").inc(acked)
+    for value in latencies:
         m.publish_to_store.observe(value)
         m.publish_to_partner_topic.labels("ads").observe(value)
         m.instruction_to_ack.labels("ads").observe(value * 10)
+    return generate_latest(registry).decode()
+
+
+def facts(**overrides: Any) -> RunFacts:
     base: dict[str, Any] = {
         "namespace": "demo1",
         "workers": 1,
         "partners": ["ads"],
         "subjects": 2,
         "published": {"consent.changed": 4},
-        "probes": 1,
+        "probes": {},
         "publish_s": 2.0,
         "process_s": 2.5,
         "target_rate": 2.0,
         "wall_s": 9.0,
-        "samples": Samples.from_pages([generate_latest(registry).decode()]),
+        "samples": Samples.from_pages([page()]),
         "requests_by_status": {"COMPLETED": 2},
         "requests_by_scope": {"ACCOUNT": 2},
         "log_dir": ".stack/demo/demo1",
@@ -167,4 +176,44 @@ def test_progress_line() -> None:
     assert line == (
         "[   3.0s] published 10/20 | processed 8 | instructions 4 | acks 3"
         " | requests final 1/2 (open 1)"
+    )
+
+
+def test_the_figures_count_from_the_end_of_the_warm_up() -> None:
+    warm = [3.0] * 6  # six slow probes (in the (2.5, 5] s bucket), then the workload
+    text = "\n".join(
+        summary_lines(
+            facts(
+                samples=Samples.from_pages([page(11, 10, [*warm, 0.002, 0.02, 0.02, 0.2])]),
+                baseline=Samples.from_pages([page(6, 6, warm)]),
+                probes={"consent.changed": 2, "data.shared": 4},
+            )
+        )
+    )
+    assert re.search(r"consent\.changed\s+4\s+5\n", text)
+    assert "not counted above: 6 warm-up probe events (consent.changed 2, data.shared 4)" in text
+    assert "instructions      4 (STOP_PROCESSING 4)" in text
+    assert "not counted above: 6 warm-up instructions, 6 acks" in text
+    # the workload's 4 observations alone: rank 2 of 4 in (10, 25] ms
+    assert re.search(r"publish -> store\s+18 ms\s+244 ms\s+4\n", text)
+    assert "after the warm-up" in text
+
+
+def test_without_a_baseline_the_warm_up_is_counted() -> None:
+    samples = Samples.from_pages([page(11, 10, [3.0] * 6 + [0.02] * 4)])
+    text = "\n".join(summary_lines(facts(samples=samples)))
+    assert re.search(r"publish -> store\s+2917 ms\s+4958 ms\s+10\n", text)
+    assert "not counted above" not in text
+
+
+def test_warmup_line() -> None:
+    report = WarmupReport(2.34, 3.5, 4.25, 2, 12, 72, 4)
+    assert warmup_line(report) == (
+        "warm-up: children answering in 2.3 s, groups joined in 1.2 s, 12 probe subjects "
+        "(72 events, 2 rounds) through store and 4 partners' acks in 0.8 s"
+    )
+    missed = WarmupReport(2.0, 3.0, 4.0, 1, 6, 36, 4, ("t.acks[2]",))
+    assert warmup_line(missed).endswith(
+        "(36 events, 1 round) through store and 4 partners' "
+        "acks in 1.0 s; no probe reached t.acks[2]"
     )

@@ -112,3 +112,38 @@ def test_no_pages_no_figures() -> None:
     samples = Samples.from_pages([])
     assert samples.total("things_total") == 0.0
     assert math.isnan(samples.quantile(0.5, "hop_seconds"))
+
+
+def test_since_a_baseline_keeps_what_was_counted_after_it() -> None:
+    before = [_page({"ads": [0.05] * 4}, events=2), _page({"ads": [0.3]}, events=1)]
+    after = [
+        _page({"ads": [0.05] * 4 + [0.7] * 10}, events=12),
+        _page({"ads": [0.3] + [0.7] * 10}, events=3),
+    ]
+    samples = Samples.from_pages(after).since(Samples.from_pages(before))
+    assert samples.buckets("hop_seconds", partner="ads") == [
+        (0.1, 0.0),
+        (0.5, 0.0),
+        (1.0, 20.0),
+        (INF, 20.0),
+    ]
+    assert samples.total("hop_seconds_count") == 20.0
+    assert samples.total("hop_seconds_sum") == pytest.approx(14.0)
+    # rank 10 of the 20 in (0.5, 1]; with the 5 warm-up observations it would be 0.6875
+    assert samples.quantile(0.5, "hop_seconds") == pytest.approx(0.75)
+    assert Samples.from_pages(after).quantile(0.5, "hop_seconds") == pytest.approx(0.6875)
+    assert samples.total("things_total", outcome="applied") == 12.0
+    assert samples.total("things_total", outcome="stale") == 0.0
+
+
+def test_since_counts_a_restarted_process_from_zero() -> None:
+    before = Samples.from_pages([_page({"ads": [0.05] * 5}, events=5)])
+    after = Samples.from_pages([_page({"ads": [0.05] * 2}, events=2)])
+    samples = after.since(before)
+    assert samples.total("things_total", outcome="applied") == 2.0
+    assert samples.total("hop_seconds_count") == 2.0
+
+
+def test_since_an_empty_baseline_changes_nothing() -> None:
+    samples = Samples.from_pages([_page({"ads": [0.05, 0.7]}, events=3)])
+    assert samples.since(Samples()).buckets("hop_seconds") == samples.buckets("hop_seconds")

@@ -1,0 +1,257 @@
+"""The demo's warm-up: what a cold broker and fresh workers do once, done before the
+measured workload (used by ``streams.demo_run.DemoRun``).
+
+From the children's start: every worker and partner answers HTTP; every topic of the run
+has a leader for each partition; every consumer group (the workers' Faust app, each
+partner's) is stable with its members and all the partitions it reads assigned (on a
+fresh broker the first join also creates ``__consumer_offsets``). Then rounds of probe
+subjects go through the whole path, published with the producer the workload uses (its
+metadata, connection and producer id): per subject a consent change, data shared with
+every partner and an account closure, so store writes, an instruction to every partner,
+its acknowledgement and a final request status. Another round runs while a partition
+that a worker or partner reads has carried no record yet (a worker's first record of a
+partition looks up where to start). The summary counts from the workers' metrics at the
+end of the warm-up (``Samples.since``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any, Final
+
+from confluent_kafka import ConsumerGroupState, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from producers.publisher import ConsentPublisher
+from schemas.errors import PublishError
+from schemas.events import (
+    ConsentChanged,
+    ConsentDecision,
+    ConsentEvent,
+    DataShared,
+    DeletionRequested,
+    DeletionScope,
+    Payload,
+)
+from schemas.policy import Policy
+from schemas.settings import Settings
+from streams.demo_processes import Child, Children, http_get
+from streams.demo_requests import RequestTracker
+from streams.demo_summary import ACKS, INSTRUCTIONS, WarmupReport, processed
+from streams.latency import Samples
+
+__all__ = ["PROBE_SOURCE", "Warmup", "assigned", "probe_events"]
+
+log = logging.getLogger(__name__)
+
+PROBE_SOURCE: Final = "consent-stream.demo"
+PROBE_PURPOSE: Final = "marketing_sms"  # opt-out: granting it sends no instruction
+STEP_TIMEOUT_S: Final = 120.0
+MAX_ROUNDS: Final = 4
+SUBJECTS_PER_PARTITION: Final = 4  # per round: a topic misses a partition at ~2 % (3 of them)
+_ADMIN_TIMEOUT_S: Final = 10.0
+
+Partition = tuple[str, int]
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def probe_events(
+    policy: Policy, subject: str, now_ms: int, new_id: Callable[[], str] = _new_id
+) -> tuple[list[ConsentEvent], str]:
+    """One probe subject's events, in event-time order, and its deletion request id."""
+    request_id = new_id()
+    payloads: list[Payload] = [
+        ConsentChanged(PROBE_PURPOSE, ConsentDecision.GRANTED, policy.notice_version, "demo-probe"),
+        *(
+            DataShared(name, tuple(sorted(p.receives)), MappingProxyType({"probe_ref": name}))
+            for name, p in sorted(policy.partners.items())
+        ),
+        DeletionRequested(request_id, DeletionScope.ACCOUNT, "demo warm-up probe"),
+    ]
+    start = now_ms - len(payloads)
+    events = [
+        ConsentEvent(new_id(), subject, start + i, PROBE_SOURCE, payload)
+        for i, payload in enumerate(payloads)
+    ]
+    return events, request_id
+
+
+def assigned(description: Any, members: int) -> set[Partition]:
+    """The partitions a consumer group holds once it is stable with ``members`` members."""
+    if description.state != ConsumerGroupState.STABLE or len(description.members) != members:
+        return set()
+    return {
+        (tp.topic, tp.partition)
+        for m in description.members
+        if m.assignment is not None
+        for tp in m.assignment.topic_partitions
+    }
+
+
+class Warmup:
+    """One warm-up; ``run`` returns its report, or why it failed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        children: Children,
+        workers: Sequence[Child],
+        publisher: ConsentPublisher,
+        redis: Any,
+        snapshot: Callable[[], Samples],
+    ) -> None:
+        self.settings, self.policy, self.children = settings, policy, children
+        self.workers, self.publisher, self.snapshot = workers, publisher, snapshot
+        self.admin = AdminClient(settings.admin_config())
+        self.redis = redis
+        self.tracker = RequestTracker(redis, settings.redis_prefix, ())
+        self.partitions: dict[str, int] = {}
+        self.events: Counter[str] = Counter()
+        self.subjects = 0
+        self._token = uuid.uuid4().hex[:8]
+
+    def run(self, started: float) -> tuple[WarmupReport | None, str | None]:
+        wait = self.children.wait_until
+        failure = wait(self._answering, STEP_TIMEOUT_S, "the children to answer")
+        answering = time.monotonic() - started
+        failure = failure or wait(self._leaders, STEP_TIMEOUT_S, "the topics' leaders")
+        failure = failure or wait(self._groups, STEP_TIMEOUT_S, "the consumer groups")
+        joined = time.monotonic() - started
+        if failure is not None:
+            return None, failure
+        rounds, empty, failure = self._probe()
+        if failure is not None:
+            return None, failure
+        report = WarmupReport(
+            answering,
+            joined,
+            time.monotonic() - started,
+            rounds,
+            self.subjects,
+            sum(self.events.values()),
+            len(self.policy.partners),
+            tuple(f"{t}[{p}]" for t, p in empty),
+        )
+        return report, None
+
+    def _probe(self) -> tuple[int, list[Partition], str | None]:
+        """Probe rounds until every partition a worker or partner reads carried a record."""
+        rounds, empty = 0, self._read_partitions()
+        while empty and rounds < MAX_ROUNDS:
+            rounds += 1
+            failure = self._round(SUBJECTS_PER_PARTITION * max(self.partitions.values()))
+            if failure is not None:
+                return rounds, empty, failure
+            empty = self._empty(empty)
+            log.debug("warm-up round %d: %d partitions without a record", rounds, len(empty))
+        return rounds, empty, None
+
+    def _answering(self) -> bool:
+        answers = (
+            http_get(c.port, "/healthz" if c in self.workers else "/metrics", 2.0)[0]
+            for c in self.children.items
+        )
+        return all(status == 200 for status in answers)
+
+    def _leaders(self) -> bool:
+        """Every topic of the run exists, each partition with a leader (``partitions`` set)."""
+        wanted = list(self.settings.topics.specs(self.policy.partners))
+        try:
+            topics = self.admin.list_topics(timeout=_ADMIN_TIMEOUT_S).topics
+        except KafkaException as exc:
+            log.debug("no topic metadata yet: %s", exc)
+            return False
+        for name in wanted:
+            meta = topics.get(name)
+            if meta is None or meta.error is not None or not meta.partitions:
+                return False
+            if any(p.leader < 0 or p.error is not None for p in meta.partitions.values()):
+                return False
+            self.partitions[name] = len(meta.partitions)
+        return True
+
+    def _reads(self) -> dict[str, tuple[int, list[str]]]:
+        """Consumer group -> (members, topics it reads)."""
+        t, partners = self.settings.topics, sorted(self.policy.partners)
+        groups = {
+            self.settings.app_id: (
+                len(self.workers),
+                [t.events, t.ledger, *(t.acks(p) for p in partners)],
+            )
+        }
+        groups.update({t.partner_group(p): (1, [t.instructions(p)]) for p in partners})
+        return groups
+
+    def _spread(self, topics: Iterable[str]) -> set[Partition]:
+        return {(topic, p) for topic in topics for p in range(self.partitions[topic])}
+
+    def _read_partitions(self) -> list[Partition]:
+        return sorted(set().union(*(self._spread(ts) for _, ts in self._reads().values())))
+
+    def _groups(self) -> bool:
+        reads = self._reads()
+        try:
+            described = self.admin.describe_consumer_groups(
+                list(reads), request_timeout=_ADMIN_TIMEOUT_S
+            )
+            return all(
+                self._spread(reads[group][1]) <= assigned(future.result(), reads[group][0])
+                for group, future in described.items()
+            )
+        except KafkaException as exc:
+            log.debug("consumer groups not described yet: %s", exc)
+            return False
+
+    def _round(self, subjects: int) -> str | None:
+        now = int(time.time() * 1000)
+        events: list[ConsentEvent] = []
+        requests: list[str] = []
+        for _ in range(subjects):
+            self.subjects += 1
+            subject = f"demo-probe-{self._token}-{self.subjects}"
+            more, request_id = probe_events(self.policy, subject, now)
+            events += more
+            requests.append(request_id)
+        try:
+            self.publisher.publish_many(events)
+        except PublishError as exc:
+            return f"the warm-up probes were not acknowledged by Kafka: {exc}"
+        self.events.update(e.type.value for e in events)
+        followed = [*self.tracker.ids, *requests]
+        self.tracker = RequestTracker(self.redis, self.settings.redis_prefix, followed)
+        return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up probes")
+
+    def _through(self) -> bool:
+        """Every probe processed, every instruction acknowledged, every request final."""
+        samples = self.snapshot()
+        return (
+            processed(samples) >= sum(self.events.values())
+            and samples.total(INSTRUCTIONS) == samples.total(ACKS)
+            and self.tracker.final_count() == self.tracker.total
+        )
+
+    def _empty(self, partitions: Sequence[Partition]) -> list[Partition]:
+        """Those of ``partitions`` that hold no record yet."""
+        end = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in confluent-kafka
+        latest = self.admin.list_offsets(
+            {TopicPartition(t, p): end for t, p in partitions},
+            request_timeout=_ADMIN_TIMEOUT_S,
+        )
+        try:
+            return sorted(
+                (tp.topic, tp.partition)
+                for tp, future in latest.items()
+                if future.result().offset <= 0
+            )
+        except KafkaException as exc:  # asked again after the next round
+            log.warning("could not read the end offsets of the warm-up topics: %s", exc)
+            return list(partitions)
