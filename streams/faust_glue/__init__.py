@@ -10,6 +10,10 @@ limitation and says how to tell when it can go:
     bookkeeping then commits past them (faust-streaming issue 596): events were lost
     through a crash. Can go when a SIGKILL test without ``RedeliveringConsumer`` keeps
     every event (``test_without_the_fix_faust_would_drop_them`` shows the defect).
+    Also seeks the source partitions again once a rebalance has resumed the flow (Faust
+    clears the agents' queues on resume, after its own seek, and aiokafka does not move a
+    partition with nothing committed): a record fetched during the rebalance was lost
+    until a later record of its partition came (``test_worker_start.py``).
 ``batches``
     ``Stream.take_events`` only yields on a timer or a full buffer and acknowledges the
     buffer when resumed, not when the caller's effects are done. Uses the agent channel's

@@ -102,3 +102,85 @@ def test_records_in_order_pass_untouched(consumer: RedeliveringConsumer) -> None
     handed = drain(consumer, [(acks, 0), (acks, 1), (acks, 2)])
     assert handed == [(acks.topic, 0), (acks.topic, 1), (acks.topic, 2)]
     assert consumer.rewinds == 0
+
+
+# -- after a rebalance: every source partition sought, once the queues are cleared ---------
+
+
+class FakeFetcher:
+    def __init__(self) -> None:
+        self.sought: dict[Any, int] = {}
+
+    def seek_to(self, tp: Any, offset: int) -> None:
+        self.sought[tp] = offset
+
+
+def test_aiokafka_does_not_move_a_partition_with_nothing_committed() -> None:
+    """The upstream defect: ``seek_to_committed`` seeks only offsets above 0."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    committed = {TopicPartition("e", 0): None, TopicPartition("e", 1): 0, TopicPartition("e", 2): 7}
+    consumer: Any = AIOKafkaConsumer.__new__(AIOKafkaConsumer)
+    consumer._fetcher = FakeFetcher()
+
+    class Subscription:
+        def assigned_partitions(self) -> set[Any]:
+            return set(committed)
+
+    async def committed_offset(tp: Any) -> int | None:
+        return committed[tp]
+
+    consumer._subscription = Subscription()
+    consumer.committed = committed_offset
+    result = asyncio.run(AIOKafkaConsumer.seek_to_committed(consumer))
+    assert result == committed
+    assert consumer._fetcher.sought == {TopicPartition("e", 2): 7}  # 0 and None: not moved
+
+
+def test_faust_clears_the_agents_queues_when_the_flow_resumes() -> None:
+    """The other half: what was queued before ``resume`` is dropped by it."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    flow = FlowControlEvent()
+    queue: FlowControlQueue[int] = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    queue.put_nowait(1)
+    flow.resume()
+    assert queue.empty()
+
+
+def test_uncommitted_partitions_seek_to_start(consumer: RedeliveringConsumer) -> None:
+    events, acks = TP("ns.consent.events.v1", 0), TP("ns.partner.ads.acks.v1", 1)
+    later, changelog = TP("ns.consent.events.v1", 2), TP("app-consent-subjects-changelog", 0)
+    committed = {events: None, acks: 0, later: 7, changelog: None}
+    sought: list[dict[Any, int]] = []
+
+    class Thread:
+        async def seek_to_committed(self) -> dict[Any, Any]:
+            return committed
+
+        async def seek_wait(self, partitions: dict[Any, int]) -> None:
+            sought.append(dict(partitions))
+
+    consumer._thread = Thread()  # type: ignore[assignment]
+    assert asyncio.run(consumer.seek_to_committed()) == committed
+    assert sought == [{events: 0, acks: 0}]  # changelogs are Faust's
+
+
+def test_a_resumed_flow_after_a_rebalance_seeks_again(consumer: RedeliveringConsumer) -> None:
+    seeks: list[str] = []
+
+    async def perform_seek() -> None:
+        seeks.append("seek")
+
+    async def scenario(in_recovery: bool) -> None:
+        consumer.app.in_recovery = in_recovery
+        consumer.resume_flow()
+        await asyncio.sleep(0.01)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(consumer, "perform_seek", perform_seek)
+        asyncio.run(scenario(in_recovery=True))  # changelogs being read: not yet
+        assert seeks == [] and consumer.reseeks == 0
+        asyncio.run(scenario(in_recovery=False))
+    assert seeks == ["seek"] and consumer.reseeks == 1
+    assert consumer.flow_active
