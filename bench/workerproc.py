@@ -6,6 +6,7 @@ Faust app id (and so its consumer group and changelog topics), the Redis key pre
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import uuid
@@ -107,6 +108,11 @@ class WorkerProcess:
     def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return http_get(self.http_port, path, timeout_s)
 
+    def seen(self, subject_id: str) -> bool:
+        """The consent store holds a state of ``subject_id``."""
+        status, body = self.http_get(f"/consent/{subject_id}")
+        return status == 200 and json.loads(body).get("seen") is True
+
     def metrics(self) -> Samples:
         status, body = self.http_get("/metrics")
         if status != 200:
@@ -142,9 +148,7 @@ class WorkerProcess:
         event = ConsentEvent(str(uuid.uuid4()), probe, int(time.time() * 1000), "bench", payload)
         with ConsentPublisher(self.settings, policy) as publisher:
             publisher.publish(event)
-        self._poll(
-            lambda: self.http_get(f"/consent/{probe}")[0] == 200, started + timeout_s, "probe"
-        )
+        self._poll(lambda: self.seen(probe), started + timeout_s, "probe")
         # the store is written in the batch's first wave, the event counted when it is done
         self._poll(lambda: self.events_total() >= 1, started + timeout_s, "probe counted")
         return time.monotonic() - started

@@ -235,6 +235,9 @@ def view_from_hash(policy: Policy, raw: Mapping[Any, Any]) -> dict[str, Any]:
             apps.append({"app_id": name[len("app:") :], "revoked_at": int(value)})
     version = fields.get(VERSION_FIELD)
     return {
+        # a subject the store never saw has the policy's defaults, the same answers as
+        # ``is_allowed``; "seen" says which it is
+        "seen": version is not None,
         "version": int(version) if version is not None else None,
         "closed": closed is not None,
         "closed_at": int(closed) if closed is not None else None,

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from schemas.client_errors import kafka_error
 from schemas.cloudevents import ce_headers
 from schemas.contracts import CONSENT_EVENT
-from schemas.errors import PublishError
+from schemas.errors import ConfigurationError, ContractError, PublishError, UnknownTopicError
 from schemas.events import ConsentEvent
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
@@ -38,6 +39,7 @@ class KafkaProducer(Protocol):
     def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
     def poll(self, timeout: float) -> int: ...
     def flush(self, timeout: float) -> int: ...
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
 
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
@@ -83,10 +85,11 @@ class ConsentPublisher:
         return int(self._clock() * 1000)
 
     def prepare(self, event: ConsentEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-        """Validate and encode: (key, value, headers). Raises on invalid input."""
+        """Validate and encode: (key, value, headers). Raises on invalid input, and with
+        ``OversizedRecordError`` for a record larger than the worker would accept."""
         now = self._now_ms()
         validate_event(event, self._policy, now)
-        value = self._serde.encode(event, self._topic)
+        value = self._serde.check_size(self._serde.encode(event, self._topic))
         headers = ce_headers(
             event_id=event.event_id,
             event_type=event.type.value,
@@ -98,6 +101,23 @@ class ConsentPublisher:
             published_at_ms=now,
         )
         return event.subject_id.encode("utf-8"), value, headers
+
+    def check_topic(self, timeout_s: float = 10.0) -> None:
+        """The broker answers and the inbound topic exists, or ``BrokerUnavailableError``,
+        ``UnknownTopicError``, ``AccessDeniedError`` (before a batch, not after it)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            meta = self._producer.list_topics(self._topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"topic {self._topic}") from exc
+        topic = meta.topics.get(self._topic)
+        error = None if topic is None else topic.error
+        refused = None if error is None else kafka_error(error, f"topic {self._topic}")
+        if topic is None or isinstance(refused, UnknownTopicError):
+            raise UnknownTopicError(f"Kafka: topic {self._topic} does not exist")
+        if refused is not None:
+            raise refused
 
     def publish_async(
         self, event: ConsentEvent, on_delivery: DeliveryCallback | None = None
@@ -121,6 +141,8 @@ class ConsentPublisher:
         self._produce(key, value, headers, delivered)
 
     def _produce(self, key: bytes, value: bytes, headers: Any, cb: Any) -> None:
+        from confluent_kafka import KafkaException
+
         while True:
             try:
                 self._producer.produce(
@@ -129,6 +151,11 @@ class ConsentPublisher:
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve callbacks, then retry
+            except KafkaException as exc:  # refused by librdkafka before anything was sent
+                error = kafka_error(exc, f"record of {len(value):,} bytes not sent")
+                if isinstance(error, ContractError | ConfigurationError):
+                    raise error from exc
+                raise PublishError(str(error)) from exc
 
     def publish(self, event: ConsentEvent, timeout_s: float = 30.0) -> DeliveryReceipt:
         """Validate, send, and return once the broker acknowledged (or raise PublishError)."""

@@ -4,7 +4,9 @@
 
     ConsentStreamError                  every error this project raises
     ├── ConfigurationError              bad settings; raised at start-up, never retried
-    │   └── PolicyError                 the policy file is malformed (names the key)
+    │   ├── PolicyError                 the policy file is malformed (names the key)
+    │   ├── UnknownTopicError           a topic of the contract does not exist
+    │   └── AccessDeniedError           the broker refused the credentials or the operation
     ├── ContractError                   a record or event breaks the contract (bad input)
     │   ├── DecodeError                 bytes that cannot be decoded
     │   │   ├── TruncatedRecordError    shorter than its framing says
@@ -16,6 +18,7 @@
     │   └── OversizedRecordError        larger than the configured maximum
     └── TransientError                  retriable: the operation may succeed later
         ├── PublishError                the broker did not acknowledge a record
+        ├── BrokerUnavailableError      the Kafka broker did not answer
         └── StoreUnavailableError       the consent store (Redis) did not answer
 
 Every error carries a short machine-readable ``reason`` (used in dead-letter headers and
@@ -25,6 +28,8 @@ metric labels) and ``retriable`` says whether trying again can help.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
+    "BrokerUnavailableError",
     "ConfigurationError",
     "ConsentStreamError",
     "ContractError",
@@ -39,6 +44,7 @@ __all__ = [
     "TruncatedRecordError",
     "UnknownPurposeError",
     "UnknownSchemaError",
+    "UnknownTopicError",
     "ValidationError",
 ]
 
@@ -69,6 +75,18 @@ class PolicyError(ConfigurationError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"policy: {key}: {problem}")
         self.key = key
+
+
+class UnknownTopicError(ConfigurationError):
+    """A topic the command needs does not exist (created by ``make stack`` or the worker)."""
+
+    reason = "unknown_topic"
+
+
+class AccessDeniedError(ConfigurationError):
+    """The broker refused the client's credentials or one of its operations (ACLs)."""
+
+    reason = "access_denied"
 
 
 class ContractError(ConsentStreamError):
@@ -140,6 +158,12 @@ class PublishError(TransientError):
     """The broker did not acknowledge a record."""
 
     reason = "publish_failed"
+
+
+class BrokerUnavailableError(TransientError):
+    """The Kafka broker did not answer (down, unreachable, or not started yet)."""
+
+    reason = "broker_unavailable"
 
 
 class StoreUnavailableError(TransientError):

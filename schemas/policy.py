@@ -219,7 +219,8 @@ def _partners(r: _Reader, policy: dict[str, Any]) -> dict[str, Partner]:
             "apps",
             "deadlines",
         )
-        retention = t.raw.get("retention")
+        # a string when present (a list here once made a TypeError: found by fuzzing)
+        retention = t.string("retention") if "retention" in t.raw else None
         if retention is not None and retention not in policy["retention"]:
             raise PolicyError(t.path("retention"), f"unknown retention rule {retention!r}")
         out[name] = Partner(

@@ -72,7 +72,8 @@ def _read_body(body: bytes, writer: dict[str, Any], reader: dict[str, Any]) -> d
         rec = schemaless_reader(buf, writer, reader)
     except (EOFError, StopIteration, IndexError) as exc:
         raise TruncatedRecordError(f"record body ends early: {exc!r}") from exc
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, OverflowError) as exc:
+        # OverflowError: a timestamp-millis out of datetime's range (found by fuzzing)
         raise SchemaMismatchError(f"record body does not match its schema: {exc!r}") from exc
     if buf.tell() != len(body):
         raise SchemaMismatchError(f"{len(body) - buf.tell()} bytes left after the record")
@@ -147,10 +148,22 @@ class AvroSerde:
 
     # -- decoding ------------------------------------------------------------------------
 
+    @property
+    def max_record_bytes(self) -> int:
+        return self._max
+
+    def check_size(self, data: bytes) -> bytes:
+        """``data`` if it is within the record size limit (what every decoder accepts)."""
+        if len(data) > self._max:
+            raise OversizedRecordError(
+                f"record of {len(data):,} bytes exceeds the maximum of {self._max:,} bytes "
+                "(CONSENT_STREAM_MAX_RECORD_BYTES)"
+            )
+        return data
+
     def decode(self, data: bytes, topic: str = "") -> Contracted:
         """Decode a frame of either wire format into its domain object."""
-        if len(data) > self._max:
-            raise OversizedRecordError(f"record of {len(data)} bytes exceeds {self._max}")
+        self.check_size(data)
         fmt = wire_format_of(data)
         if fmt == "single-object":
             return self._decode_single_object(data)

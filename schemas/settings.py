@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from schemas.errors import ConfigurationError
-from schemas.topics import TopicNames
+from schemas.topics import TopicNames, record_limits
 
 __all__ = ["ENV_PREFIX", "Secret", "Settings"]
 
@@ -135,7 +135,7 @@ class Settings:
             "max.in.flight.requests.per.connection": 5,
             "linger.ms": 5,
             "compression.type": "lz4",
-            "message.max.bytes": self.max_record_bytes + 65_536,
+            "message.max.bytes": record_limits(self.max_record_bytes)[0],
             **overrides,
         }
 

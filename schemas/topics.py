@@ -11,9 +11,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["TopicNames"]
+__all__ = ["RECORD_HEADROOM_BYTES", "TopicNames", "record_limits"]
 
 _COMPACT = {"cleanup.policy": "compact"}
+
+RECORD_HEADROOM_BYTES = 65_536
+"""Room beyond a record's value limit (``max_record_bytes``) for its key and headers."""
+
+
+def record_limits(max_record_bytes: int) -> tuple[int, int]:
+    """(events, dead letters): the largest records, key and headers included, that the
+    inbound topic and the dead-letter topic must accept (a dead letter is an inbound
+    record plus the reason headers). Producers and topics are configured from these."""
+    events = max_record_bytes + RECORD_HEADROOM_BYTES
+    return events, events + RECORD_HEADROOM_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +72,18 @@ class TopicNames:
             return topic[len(prefix) : -len(suffix)] or None
         return None
 
-    def specs(self, partners: Iterable[str]) -> dict[str, dict[str, str]]:
+    def names(self, partners: Iterable[str]) -> list[str]:
+        """Every topic of the service."""
+        return list(self.specs(partners, 0))
+
+    def specs(self, partners: Iterable[str], max_record_bytes: int) -> dict[str, dict[str, str]]:
         """Every topic of the service with its configuration overrides."""
+        events, deadletters = record_limits(max_record_bytes)
         specs: dict[str, dict[str, str]] = {
-            self.events: {},
+            self.events: {"max.message.bytes": str(events)},
             self.state: dict(_COMPACT),
             self.requests: dict(_COMPACT),
-            self.deadletter: {},
+            self.deadletter: {"max.message.bytes": str(deadletters)},
             self.ledger: {},
         }
         for partner in sorted(partners):

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from schemas.errors import ConfigurationError, ConsentStreamError
+from schemas.client_errors import EXIT_INTERRUPTED, exit_code, project_error
+from schemas.errors import ConfigurationError
 from schemas.policy import Policy, load_policy
 from schemas.settings import Settings
 
@@ -23,8 +24,12 @@ def _publish(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
     from producers.publish_command import publish_lines
     from producers.publisher import ConsentPublisher
 
-    stream: TextIO = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    try:
+        stream: TextIO = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {args.file}: {exc.strerror}") from exc
     with stream, ConsentPublisher(settings, policy) as publisher:
+        publisher.check_topic()
         report = publish_lines(stream, publisher, sys.stderr, progress=not args.quiet)
     print(
         f"published {report.delivered} of {report.read} events "
@@ -154,11 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = load_policy(settings.policy_path)
         handler: Command = args.handler
         return handler(args, settings, policy)
-    except ConsentStreamError as exc:
-        print(f"consent-stream: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # operational errors: one line and an exit code, no traceback
+        error = project_error(exc)
+        if error is None:
+            raise
+        message = " ".join(str(error).split())
+        print(f"consent-stream: {error.reason}: {message}", file=sys.stderr)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

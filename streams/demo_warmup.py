@@ -164,7 +164,7 @@ class Warmup:
 
     def _leaders(self) -> bool:
         """Every topic of the run exists, each partition with a leader (``partitions`` set)."""
-        wanted = list(self.settings.topics.specs(self.policy.partners))
+        wanted = self.settings.topics.names(self.policy.partners)
         try:
             topics = self.admin.list_topics(timeout=_ADMIN_TIMEOUT_S).topics
         except KafkaException as exc:

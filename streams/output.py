@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError, Producer
 from schemas.cloudevents import Headers
 from schemas.errors import PublishError
 from schemas.settings import Settings
+from schemas.topics import record_limits
 
 __all__ = ["KafkaOutputs", "OutputProducer", "Outputs", "output_producer_config"]
 
@@ -56,13 +57,15 @@ class Outputs(Protocol):
 def output_producer_config(settings: Settings, name: str) -> dict[str, Any]:
     """The worker's producer: idempotent, acks=all (``Settings.producer_config``), the
     Java client's key partitioner (the placement Faust's producer used before), and no
-    extra wait before a request goes out (a batch's records are produced together)."""
+    extra wait before a request goes out (a batch's records are produced together); its
+    records may be as large as a dead letter (an inbound record plus the reason)."""
     return settings.producer_config(
         **{
             "client.id": f"{settings.client_id}-{name}",
             "partitioner": "murmur2_random",
             "linger.ms": 1,
             "socket.nagle.disable": True,
+            "message.max.bytes": record_limits(settings.max_record_bytes)[1],
         }
     )
 

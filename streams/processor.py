@@ -106,7 +106,7 @@ class EventProcessor:
             r, exc = rejected.record, rejected.error
             dl = DeadLetter(exc.reason, str(exc), r.topic, r.partition, r.offset, now)
             headers = deadletter_headers(r.headers, dl)
-            outputs.send(self._topics.deadletter, r.key or b"", r.value, headers)
+            outputs.send(self._topics.deadletter, r.key, r.value, headers)  # as it came
         await asyncio.gather(
             outputs.delivered(),
             wait_out_store_outages(lambda: self._store.apply_states(views), self._metrics),

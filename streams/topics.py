@@ -20,7 +20,9 @@ def ensure_topics(settings: Settings, policy: Policy, timeout_s: float = 30.0) -
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [
         NewTopic(name, settings.partitions, settings.replication_factor, config=config)
-        for name, config in settings.topics.specs(policy.partners).items()
+        for name, config in settings.topics.specs(
+            policy.partners, settings.max_record_bytes
+        ).items()
         if name not in existing
     ]
     if not missing:

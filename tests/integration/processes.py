@@ -283,7 +283,7 @@ class WorkerProcess:
                 )
             )
         left = max(1.0, deadline - time.monotonic())
-        self.poll(lambda: self.http_status(f"/consent/{probe}") == 200, left, "the probe event")
+        self.poll(lambda: self.seen(probe), left, "the probe event")
         # the store is written in the batch's first wave, the event counted once the batch
         # is done: ready means counted too
         left = max(1.0, deadline - time.monotonic())
@@ -314,6 +314,11 @@ class WorkerProcess:
     def get_json(self, path: str) -> tuple[int, Any]:
         status, body = self.http_get(path)
         return status, (json.loads(body) if body else None)
+
+    def seen(self, subject_id: str) -> bool:
+        """The consent store holds a state of ``subject_id`` (GET /consent answers "seen")."""
+        status, view = self.get_json(f"/consent/{subject_id}")
+        return status == 200 and view.get("seen") is True
 
     def metrics(self) -> Metrics:
         status, body = self.http_get("/metrics")

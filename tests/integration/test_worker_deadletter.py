@@ -43,7 +43,7 @@ def worker(worker_factory: WorkerFactory) -> WorkerProcess:
 class Sent:
     name: str
     reason: str
-    key: bytes
+    key: bytes | None
     value: bytes
     partition: int = -1
     offset: int = -1
@@ -104,6 +104,7 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
         Sent("truncated", "truncated", key, valid[:-7]),
         Sent("oversized", "oversized", key, valid + b"\0" * MAX_RECORD_BYTES),
         Sent("key-mismatch", "key_mismatch", b"someone-else@example.com", valid),
+        Sent("no-key", "key_mismatch", None, valid),  # dead-lettered with no key, as it came
     ]
     good = consent_changed(subject, "personalized_ads", granted=False)
     before = worker.metrics()

@@ -1,7 +1,8 @@
 """The worker's HTTP API and the CLI's read commands, against a running worker.
 
-GET /healthz, /metrics, /consent/{subject}, /requests/{id} (404 with a JSON body for
-unknown ids), and ``consent-stream check | status | report | replay`` as subprocesses.
+GET /healthz, /metrics, /consent/{subject} (an unseen subject: the policy's defaults,
+``"seen": false``), /requests/{id} (404 with a JSON body for unknown ids), and
+``consent-stream check | status | report | replay`` as subprocesses.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -83,19 +85,32 @@ def test_healthz_and_metrics(worker: WorkerProcess) -> None:
     assert worker.metric("consent_events_total", type="consent.changed", outcome="applied") >= 1
 
 
-def test_consent_view_of_a_subject_and_404_for_unknown(worker: WorkerProcess) -> None:
+def test_consent_view_of_a_subject(worker: WorkerProcess) -> None:
     subject = new_subject()
     _publish(worker, consent_changed(subject, "marketing_sms", False))
-    status, view = worker.poll(
-        lambda: ((r := worker.get_json(f"/consent/{subject}"))[0] == 200 and r) or None,
-        30,
-        "consent view",
-    )
+    worker.poll(lambda: worker.seen(subject), 30, "consent view")
+    status, view = worker.get_json(f"/consent/{subject}")
+    assert status == 200 and view["seen"] is True
     assert view["purposes"]["marketing_sms"]["allowed"] is False
     assert view["purposes"]["personalized_recommendation"]["allowed"] is True  # opt-out default
     assert view["purposes"]["research_sharing"]["allowed"] is False  # opt-in default
-    status, body = worker.get_json(f"/consent/{new_subject('never-seen')}")
-    assert status == 404 and body["error"] == "unknown subject"
+    _same_answers_as_check(worker, subject, view)
+
+
+def test_an_unseen_subject_gets_the_defaults_check_answers(worker: WorkerProcess) -> None:
+    """One question, one answer: the HTTP view and ``check`` agree on an unseen subject."""
+    subject = new_subject("never-seen")
+    status, view = worker.get_json(f"/consent/{subject}")
+    assert status == 200 and view["seen"] is False and view["version"] is None
+    assert all(p["default"] for p in view["purposes"].values())
+    _same_answers_as_check(worker, subject, view)
+
+
+def _same_answers_as_check(worker: WorkerProcess, subject: str, view: dict[str, Any]) -> None:
+    for purpose, answer in view["purposes"].items():
+        check = _cli(worker, "check", subject, purpose)
+        expected = (0, "allowed") if answer["allowed"] else (1, "denied")
+        assert (check.returncode, check.stdout.strip()) == expected, purpose
 
 
 def test_request_view_and_404_for_unknown(worker: WorkerProcess) -> None:
@@ -113,7 +128,7 @@ def test_request_view_and_404_for_unknown(worker: WorkerProcess) -> None:
 def test_cli_check_exit_codes(worker: WorkerProcess) -> None:
     subject = new_subject()
     _publish(worker, consent_changed(subject, "personalized_ads", False))
-    worker.poll(lambda: worker.http_status(f"/consent/{subject}") == 200, 30, "store entry")
+    worker.poll(lambda: worker.seen(subject), 30, "store entry")
     denied = _cli(worker, "check", subject, "personalized_ads")
     assert (denied.returncode, denied.stdout.strip()) == (1, "denied")
     allowed = _cli(worker, "check", subject, "marketing_push")
@@ -158,7 +173,7 @@ def test_cli_replay_sends_current_state_to_a_partner_idempotently(worker: Worker
     withdrawn = [new_subject("replay") for _ in range(2)]
     _publish(worker, *(consent_changed(s, "personalized_ads", False) for s in withdrawn))
     for s in withdrawn:
-        worker.poll(lambda s=s: worker.http_status(f"/consent/{s}") == 200, 30, "store entry")
+        worker.poll(lambda s=s: worker.seen(s), 30, "store entry")
     refs = {Pseudonyms(worker.settings.subject_key).subject_ref("ads", s) for s in withdrawn}
     before = {i.instruction_id for i in _replayed(worker, refs)}
     first = _cli(worker, "replay", "--partner", "ads")

@@ -168,7 +168,7 @@ def test_view_of_a_closed_marker_and_of_nothing() -> None:
     assert (view["version"], view["closed"], view["closed_at"]) == (9, True, 77)
     assert all(not p["allowed"] and p["source"] == "closed" for p in view["purposes"].values())
     empty = view_from_hash(POLICY, {})
-    assert empty["version"] is None and empty["closed"] is False
+    assert empty["version"] is None and empty["closed"] is False and empty["seen"] is False
     assert all(p["default"] for p in empty["purposes"].values())
 
 

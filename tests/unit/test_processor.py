@@ -316,6 +316,7 @@ BAD_RECORDS = {
     "unknown-partner": (lambda: inbound(share("acme", ["behaviour"], {})), "unknown_partner"),
     "key-mismatch": (lambda: inbound(withdraw(), key=b"someone-else"), "key_mismatch"),
     "missing-key": (lambda: inbound(withdraw(), key=None), "key_mismatch"),
+    "empty-key": (lambda: inbound(withdraw(), key=b""), "key_mismatch"),
 }
 
 
@@ -328,7 +329,7 @@ def test_bad_record_goes_to_the_deadletter_topic(make: Any, reason: str) -> None
 
     (dl,) = h.outputs.sent
     assert dl.topic == DEADLETTER and dl.wave == 1 and dl.partition is None
-    assert dl.key == (record.key or b"") and dl.value == record.value
+    assert dl.key == record.key and dl.value == record.value  # a missing key stays missing
     headers = dict(dl.headers)
     assert headers["ce_id"] == b"original-ce-id"  # original headers kept
     assert headers["cs_dlq_reason"] == reason.encode()
