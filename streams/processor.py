@@ -3,10 +3,12 @@
 The batch's effects go out in three waves, each sent without awaiting its records and
 then awaited once (the ordering barriers):
 
-1. ledger tickets and dead letters on Kafka, and the consent store (one pipelined Redis
-   round trip); a ticket is on the ledger before its instructions exist, so no partner's
-   acknowledgement can reach the ledger before the ticket it answers;
-2. partner instructions and state records;
+1. ledger tickets, dead letters and state records on Kafka, and the consent store (one
+   pipelined Redis round trip); a ticket is on the ledger before its instructions exist, so
+   no partner's acknowledgement can reach the ledger before the ticket it answers; a state
+   record depends on nothing else, so it goes out beside the store write (publish ->
+   store does not wait for the instructions' wave);
+2. partner instructions;
 3. "dispatched" ledger entries and the changed subject states (table changelog).
 
 The subjects' states are written last, so a crash at any point leads to a redelivery
@@ -79,7 +81,7 @@ class EventProcessor:
         views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
         try:
             await self._store_and_tickets(batch, views, outputs)
-            await self._instructions_and_states(batch, views, outputs)
+            await self._instructions(batch, outputs)
             await self._dispatched_and_subjects(batch, subjects, outputs)
         except BaseException:
             subjects.discard()
@@ -101,6 +103,8 @@ class EventProcessor:
         self, batch: EventBatch, views: list[ConsentState], outputs: Outputs
     ) -> None:
         self._sender.send_ledger(outputs, batch.tickets)
+        for view in views:
+            self._sender.send_object(outputs, self._topics.state, view.subject_id, view)
         now = self._now()
         for rejected in batch.rejected:
             r, exc = rejected.record, rejected.error
@@ -120,16 +124,12 @@ class EventProcessor:
             for published in write.published:
                 observe(max(0, now - published) / 1000)
 
-    async def _instructions_and_states(
-        self, batch: EventBatch, views: list[ConsentState], outputs: Outputs
-    ) -> None:
+    async def _instructions(self, batch: EventBatch, outputs: Outputs) -> None:
         instructions = [ins for ins, _ in batch.instructions]
         if self._failpoint.armed("events.mid_instructions", len(instructions)):
             await self._stop_mid_instructions(batch, instructions, outputs)
         for ins in instructions:
             self._sender.send_instruction(outputs, ins)
-        for view in views:
-            self._sender.send_object(outputs, self._topics.state, view.subject_id, view)
         await outputs.delivered()
         now = self._now()
         m = self._metrics

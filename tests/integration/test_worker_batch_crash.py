@@ -1,5 +1,6 @@
 """A worker killed in the middle of a large batch: half of the batch's instructions are on
-the partners' topics, the rest, the state records and the subjects' states are not.
+the partners' topics (the state records and the store went out before them), the rest and
+the subjects' states are not.
 
 The worker runs with the ``events.mid_instructions`` failpoint (``streams.failpoint``):
 on the first batch with at least ``MIN_INSTRUCTIONS`` instructions it sends half of them,

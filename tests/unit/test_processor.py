@@ -371,6 +371,8 @@ def test_a_bad_record_does_not_hold_up_the_rest_of_its_batch() -> None:
 
 
 def test_withdrawal_effects_go_out_in_three_waves_then_the_table() -> None:
+    """Tickets and the state record beside the store write, then the instruction, then the
+    dispatched entry and the subject's state."""
     h = Harness()
     e = withdraw()
     (ins,) = expected_instructions(e)
@@ -378,10 +380,10 @@ def test_withdrawal_effects_go_out_in_three_waves_then_the_table() -> None:
     batch = h.run(inbound(e))
 
     assert batch.outcomes == [("consent.changed", Outcome.APPLIED)]
-    assert h.outputs.waves() == [[LEDGER], [ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, STATE], [ADS_INSTRUCTIONS], [LEDGER, CHANGELOG]]
     assert h.store.waves == [1]  # beside the tickets, before the instructions
     assert h.table.data.writes == [(KEY, 3)]  # once all three waves are delivered
-    opened, sent, state, dispatched, changelog = h.outputs.sent
+    opened, state, sent, dispatched, changelog = h.outputs.sent
 
     assert opened.partition == ledger_partition(ins.instruction_id, LEDGER_PARTITIONS)
     assert dispatched.partition == opened.partition
@@ -457,8 +459,8 @@ def test_account_deletion_opens_the_request_with_all_its_instructions() -> None:
     assert h.run(inbound(close_account())).outcomes == [("deletion.requested", Outcome.APPLIED)]
 
     assert h.outputs.waves() == [
-        [LEDGER],
-        [ADS_INSTRUCTIONS, LOGISTICS_INSTRUCTIONS, STATE],
+        [LEDGER, STATE],
+        [ADS_INSTRUCTIONS, LOGISTICS_INSTRUCTIONS],
         [LEDGER, CHANGELOG],
     ]
     assert instructions(h.outputs) == list(expected)
@@ -481,7 +483,7 @@ def test_deletion_without_lineage_opens_the_request_and_dispatches_nothing() -> 
 
     assert h.run(inbound(close_account())).outcomes == [("deletion.requested", Outcome.APPLIED)]
 
-    assert h.outputs.waves() == [[LEDGER], [STATE], [CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, STATE], [], [CHANGELOG]]
     ((_, opened),) = ledger_entries(h.outputs, 1)
     assert isinstance(opened, OpenEntry)
     assert opened.request is not None and opened.instructions == ()
@@ -498,8 +500,8 @@ def test_store_outage_is_retried_not_skipped(monkeypatch: pytest.MonkeyPatch) ->
 
     assert h.store.calls == 3 and len(h.store.writes) == 1
     assert h.metric("consent_store_write_retries_total") == 2
-    assert h.store.waves == [1]  # the instructions and state records waited for it
-    assert h.outputs.waves() == [[LEDGER], [ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.store.waves == [1]  # the instructions waited for it
+    assert h.outputs.waves() == [[LEDGER, STATE], [ADS_INSTRUCTIONS], [LEDGER, CHANGELOG]]
 
 
 @pytest.mark.parametrize(
@@ -589,7 +591,7 @@ def test_only_the_last_consent_state_of_a_subject_is_written_per_batch() -> None
     ]
     assert [mine, other] == [one_by_one.store.writes[2][0], one_by_one.store.writes[1][0]]
     state_records = h.outputs.on(STATE)
-    assert [(s.key, s.wave) for s in state_records] == [(KEY, 2), (OTHER.encode(), 2)]
+    assert [(s.key, s.wave) for s in state_records] == [(KEY, 1), (OTHER.encode(), 1)]
     assert [SERDE.decode_as(s.value or b"", ConsentState) for s in state_records] == [mine, other]
 
 
@@ -612,7 +614,7 @@ def test_a_failed_wave_leaves_the_table_unchanged_and_a_retry_redoes_every_effec
 
     assert h.run(record).outcomes == [("consent.changed", Outcome.APPLIED)]
 
-    assert h.outputs.waves() == [[LEDGER], [ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, STATE], [ADS_INSTRUCTIONS], [LEDGER, CHANGELOG]]
     assert h.state().version == 2 and h.state().seen(eid("withdraw"))
     assert h.metric("consent_events_total", type="consent.changed", outcome="applied") == 1
 
