@@ -26,11 +26,11 @@ from streams.faust_glue.batches import EventBatches, inbound
 from streams.faust_glue.tables import StagedTable
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import StreamMetrics
-from streams.output import OutputProducer
-from streams.processor import EventProcessor
+from streams.output import OutputProducer, Outputs
+from streams.processor import BatchTail, EventProcessor
 from streams.sequencer import Plan, SourceReader, SourceSequencer
 
-__all__ = ["WorkerParts", "create_app"]
+__all__ = ["WorkerParts", "create_app", "events_in_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,47 @@ async def _in_batches(
         await batches.ack(events)
 
 
+async def events_in_batches(
+    batches: EventBatches,
+    sequencer: SourceSequencer,
+    events: EventProcessor,
+    subjects: StagedTable,
+    outputs: Outputs,
+) -> None:
+    """The events agent's loop: like ``_in_batches``, but when more records are waiting a
+    batch's last wave (dispatched entries, subjects' states) is awaited with the next
+    batch's first, so under load one round trip per batch is saved; a lone batch is
+    settled at once. Records are acknowledged only once their batch is settled."""
+    behind: tuple[Plan, list[Any], BatchTail] | None = None
+    async for received in batches:
+        ahead = behind[0] if behind is not None else None
+        plan = await sequencer.plan([inbound(e) for e in received], ahead)
+        tail = await events.start_batch(plan.records, subjects, outputs) if plan.records else None
+        if behind is not None:  # delivered with this batch's first wave (if it had one)
+            await _settle(events, sequencer, batches, *behind, delivered=tail is not None)
+            behind = None
+        if tail is not None and batches.waiting():
+            behind = (plan, received, tail)
+        else:
+            await _settle(events, sequencer, batches, plan, received, tail)
+
+
+async def _settle(
+    events: EventProcessor,
+    sequencer: SourceSequencer,
+    batches: EventBatches,
+    plan: Plan,
+    received: list[Any],
+    tail: BatchTail | None,
+    *,
+    delivered: bool = False,
+) -> None:
+    if tail is not None:
+        await events.settle(tail, delivered=delivered)
+    sequencer.done(plan)
+    await batches.ack(received)
+
+
 def create_app(settings: Settings) -> faust.App:
     """The Faust app with its settings; agents are attached by ``attach_agents``.
 
@@ -161,11 +202,8 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
         outputs = out.outputs("events")
-
-        async def handle(plan: Plan) -> None:
-            await parts.events.handle_batch(plan.records, subjects, outputs)
-
-        await _in_batches(stream, in_order["events"], handle)
+        batches = EventBatches(stream, MAX_BATCH_RECORDS)
+        await events_in_batches(batches, in_order["events"], parts.events, subjects, outputs)
 
     @app.agent(acks, concurrency=1, name="partner-acknowledgements")
     async def partner_acknowledgements(stream: Any) -> None:

@@ -13,7 +13,10 @@ then awaited once (the ordering barriers):
 
 The subjects' states are written last, so a crash at any point leads to a redelivery
 that redoes every effect; every effect is idempotent (deterministic instruction ids,
-versioned store writes, tickets keyed by request or instruction).
+versioned store writes, tickets keyed by request or instruction). Under load the third
+wave of a batch is awaited together with the first wave of the next (``start_batch``,
+``settle``): the next batch is decided on the states the previous one staged, and a
+failure of either discards both, so both are processed again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import ValidationError
@@ -46,9 +50,19 @@ from streams.pseudonyms import Pseudonyms
 from streams.store_retry import wait_out_store_outages
 from streams.subject import state_to_json, to_consent_state
 
-__all__ = ["EventProcessor", "Inbound"]
+__all__ = ["BatchTail", "EventProcessor", "Inbound"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchTail:
+    """A batch whose last wave is sent and not yet awaited (``EventProcessor.settle``)."""
+
+    batch: EventBatch
+    subjects: StagedTable
+    sealed: object
+    outputs: Outputs
 
 
 class EventProcessor:
@@ -76,19 +90,39 @@ class EventProcessor:
         self, records: Sequence[Inbound], subjects: StagedTable, outputs: Outputs
     ) -> EventBatch:
         """Process a batch; every effect is on the broker (and in Redis) when it returns."""
+        return await self.settle(await self.start_batch(records, subjects, outputs))
+
+    async def start_batch(
+        self, records: Sequence[Inbound], subjects: StagedTable, outputs: Outputs
+    ) -> BatchTail:
+        """Decide the batch, carry out waves 1 and 2, send wave 3 (``settle`` awaits it).
+
+        Wave 1 waits for everything sent before it, so the wave 3 of a batch started
+        before this one (and not settled) is delivered once this returns."""
         fan = FanOut(self._policy, self._pseudonyms, self._now())
         batch = plan_batch(records, self._parse, subjects.get, fan)
         views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
         try:
             await self._store_and_tickets(batch, views, outputs)
             await self._instructions(batch, outputs)
-            await self._dispatched_and_subjects(batch, subjects, outputs)
+            self._send_dispatched_and_subjects(batch, subjects, outputs)
         except BaseException:
-            subjects.discard()
+            subjects.discard()  # and what earlier unsettled batches staged: all redone
             raise
-        subjects.commit()
-        self._count(batch)
-        return batch
+        return BatchTail(batch, subjects, subjects.seal(), outputs)
+
+    async def settle(self, tail: BatchTail, *, delivered: bool = False) -> EventBatch:
+        """Wave 3 is delivered (``delivered``: a later batch's wave 1 saw to it): the
+        subjects' states reach the table, the batch is counted."""
+        if not delivered:
+            try:
+                await tail.outputs.delivered()
+            except BaseException:
+                tail.subjects.discard()
+                raise
+        tail.subjects.commit(tail.sealed)
+        self._count(tail.batch)
+        return tail.batch
 
     def _parse(self, record: Inbound) -> ConsentEvent:
         event = self._serde.decode_as(record.value, ConsentEvent, record.topic)
@@ -156,14 +190,13 @@ class EventProcessor:
         }
         self._failpoint.hit(facts)
 
-    async def _dispatched_and_subjects(
+    def _send_dispatched_and_subjects(
         self, batch: EventBatch, subjects: StagedTable, outputs: Outputs
     ) -> None:
         at = self._now()
         self._sender.send_ledger(outputs, [(key, DispatchedEntry(at)) for key in batch.dispatched])
         for key, (partition, state) in batch.states.items():
             subjects.stage(outputs, partition, key, state_to_json(state))
-        await outputs.delivered()
 
     def _count(self, batch: EventBatch) -> None:
         events = self._metrics.events

@@ -14,7 +14,8 @@ turns each batch the stream delivers into the records to handle, in order:
 
 ``plan`` does not move the expected offsets; ``done`` does, once the batch's effects are
 acknowledged. A batch that fails is therefore read again (as missing records) by the
-next batch of its partitions.
+next batch of its partitions. A plan may follow one that is not done yet (``ahead``: the
+events agent decides a batch while the previous one's last wave is on its way).
 
 The first record of a partition after an assignment is compared with the consumer group's
 committed offset, which never passes a record that was not handled (commits follow the
@@ -119,12 +120,15 @@ class SourceSequencer:
         for tp in partitions:
             self._next.pop(tp, None)
 
-    async def plan(self, batch: Sequence[Inbound]) -> Plan:
-        """The records to handle for ``batch``: redeliveries out, missing records in."""
+    async def plan(self, batch: Sequence[Inbound], ahead: Plan | None = None) -> Plan:
+        """The records to handle for ``batch``: redeliveries out, missing records in.
+        ``ahead``: a plan handled but not ``done`` yet, which this one follows."""
         plan = Plan()
         for record in batch:
             tp = (record.topic, record.partition)
             expected = plan.next.get(tp)
+            if expected is None and ahead is not None:
+                expected = ahead.next.get(tp)
             if expected is None:
                 expected = self._next.get(tp)
             if expected is None:

@@ -21,11 +21,16 @@ __all__ = ["StagedTable"]
 
 
 class StagedTable:
-    """Reads from a Faust table's store; writes staged per batch (``stage``/``commit``)."""
+    """Reads from a Faust table's store; writes staged per batch (``stage``/``commit``).
+
+    A batch may be *sealed* (``seal``) before its changelog records are delivered, so the next
+    batch can be decided on top of it: reads see the newest staged value of a key, and
+    ``commit(sealed)`` applies that batch's writes (and any sealed before it) once delivered.
+    """
 
     def __init__(self, table: Any) -> None:
         self._table = table
-        self._staged: dict[bytes, tuple[int, bytes | None]] = {}
+        self._staged: list[dict[bytes, tuple[int, bytes | None]]] = [{}]  # oldest first
 
     @property
     def store(self) -> Any:
@@ -33,29 +38,46 @@ class StagedTable:
         return self._table.data
 
     def get(self, key: bytes) -> bytes | None:
-        staged = self._staged.get(key)
-        if staged is not None:
-            return staged[1]
+        for staged in reversed(self._staged):
+            entry = staged.get(key)
+            if entry is not None:
+                return entry[1]
         value: bytes | None = self._table.data.get(key)
         return value
 
     def stage(self, outputs: Outputs, partition: int, key: bytes, value: bytes | None) -> None:
         """Send the changelog record of ``key`` (``None``: deleted) with ``outputs``."""
         outputs.send(self.changelog_topic, key, value, None, partition)
-        self._staged[key] = (partition, value)
+        self._staged[-1][key] = (partition, value)
 
     @property
     def changelog_topic(self) -> str:
         name: str = self._table.changelog_topic.get_topic_name()
         return name
 
-    def commit(self) -> None:
-        """The staged changelog records are delivered: apply them to the local store."""
+    def seal(self) -> object:
+        """Close the writes staged so far (one batch's); later ones start a new set."""
+        sealed = self._staged[-1]
+        self._staged.append({})
+        return sealed
+
+    def commit(self, sealed: object | None = None) -> None:
+        """The staged changelog records are delivered: apply them to the local store (all,
+        or those up to and including ``sealed``)."""
+        if sealed is None:
+            done, self._staged = self._staged, [{}]
+        else:
+            index = next(i for i, staged in enumerate(self._staged) if staged is sealed)
+            done, self._staged = self._staged[: index + 1], self._staged[index + 1 :]
+        for staged in done:
+            self._apply(staged)
+
+    def _apply(self, staged: dict[bytes, tuple[int, bytes | None]]) -> None:
         store = self._table.data
         # the memory store forgets the keys of revoked partitions by this map; it is
         # filled by recovery only, so writes here keep it too
         partitions = getattr(store, "_key_partition", None)
-        for key, (partition, value) in self._staged.items():
+        for key, (partition, value) in staged.items():
             if value is None:
                 store.pop(key, None)
                 if partitions is not None:
@@ -64,8 +86,7 @@ class StagedTable:
                 store[key] = value
                 if partitions is not None:
                     partitions[key] = partition
-        self._staged.clear()
 
     def discard(self) -> None:
-        """The batch failed: forget what it staged."""
-        self._staged.clear()
+        """The batch failed: forget everything staged (sealed or not)."""
+        self._staged = [{}]

@@ -246,3 +246,18 @@ def test_plan_positions_are_the_next_offsets_under_position_keys() -> None:
         position_key((TOPIC, 2)): (2, b"4"),
     }
     assert position_key((TOPIC, 2)) == b"\x00next-offset:ns.consent.events.v1:2"
+
+
+def test_a_plan_follows_one_not_done_yet() -> None:
+    """The events agent decides a batch while the previous one's last wave is out: the
+    new plan starts where the previous plan ends, then both are done in order."""
+    reader = FakeReader(range(10), committed=0)
+    agent = Agent(reader)
+
+    first = agent.plan(0, 1, 2)
+    second = asyncio.run(agent.seq.plan([rec(3), rec(4)], first))
+
+    assert [r.offset for r in second.records] == [3, 4] and reader.reads == []
+    agent.seq.done(first)
+    agent.seq.done(second)
+    assert agent.seq.expected(TOPIC, 0) == 5

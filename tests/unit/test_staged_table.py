@@ -108,3 +108,31 @@ def test_discard_forgets_what_was_staged() -> None:
     assert (t.get(b"a"), t.get(b"b")) == (b"1", None)
     t.commit()
     assert store == {b"a": b"1"}
+
+
+def test_a_sealed_batch_is_read_by_the_next_and_committed_on_its_own() -> None:
+    t, store, out = table(a=b"0")
+    t.stage(out, 0, b"a", b"1")
+    first = t.seal()
+    assert t.get(b"a") == b"1"  # the next batch decides on top of the first
+    t.stage(out, 0, b"a", b"2")
+    t.stage(out, 0, b"b", b"2")
+    second = t.seal()
+
+    t.commit(first)
+    assert store == {b"a": b"1"} and t.get(b"a") == b"2"  # the second is still staged
+    t.commit(second)
+    assert store == {b"a": b"2", b"b": b"2"}
+
+
+def test_discard_forgets_sealed_batches_too() -> None:
+    t, store, out = table(a=b"0")
+    t.stage(out, 0, b"a", b"1")
+    t.seal()
+    t.stage(out, 0, b"a", b"2")
+
+    t.discard()
+
+    assert t.get(b"a") == b"0" and store == {b"a": b"0"}
+    t.commit()
+    assert store == {b"a": b"0"}
