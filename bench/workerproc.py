@@ -21,12 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers.publisher import ConsentPublisher
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.policy import Policy
-from schemas.settings import Settings
+from schemas.settings import Secret, Settings
 from streams.demo_processes import http_get
 
 __all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]
 
 Samples = list[tuple[str, dict[str, str], float]]
+BENCH_TOKEN = Secret(f"bench-{uuid.uuid4().hex}")  # the bench workers' HTTP bearer token
 
 
 def parse_metrics(text: str) -> Samples:
@@ -92,6 +93,7 @@ class WorkerProcess:
                 "CONSENT_STREAM_REDIS_PREFIX": s.redis_prefix,
                 "CONSENT_STREAM_HTTP_PORT": str(s.http_port),
                 "CONSENT_STREAM_DATA_DIR": s.data_dir,
+                "CONSENT_STREAM_HTTP_TOKENS": f"bench={BENCH_TOKEN.reveal().decode()}",
             }
         )
 
@@ -106,7 +108,7 @@ class WorkerProcess:
         self.process.stop(timeout_s)
 
     def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-        return http_get(self.http_port, path, timeout_s)
+        return http_get(self.http_port, path, timeout_s, BENCH_TOKEN)
 
     def seen(self, subject_id: str) -> bool:
         """The consent store holds a state of ``subject_id``."""

@@ -14,9 +14,10 @@ from typing import Any, Final
 from schemas.errors import ConfigurationError
 from schemas.topics import TopicNames, record_limits
 
-__all__ = ["ENV_PREFIX", "Secret", "Settings"]
+__all__ = ["ENV_PREFIX", "MIN_TOKEN_CHARS", "Secret", "Settings", "parse_tokens"]
 
 ENV_PREFIX: Final = "CONSENT_STREAM_"
+MIN_TOKEN_CHARS: Final = 16
 _DEV_KEY: Final = "consent-stream-local-development-key"
 
 
@@ -35,6 +36,39 @@ class Secret:
         return "Secret('**********')"
 
     __str__ = __repr__
+
+
+def parse_tokens(text: str, what: str = ENV_PREFIX + "HTTP_TOKENS") -> dict[str, Secret]:
+    """``name=token,name=token`` (commas or newlines) -> {name: token}; a clear error for a
+    missing name, a short token or a name given twice (never showing a token)."""
+    tokens: dict[str, Secret] = {}
+    for n, item in enumerate(text.replace("\n", ",").split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, token = item.partition("=")
+        name, token = name.strip(), token.strip()
+        if not sep or not name:
+            raise ConfigurationError(f"{what}: entry {n} is not name=token")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ConfigurationError(
+                f"{what}: the token of {name!r} is shorter than {MIN_TOKEN_CHARS} characters"
+            )
+        if name in tokens:
+            raise ConfigurationError(f"{what}: {name!r} is given twice")
+        tokens[name] = Secret(token)
+    return tokens
+
+
+def _metrics_token(env: Mapping[str, str]) -> Secret | None:
+    raw = env.get(ENV_PREFIX + "METRICS_TOKEN", "").strip()
+    if not raw:
+        return None
+    if len(raw) < MIN_TOKEN_CHARS:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}METRICS_TOKEN is shorter than {MIN_TOKEN_CHARS} characters"
+        )
+    return Secret(raw)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -64,6 +98,10 @@ class Settings:
     client_id: str = "consent-stream"
     http_port: int = 6066
     http_bind: str = "127.0.0.1"
+    http_tokens: Mapping[str, Secret] = field(default_factory=dict)
+    """Bearer tokens of the worker's personal-data endpoints, by caller name."""
+    metrics_token: Secret | None = None
+    """With one, ``/metrics`` needs it too."""
     data_dir: str = ".stack/worker"
     topic_namespace: str = ""
     app_id: str = "consent-stream"
@@ -99,6 +137,8 @@ class Settings:
             client_id=get("CLIENT_ID", _DEFAULT.client_id),
             http_port=_int(env, "HTTP_PORT", _DEFAULT.http_port),
             http_bind=get("HTTP_BIND", _DEFAULT.http_bind),
+            http_tokens=parse_tokens(env.get(ENV_PREFIX + "HTTP_TOKENS", "")),
+            metrics_token=_metrics_token(env),
             data_dir=get("DATA_DIR", _DEFAULT.data_dir),
             topic_namespace=get("TOPIC_NAMESPACE", ""),
             app_id=get("APP_ID", _DEFAULT.app_id),

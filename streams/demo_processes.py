@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from schemas.settings import ENV_PREFIX, Settings
+from schemas.settings import ENV_PREFIX, Secret, Settings
 
 __all__ = ["Child", "Children", "child_env", "command", "free_port", "http_get"]
 
@@ -61,11 +61,16 @@ def free_port() -> int:
         return port
 
 
-def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """(status, body) of ``http://127.0.0.1:PORT/PATH``; status 0 when nothing answers."""
-    url = f"http://127.0.0.1:{port}{path}"
+def http_get(
+    port: int, path: str, timeout_s: float = 5.0, token: Secret | None = None
+) -> tuple[int, bytes]:
+    """(status, body) of ``http://127.0.0.1:PORT/PATH`` (with ``token`` as the bearer
+    token); status 0 when nothing answers."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token.reveal().decode()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()

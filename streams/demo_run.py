@@ -220,7 +220,7 @@ class DemoRun:
         pages: list[str] = []
         for worker in self.workers:
             for attempt in range(attempts):
-                status, body = http_get(worker.port, "/metrics")
+                status, body = http_get(worker.port, "/metrics", token=self.settings.metrics_token)
                 if status == 200:
                     pages.append(body.decode("utf-8"))
                     break
@@ -283,7 +283,8 @@ class DemoRun:
         for w in self.workers:
             self.say(
                 f"  {w.name}: http://127.0.0.1:{w.port}/metrics, /consent/<subject>, "
-                "/requests/<request id>"
+                "/requests/<request id> (with Authorization: Bearer <a token of "
+                f"{ENV_PREFIX}HTTP_TOKENS>)"
             )
         self.say(
             f"  CLI: export {ENV_PREFIX}TOPIC_NAMESPACE={s.topic_namespace} "

@@ -71,7 +71,7 @@ def build_worker_app(settings: Settings, policy: Policy) -> faust.App:
     app = create_app(settings)
     parts = build_parts(app, settings, policy)
     attach_agents(app, settings, policy, parts)
-    attach_views(app, parts)
+    attach_views(app, parts, settings)
     return app
 
 

@@ -19,8 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +46,8 @@ from schemas.events import (
 )
 from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Settings
+from schemas.settings import Secret, Settings
+from streams.demo_processes import http_get
 
 __all__ = [
     "Metrics",
@@ -67,6 +66,8 @@ READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 80
 PROBE_PURPOSE = "marketing_sms"  # opt-out, no partner processes it: a grant sends nothing
+TEST_CALLER = "tests"
+TEST_TOKEN = Secret(f"tests-{uuid.uuid4().hex}")  # the workers' HTTP token for this session
 
 T = TypeVar("T")
 
@@ -165,6 +166,7 @@ class WorkerConfig:
                 "CONSENT_STREAM_HTTP_PORT": str(self.http_port),
                 "CONSENT_STREAM_DATA_DIR": str(self.data_dir),
                 "CONSENT_STREAM_PARTITIONS": str(self.partitions),
+                "CONSENT_STREAM_HTTP_TOKENS": f"{TEST_CALLER}={TEST_TOKEN.reveal().decode()}",
                 "PYTHONUNBUFFERED": "1",
                 **self.extra_env,
             }
@@ -298,15 +300,11 @@ class WorkerProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.config.http_port}{path}"
 
-    def http_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-        """(status, body); status 0 when nothing answers."""
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout_s) as resp:  # noqa: S310
-                return int(resp.status), resp.read()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
+    def http_get(
+        self, path: str, timeout_s: float = 5.0, token: Secret | None = TEST_TOKEN
+    ) -> tuple[int, bytes]:
+        """(status, body) with the tests' bearer token (``token``); 0 when nothing answers."""
+        return http_get(self.config.http_port, path, timeout_s, token)
 
     def http_status(self, path: str) -> int:
         return self.http_get(path)[0]
