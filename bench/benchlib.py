@@ -15,6 +15,7 @@ from producers.publisher import make_producer
 from schemas.settings import Settings
 from streams.demo_processes import free_port
 from streams.namespace import delete_groups, delete_redis_prefix, delete_topics
+from streams.topics import wait_for_leaders
 
 __all__ = [
     "Record",
@@ -63,16 +64,7 @@ def create_topics(
     for future in admin.create_topics(new, operation_timeout=30).values():
         future.result()
 
-    def ready() -> bool:
-        topics = admin.list_topics(timeout=10).topics
-        return all(
-            n in topics
-            and len(topics[n].partitions) == settings.partitions
-            and all(p.leader >= 0 for p in topics[n].partitions.values())
-            for n in names
-        )
-
-    poll_until(ready, 30, "topic leaders")
+    wait_for_leaders(admin, {n: settings.partitions for n in names}, 30.0)
 
 
 def produce_all(

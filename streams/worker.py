@@ -15,6 +15,7 @@ from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from streams.app import WorkerParts, attach_agents, create_app
 from streams.failpoint import Failpoint
+from streams.faust_glue.internal_topics import internal_topics
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
@@ -76,10 +77,10 @@ def build_worker_app(settings: Settings, policy: Policy) -> faust.App:
 
 
 def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> int:
-    created = ensure_topics(settings, policy)
+    app = build_worker_app(settings, policy)
+    created = ensure_topics(settings, policy, extra=internal_topics(app))
     if created:
         log.info("created %d topics", len(created))
-    app = build_worker_app(settings, policy)
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # Faust's terminal spinner, at WARNING and above, sets the root logger to DEBUG so

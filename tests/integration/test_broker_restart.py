@@ -4,8 +4,8 @@ again (``stack.py up``). Every event the publisher got acknowledged has its effe
 consent store and a STOP_PROCESSING instruction on the ads partner's topic; the worker
 rides through the outage without a restart of its own.
 
-The broker is shared by the whole test session: this module restarts it and waits until
-it answers again before it returns.
+The broker is shared by the whole test session: this module restarts it (and once the whole
+stack) and waits until it answers again before it returns.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from schemas.settings import Settings
 
 from .conftest import run_stack
 from .processes import (
+    WorkerFactory,
     WorkerProcess,
     consent_changed,
     new_subject,
@@ -110,3 +111,17 @@ def test_a_broker_crash_loses_no_accepted_event(
     assert worker.running, worker.describe()
     applied = worker.metric("consent_events_total", type="consent.changed", outcome="applied")
     assert applied >= len(everything)
+
+
+def test_a_new_worker_right_after_a_broker_restart_gets_its_partitions(
+    worker_factory: WorkerFactory, restarted_broker: None
+) -> None:
+    """Its new topics (its own and Faust's changelogs) appear in a freshly restarted
+    broker's metadata with a delay: the worker created them and subscribed at once, joined
+    its group with no partition ("not found in cluster metadata") and sat idle until its
+    next metadata refresh, five minutes later. It now waits for every partition's leader."""
+    run_stack("down", timeout=120)  # a clean stop and start (a SIGKILL did not show it)
+    run_stack("up", timeout=300)
+    started = time.monotonic()
+    fresh = worker_factory()  # started and ready: its probe event went through the store
+    assert time.monotonic() - started < 60.0, fresh.describe()

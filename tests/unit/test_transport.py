@@ -184,3 +184,17 @@ def test_a_resumed_flow_after_a_rebalance_seeks_again(consumer: RedeliveringCons
         asyncio.run(scenario(in_recovery=False))
     assert seeks == ["seek"] and consumer.reseeks == 1
     assert consumer.flow_active
+
+
+def test_faust_internal_topics_are_named_as_faust_names_them(tmp_path: Path) -> None:
+    from streams.faust_glue.internal_topics import internal_topics
+
+    app = create_app(Settings(data_dir=str(tmp_path), app_id="cs-test", partitions=4))
+    table = app.Table("consent-subjects", partitions=4, key_type=bytes, value_type=bytes)
+    topics = internal_topics(app)
+    assert topics == {
+        "cs-test-consent-subjects-changelog": (4, {"cleanup.policy": "compact"}),
+        "cs-test-__assignor-__leader": (1, {}),
+    }
+    assert table.changelog_topic.get_topic_name() in topics
+    assert app._leader_assignor._leader_topic_name in topics
