@@ -154,6 +154,7 @@ def noop_process(settings: Settings, app_id: str, work_dir: Path, args: list[str
             "CONSENT_STREAM_APP_ID": app_id,
             "CONSENT_STREAM_HTTP_PORT": str(free_port()),
             "CONSENT_STREAM_DATA_DIR": str(work_dir / f"{app_id}-data"),
+            "CONSENT_STREAM_DEV_MODE": "1",
         }
     )
     argv = [sys.executable, str(HERE / "noop_agent.py"), *args]

@@ -93,6 +93,7 @@ class WorkerProcess:
                 "CONSENT_STREAM_REDIS_PREFIX": s.redis_prefix,
                 "CONSENT_STREAM_HTTP_PORT": str(s.http_port),
                 "CONSENT_STREAM_DATA_DIR": s.data_dir,
+                "CONSENT_STREAM_DEV_MODE": "1",  # the bench's Settings use the development key
                 "CONSENT_STREAM_HTTP_TOKENS": f"bench={BENCH_TOKEN.reveal().decode()}",
             }
         )

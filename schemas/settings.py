@@ -60,6 +60,28 @@ def parse_tokens(text: str, what: str = ENV_PREFIX + "HTTP_TOKENS") -> dict[str,
     return tokens
 
 
+def _dev_mode(env: Mapping[str, str]) -> bool:
+    return env.get(ENV_PREFIX + "DEV_MODE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _subject_key(env: Mapping[str, str]) -> Secret:
+    """The configured key; the development key only in development mode, else an error."""
+    raw = env.get(ENV_PREFIX + "SUBJECT_KEY", "").strip()
+    if raw:
+        if len(raw) < MIN_TOKEN_CHARS:
+            raise ConfigurationError(
+                f"{ENV_PREFIX}SUBJECT_KEY is shorter than {MIN_TOKEN_CHARS} characters"
+            )
+        return Secret(raw)
+    if _dev_mode(env):
+        return Secret(_DEV_KEY)
+    raise ConfigurationError(
+        f"{ENV_PREFIX}SUBJECT_KEY is not set: it keys the pseudonymous subject refs, the "
+        f"consent store and the evidence digests (docs/security.md); only a development "
+        f"set-up may run without it, with {ENV_PREFIX}DEV_MODE=1 (make env sets it)"
+    )
+
+
 def _metrics_token(env: Mapping[str, str]) -> Secret | None:
     raw = env.get(ENV_PREFIX + "METRICS_TOKEN", "").strip()
     if not raw:
@@ -107,6 +129,11 @@ class Settings:
     app_id: str = "consent-stream"
     redis_prefix: str = "cs"
     subject_key: Secret = field(default_factory=lambda: Secret(_DEV_KEY))
+    """The HMAC key of pseudonymous refs, store keys and digests. ``from_env`` takes it from
+    ``CONSENT_STREAM_SUBJECT_KEY`` and refuses to go on without one outside development."""
+    dev_mode: bool = False
+    """``CONSENT_STREAM_DEV_MODE=1`` (the local stack and the tests): the built-in
+    development subject key may be used."""
     settled_ticket_grace_s: int = 86_400
     """How long the worker keeps a settled, answered ledger ticket (the request status
     stays in Redis and on consent.requests.v1)."""
@@ -143,7 +170,8 @@ class Settings:
             topic_namespace=get("TOPIC_NAMESPACE", ""),
             app_id=get("APP_ID", _DEFAULT.app_id),
             redis_prefix=get("REDIS_PREFIX", _DEFAULT.redis_prefix),
-            subject_key=Secret(get("SUBJECT_KEY", _DEV_KEY)),
+            subject_key=_subject_key(env),
+            dev_mode=_dev_mode(env),
             settled_ticket_grace_s=_int(
                 env, "SETTLED_TICKET_GRACE_S", _DEFAULT.settled_ticket_grace_s
             ),

@@ -1081,6 +1081,8 @@ def env_settings(cfg: StackConfig) -> dict[str, str]:
         "CONSENT_STREAM_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap,
         "CONSENT_STREAM_REDIS_URL": cfg.redis.url,
         "CONSENT_STREAM_PARTITIONS": str(cfg.partitions),
+        # a development stack: the built-in subject key is allowed (never in production)
+        "CONSENT_STREAM_DEV_MODE": "1",
     }
 
 

@@ -166,6 +166,7 @@ class WorkerConfig:
                 "CONSENT_STREAM_HTTP_PORT": str(self.http_port),
                 "CONSENT_STREAM_DATA_DIR": str(self.data_dir),
                 "CONSENT_STREAM_PARTITIONS": str(self.partitions),
+                "CONSENT_STREAM_DEV_MODE": "1",  # the tests' Settings use the development key
                 "CONSENT_STREAM_HTTP_TOKENS": f"{TEST_CALLER}={TEST_TOKEN.reveal().decode()}",
                 "PYTHONUNBUFFERED": "1",
                 **self.extra_env,

@@ -65,6 +65,7 @@ def run_main(
         raise exc
 
     monkeypatch.setattr(cli, "_status", handler)
+    monkeypatch.setenv("CONSENT_STREAM_DEV_MODE", "1")
     code = cli.main(["status", "some-request"])
     return code, capsys.readouterr().err
 
@@ -86,3 +87,14 @@ def test_a_bug_still_shows_its_traceback(
 ) -> None:
     with pytest.raises(ZeroDivisionError):
         run_main(monkeypatch, capsys, ZeroDivisionError("a bug"))
+
+
+def test_every_command_refuses_to_start_without_a_subject_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CONSENT_STREAM_DEV_MODE", raising=False)
+    monkeypatch.delenv("CONSENT_STREAM_SUBJECT_KEY", raising=False)
+    assert cli.main(["status", "some-request"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("consent-stream: configuration: CONSENT_STREAM_SUBJECT_KEY is not set")
+    assert "CONSENT_STREAM_DEV_MODE=1" in err and err.count("\n") == 1

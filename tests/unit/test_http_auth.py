@@ -53,10 +53,27 @@ def test_the_caller_is_named_by_its_token() -> None:
 
 
 def test_settings_read_the_tokens_and_the_metrics_token() -> None:
-    env = {ENV_PREFIX + "HTTP_TOKENS": f"ops={GOOD}", ENV_PREFIX + "METRICS_TOKEN": OTHER}
+    env = {
+        ENV_PREFIX + "HTTP_TOKENS": f"ops={GOOD}",
+        ENV_PREFIX + "METRICS_TOKEN": OTHER,
+        ENV_PREFIX + "DEV_MODE": "1",
+    }
     settings = Settings.from_env(env)
     assert list(settings.http_tokens) == ["ops"]
     assert settings.metrics_token is not None and settings.metrics_token.reveal() == OTHER.encode()
-    assert Settings.from_env({}).http_tokens == {} and Settings.from_env({}).metrics_token is None
+    dev = {ENV_PREFIX + "DEV_MODE": "1"}
+    assert Settings.from_env(dev).http_tokens == {} and Settings.from_env(dev).metrics_token is None
     with pytest.raises(ConfigurationError, match="METRICS_TOKEN is shorter"):
-        Settings.from_env({ENV_PREFIX + "METRICS_TOKEN": "short"})
+        Settings.from_env({ENV_PREFIX + "METRICS_TOKEN": "short", ENV_PREFIX + "DEV_MODE": "1"})
+
+
+def test_the_subject_key_is_required_outside_development_mode() -> None:
+    with pytest.raises(ConfigurationError, match="SUBJECT_KEY is not set"):
+        Settings.from_env({})
+    dev = Settings.from_env({ENV_PREFIX + "DEV_MODE": "1"})
+    assert dev.dev_mode and dev.subject_key.reveal() == Settings().subject_key.reveal()
+    key = "k" * 32
+    production = Settings.from_env({ENV_PREFIX + "SUBJECT_KEY": key})
+    assert production.subject_key.reveal() == key.encode() and not production.dev_mode
+    with pytest.raises(ConfigurationError, match="SUBJECT_KEY is shorter"):
+        Settings.from_env({ENV_PREFIX + "SUBJECT_KEY": "short"})

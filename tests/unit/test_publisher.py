@@ -344,7 +344,9 @@ def test_producer_config_is_idempotent_with_acks_all() -> None:
 
 
 def test_producer_config_overrides_and_extras() -> None:
-    settings = Settings.from_env({"CONSENT_STREAM_KAFKA_SECURITY_PROTOCOL": "SSL"})
+    settings = Settings.from_env(
+        {"CONSENT_STREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "CONSENT_STREAM_DEV_MODE": "1"}
+    )
     config = settings.producer_config(**{"statistics.interval.ms": 100})
     assert config["security.protocol"] == "SSL"
     assert config["statistics.interval.ms"] == 100
