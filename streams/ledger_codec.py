@@ -9,11 +9,11 @@ gave single-entry records (a single-entry record, ``encode_entry``, is still rea
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import orjson
 from aiokafka.partitioner import murmur2
 
 from schemas.contracts import PARTNER_ACKNOWLEDGEMENT, PARTNER_INSTRUCTION
@@ -97,7 +97,7 @@ def _outcome_from(d: dict[str, Any]) -> PartnerOutcome:
 
 
 def encode_entry(entry: LedgerEntry) -> bytes:
-    return json.dumps(_entry_doc(entry), separators=(",", ":")).encode()
+    return orjson.dumps(_entry_doc(entry))
 
 
 def _entry_doc(entry: LedgerEntry) -> dict[str, Any]:
@@ -124,19 +124,19 @@ def _entry_doc(entry: LedgerEntry) -> dict[str, Any]:
 
 
 def decode_entry(data: bytes) -> LedgerEntry:
-    return _entry_from(json.loads(data))
+    return _entry_from(orjson.loads(data))
 
 
 def encode_entries(entries: Iterable[tuple[str, LedgerEntry]]) -> bytes:
     """One ledger record holding many entries (of one ledger partition), in order."""
     docs = [[key, _entry_doc(entry)] for key, entry in entries]
-    return json.dumps(docs, separators=(",", ":")).encode()
+    return orjson.dumps(docs)
 
 
 def decode_entries(key: bytes | None, data: bytes) -> list[tuple[str, LedgerEntry]]:
     """The entries of a ledger record: many (``encode_entries``) or one (``encode_entry``,
     keyed by its ticket)."""
-    doc = json.loads(data)
+    doc = orjson.loads(data)
     if isinstance(doc, dict):
         return [((key or b"").decode(), _entry_from(doc))]
     return [(ticket, _entry_from(entry)) for ticket, entry in doc]
@@ -194,11 +194,11 @@ def ticket_to_json(t: Ticket) -> bytes:
             for i in t.instructions
         ],
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return orjson.dumps(doc)
 
 
 def ticket_from_json(data: bytes) -> Ticket:
-    doc = json.loads(data)
+    doc = orjson.loads(data)
     return Ticket(
         key=doc["key"],
         request=_opening_from(doc["request"]),

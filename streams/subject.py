@@ -6,9 +6,10 @@ smaller view is ``schemas.views.ConsentState`` (``to_consent_state``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
+
+import orjson
 
 from schemas.views import ConsentState, PermissionRevocation, PurposeDecision
 
@@ -105,11 +106,11 @@ def state_to_json(state: SubjectState) -> bytes:
         ],
         "e": list(state.recent_event_ids),
     }
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(doc)
 
 
 def state_from_json(data: bytes) -> SubjectState:
-    doc = json.loads(data)
+    doc = orjson.loads(data)
     return SubjectState(
         subject_id=doc["s"],
         version=doc["v"],
