@@ -47,6 +47,7 @@ $(VENV)/.installed: pyproject.toml
 
 stack: venv
 	$(VPY) $(STACK_PY) up
+	$(WITH_STACK_ENV) $(VENV)/bin/consent-stream --log-level WARNING acl sync
 
 stop:
 	$(STACK) down

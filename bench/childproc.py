@@ -12,6 +12,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from schemas.kafka_security import security_env
+
 __all__ = ["REPO_ROOT", "ChildProcess", "child_env"]
 
 log = logging.getLogger(__name__)
@@ -20,8 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def child_env(settings: dict[str, str]) -> dict[str, str]:
-    """Our environment without ``CONSENT_STREAM_*``, plus ``settings``."""
+    """Our environment without ``CONSENT_STREAM_*`` but the Kafka security settings, plus
+    ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_STREAM_")}
+    env.update(security_env(os.environ))
     env.update(settings)
     return env
 

@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--samples", type=Path)
     args = parser.parse_args()
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal("admin")
     if args.samples is not None:
         app = build_latency(settings, args.topic, args.samples)
     elif args.count is not None and args.out is not None:

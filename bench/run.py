@@ -207,7 +207,7 @@ def latency_plan(sizes: Sizes, peak: float | None) -> list[Planned]:
 
 
 def run(sizes: Sizes, out: Path, budget: Budget) -> dict[str, Any]:
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal("admin")  # topics, groups, every read
     policy = load_policy(settings.policy_path)
     started = time.monotonic()
     results: dict[str, Any] = {

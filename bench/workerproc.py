@@ -6,12 +6,13 @@ Faust app id (and so its consumer group and changelog topics), the Redis key pre
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchlib import group_lag
@@ -20,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producers.publisher import ConsentPublisher
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
-from schemas.policy import Policy
+from schemas.policy import Policy, load_policy
 from schemas.settings import Secret, Settings
+from streams.acl_sync import run_acl_sync
 from streams.demo_processes import http_get
 
 __all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]
@@ -60,10 +62,8 @@ class WorkerProcess:
     work_dir: Path
 
     def __post_init__(self) -> None:
-        self.settings = Settings(
-            bootstrap_servers=self.base.bootstrap_servers,
-            redis_url=self.base.redis_url,
-            partitions=self.base.partitions,
+        self.settings = replace(
+            self.base,
             http_port=self.http_port,
             data_dir=str(self.work_dir / "data"),
             topic_namespace=self.namespace,
@@ -99,6 +99,9 @@ class WorkerProcess:
         )
 
     def start(self) -> None:
+        """Start the worker (as the ``worker`` principal, its namespace's ACLs synced)."""
+        sync = io.StringIO()
+        run_acl_sync(self.settings, load_policy(self.settings.policy_path), sync)
         self.process.start()
 
     def alive(self) -> bool:

@@ -8,34 +8,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from schemas.errors import ConfigurationError
+from schemas.kafka_security import (
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    kafka_security,
+    read_credentials,
+)
+from schemas.secret import Secret
 from schemas.topics import TopicNames, record_limits
 
-__all__ = ["ENV_PREFIX", "MIN_TOKEN_CHARS", "Secret", "Settings", "parse_tokens"]
+__all__ = [
+    "ENV_PREFIX",
+    "MIN_TOKEN_CHARS",
+    "SASL_MECHANISMS",
+    "SECURITY_PROTOCOLS",
+    "Secret",
+    "Settings",
+    "parse_tokens",
+    "read_credentials",
+]
 
 ENV_PREFIX: Final = "CONSENT_STREAM_"
 MIN_TOKEN_CHARS: Final = 16
 _DEV_KEY: Final = "consent-stream-local-development-key"
-
-
-class Secret:
-    """A secret value: ``str()``/``repr()`` never show it; ``reveal()`` does."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> bytes:
-        return self._value.encode("utf-8")
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
 
 
 def parse_tokens(text: str, what: str = ENV_PREFIX + "HTTP_TOKENS") -> dict[str, Secret]:
@@ -138,6 +137,18 @@ class Settings:
     """How long the worker keeps a settled, answered ledger ticket (the request status
     stays in Redis and on consent.requests.v1)."""
     kafka_extra: Mapping[str, str] = field(default_factory=dict)
+    security_protocol: str = "PLAINTEXT"
+    """``SASL_PLAINTEXT`` (the local stack), ``SASL_SSL`` (a real cluster), ``PLAINTEXT``."""
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    """The Kafka principal this process authenticates as."""
+    sasl_password: Secret | None = None
+    ssl_ca_location: str | None = None
+    """CA certificate(s) of the brokers' TLS listener (``SASL_SSL``/``SSL``)."""
+    credentials: Mapping[str, Secret] = field(default_factory=dict)
+    """A credentials file's principals (the local stack's): each command takes its own
+    (``as_principal``) unless ``CONSENT_STREAM_SASL_USERNAME`` names one."""
+    credentials_file: str | None = None
     failpoint: str = ""
     """Tests only: where the worker stops for a crash test (``streams.failpoint``)."""
 
@@ -177,7 +188,27 @@ class Settings:
             ),
             kafka_extra=extra,
             failpoint=get("FAILPOINT", ""),
+            **kafka_security(env),
         )
+
+    def as_principal(self, name: str) -> Settings:
+        """These settings authenticated as ``name`` from the credentials file; unchanged
+        when a principal is configured explicitly (``CONSENT_STREAM_SASL_USERNAME``) or
+        there is no credentials file."""
+        if not self.credentials:
+            return self
+        password = self.credentials.get(name)
+        if password is None:
+            raise ConfigurationError(
+                f"no Kafka principal {name!r} in {self.credentials_file} "
+                f"(it has: {', '.join(sorted(self.credentials))})"
+            )
+        return replace(self, sasl_username=name, sasl_password=password)
+
+    @property
+    def listener(self) -> str:
+        """``SASL_PLAINTEXT://host:port`` of the bootstrap servers, for messages."""
+        return f"{self.security_protocol}://{self.bootstrap_servers}"
 
     @property
     def ticket_grace_ms(self) -> int:
@@ -191,7 +222,27 @@ class Settings:
         return {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
+            **self._security(),
             **self.kafka_extra,
+        }
+
+    def _security(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"security.protocol": self.security_protocol}
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        if not self.security_protocol.startswith("SASL_"):
+            return config
+        if self.sasl_username is None or self.sasl_password is None:
+            raise ConfigurationError(
+                f"{ENV_PREFIX}SECURITY_PROTOCOL={self.security_protocol} needs a principal: "
+                f"{ENV_PREFIX}SASL_USERNAME and {ENV_PREFIX}SASL_PASSWORD, or "
+                f"{ENV_PREFIX}CREDENTIALS_FILE (make env sets it)"
+            )
+        return {
+            **config,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.reveal().decode(),
         }
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:

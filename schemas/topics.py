@@ -34,6 +34,10 @@ class TopicNames:
     def _name(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name
 
+    def scoped(self, name: str) -> str:
+        """``name`` under the namespace (``consent.`` -> ``<ns>.consent.``)."""
+        return self._name(name)
+
     @property
     def events(self) -> str:
         return self._name("consent.events.v1")

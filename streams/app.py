@@ -10,6 +10,7 @@ the batch's records only when the processor returns (every effect on the broker)
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -151,6 +152,25 @@ async def _settle(
     await batches.ack(received)
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """aiokafka's SASL login (and TLS context) from the same settings as librdkafka's."""
+    protocol = settings.security_protocol
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_ca_location)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol != "SASL_PLAINTEXT" and context is None:
+        return None
+    password = settings.sasl_password.reveal().decode() if settings.sasl_password else None
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=password,
+        mechanism=settings.sasl_mechanism,
+        ssl_context=context,
+    )
+
+
 def create_app(settings: Settings) -> faust.App:
     """The Faust app with its settings; agents are attached by ``attach_agents``.
 
@@ -163,6 +183,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

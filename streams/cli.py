@@ -18,6 +18,9 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace, Settings, Policy], int]
+_KAFKA_COMMANDS = frozenset(
+    {"publish", "worker", "replay", "rebuild-store", "partner", "acl", "demo"}
+)
 
 
 def _publish(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
@@ -104,6 +107,29 @@ def _retention_days(policy: Policy, partner: str) -> int:
     return max(1, policy.retention[rule].duration_ms // 86_400_000)
 
 
+def _acl(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.acl_sync import run_acl_sync
+
+    if args.acl_command != "sync":
+        raise ConfigurationError(f"unknown acl command {args.acl_command!r}")
+    return run_acl_sync(settings, policy, sys.stdout, dry_run=args.dry_run, prune=args.prune)
+
+
+def _add_acl_command(sub: Any) -> None:
+    acl = sub.add_parser("acl", help="Kafka ACLs from the policy (as the admin principal)")
+    acl.add_argument("acl_command", choices=["sync"], help="sync: create the missing ACLs")
+    acl.add_argument("--dry-run", action="store_true", help="only show the difference")
+    acl.add_argument("--prune", action="store_true", help="also delete ACLs not in the policy")
+    acl.set_defaults(handler=_acl, principal="admin")
+
+
+def _principal(args: argparse.Namespace) -> str:
+    """The Kafka principal a command authenticates as (from the credentials file)."""
+    if args.command == "partner":
+        return f"partner-{args.name}"
+    return str(getattr(args, "principal", "worker"))
+
+
 def _add_commands(sub: Any) -> None:
     check = sub.add_parser("check", help="may SUBJECT be processed for PURPOSE? exit 0 yes, 1 no")
     check.add_argument("subject")
@@ -129,6 +155,7 @@ def _add_commands(sub: Any) -> None:
     partner.add_argument("--state-dir", default=".stack/partners", help="de-duplication state")
     partner.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     partner.set_defaults(handler=_partner)
+    _add_acl_command(sub)
     from streams.demo import add_demo_command
 
     add_demo_command(sub)
@@ -141,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish = sub.add_parser("publish", help="publish events from JSON lines (FILE or - for stdin)")
     publish.add_argument("file")
     publish.add_argument("--quiet", action="store_true", help="no progress lines")
-    publish.set_defaults(handler=_publish)
+    publish.set_defaults(handler=_publish, principal="publisher")
     worker = sub.add_parser("worker", help="run a stream worker (Faust) with its HTTP API")
     worker.set_defaults(handler=_worker)
     _add_commands(sub)
@@ -155,8 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env().as_principal(_principal(args))
         policy = load_policy(settings.policy_path)
+        if args.command in _KAFKA_COMMANDS:
+            from schemas.kafka_access import check_access
+
+            check_access(settings)
         handler: Command = args.handler
         return handler(args, settings, policy)
     except KeyboardInterrupt:

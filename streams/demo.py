@@ -186,4 +186,4 @@ def add_demo_command(sub: Any) -> None:
         help="keep the run's topics and Redis keys afterwards (a fresh namespace is removed "
         "by default; one given with --namespace is always kept)",
     )
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, principal="admin")

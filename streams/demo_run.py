@@ -3,6 +3,7 @@ with progress, settling, and the summary. Used by ``streams.demo.run_demo``."""
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -80,6 +81,7 @@ class DemoRun:
     def execute(self) -> int:
         self._announce()
         ensure_topics(self.settings, self.policy)
+        self._sync_acls()
         self._start_children()
         failure = self._warm_up()
         progress = threading.Thread(target=self._report_progress, name="progress", daemon=True)
@@ -89,6 +91,14 @@ class DemoRun:
             self._progress_stop.set()
             progress.join()
         return self._finish(failure)
+
+    def _sync_acls(self) -> None:
+        """The namespace's ACLs, so each child works as its own principal."""
+        from streams.acl_sync import run_acl_sync
+
+        quiet = io.StringIO()
+        run_acl_sync(self.settings, self.policy, quiet)
+        self.say(quiet.getvalue().strip().splitlines()[-1])
 
     def _announce(self) -> None:
         w = self.workload
@@ -131,7 +141,7 @@ class DemoRun:
 
     def _warm_up(self) -> str | None:
         """Warm everything up, then take the workers' metrics as the baseline."""
-        self.publisher = ConsentPublisher(self.settings, self.policy)
+        self.publisher = ConsentPublisher(self.settings.as_principal("publisher"), self.policy)
         warmup = Warmup(
             self.settings,
             self.policy,

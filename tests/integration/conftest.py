@@ -37,6 +37,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # typed there; admin re-exports it implicitly
 
+from .kafka_auth import admin_config
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_PY = REPO_ROOT / "deploy" / "local" / "stack.py"
 BOOTSTRAP_ENV = "CONSENT_STREAM_BOOTSTRAP_SERVERS"
@@ -104,11 +106,16 @@ def start_local_stack() -> dict[str, str]:
     settings = parse_exports(run_stack("env", timeout=30))
     for key, value in settings.items():
         os.environ.setdefault(key, value)
+    from schemas.policy import load_policy
+
+    from .kafka_auth import admin_settings, sync_acls
+
+    sync_acls(admin_settings(), load_policy().partners)  # as `make stack` does
     return settings
 
 
 def check_kafka(bootstrap_servers: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(admin_config(bootstrap_servers))
     try:
         metadata = admin.list_topics(timeout=ANSWER_TIMEOUT_S)
     except KafkaException as exc:
@@ -179,7 +186,7 @@ def delete_topics(admin: AdminClient, topics: list[str]) -> None:
 
 @pytest.fixture
 def unique_topic(stack: StackSettings) -> Iterator[TopicFactory]:
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+    admin = AdminClient(admin_config(stack.bootstrap_servers))
     created: list[str] = []
 
     def create(

@@ -44,10 +44,13 @@ from schemas.events import (
     Payload,
     PermissionRevoked,
 )
+from schemas.kafka_security import security_env
 from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings
 from streams.demo_processes import http_get
+
+from .kafka_auth import admin_config, admin_settings, sync_acls
 
 __all__ = [
     "Metrics",
@@ -143,7 +146,8 @@ class WorkerConfig:
         return f"consent-stream-{self.namespace}"
 
     def settings(self) -> Settings:
-        return Settings(
+        """The tests' view of this worker's settings (as the admin principal)."""
+        return admin_settings(
             bootstrap_servers=self.bootstrap_servers,
             redis_url=self.redis_url,
             partitions=self.partitions,
@@ -156,6 +160,7 @@ class WorkerConfig:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONSENT_STREAM_")}
+        env.update(security_env(os.environ))  # the worker logs in as `worker`
         env.update(
             {
                 "CONSENT_STREAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
@@ -184,6 +189,7 @@ class WorkerProcess:
         self.policy = policy or load_policy()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._acls_synced = False
         self.starts = 0
         self.killed = False
         self.exit_expected = False
@@ -202,6 +208,9 @@ class WorkerProcess:
         if self.running:
             raise RuntimeError("worker already running")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._acls_synced:  # the `worker` principal's ACLs for this namespace
+            sync_acls(self.settings, self.policy.partners)
+            self._acls_synced = True
         self._log = self.config.log_path.open("ab")
         self._log.write(f"\n===== start #{self.starts + 1} =====\n".encode())
         self._log.flush()
@@ -545,7 +554,7 @@ class WorkerFactory(Protocol):
 def _cleanup(config: WorkerConfig) -> list[str]:
     """Delete the namespace's topics (incl. Faust's internal ones) and Redis keys."""
     problems: list[str] = []
-    admin = AdminClient({"bootstrap.servers": config.bootstrap_servers})
+    admin = AdminClient(admin_config(config.bootstrap_servers))
     try:
         names = [
             t

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from schemas.policy import load_policy
 from schemas.settings import ENV_PREFIX
+
+from .kafka_auth import admin_settings, sync_acls
 
 pytestmark = pytest.mark.integration
 
@@ -81,15 +84,30 @@ def test_publish_with_the_broker_down(tmp_path: Path) -> None:
 
 
 def test_publish_to_a_topic_that_does_not_exist(bootstrap_servers: str) -> None:
+    namespace = f"missing{uuid.uuid4().hex[:8]}"
+    sync_acls(admin_settings(topic_namespace=namespace), load_policy().partners)  # no topics
     result = cli(
         "publish",
         "-",
         stdin=line("buyer-1") + "\n",
         BOOTSTRAP_SERVERS=bootstrap_servers,
-        TOPIC_NAMESPACE=f"missing{uuid.uuid4().hex[:8]}",
+        TOPIC_NAMESPACE=namespace,
     )
     assert result.returncode == 3
     assert "consent.events.v1 does not exist" in one_line(result, "unknown_topic")
+
+
+def test_publish_where_no_acl_allows_it_is_access_denied(bootstrap_servers: str) -> None:
+    """Without an ACL the broker does not even say whether the topic exists."""
+    result = cli(
+        "publish",
+        "-",
+        stdin=line("buyer-1") + "\n",
+        BOOTSTRAP_SERVERS=bootstrap_servers,
+        TOPIC_NAMESPACE=f"noacl{uuid.uuid4().hex[:8]}",
+    )
+    assert result.returncode == 4
+    assert "Topic authorization failed" in one_line(result, "access_denied")
 
 
 def test_check_status_and_report_with_redis_down() -> None:

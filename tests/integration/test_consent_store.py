@@ -26,6 +26,8 @@ from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings
 from schemas.views import ConsentState, PermissionRevocation, PurposeDecision
 
+from .kafka_auth import admin_settings
+
 pytestmark = pytest.mark.integration
 
 POLICY = load_policy()
@@ -351,7 +353,7 @@ def history(
 
 
 def produce(bootstrap: str, topic: str, serde: AvroSerde, values: list[tuple[str, Any]]) -> None:
-    producer = Producer(Settings(bootstrap_servers=bootstrap).producer_config())
+    producer = Producer(admin_settings(bootstrap_servers=bootstrap).producer_config())
     for key, value in values:
         data = value if isinstance(value, bytes | None) else serde.encode(value, topic)
         producer.produce(topic, key=key.encode(), value=data)
@@ -368,7 +370,7 @@ def test_rebuild_from_topic_restores_latest_state_and_is_idempotent(
     client: redis.Redis,
     prefix: str,
 ) -> None:
-    settings = Settings(
+    settings = admin_settings(
         bootstrap_servers=bootstrap_servers, redis_url=redis_url, schema_registry_url=registry
     )
     serde = AvroSerde(settings.schema_registry())
@@ -410,7 +412,7 @@ def test_run_rebuild_store_prints_counts(
     prefix: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = Settings(
+    settings = admin_settings(
         bootstrap_servers=bootstrap_servers, redis_url=redis_url, redis_prefix=prefix
     )
     topic = unique_topic("consent-state-cli", partitions=1)

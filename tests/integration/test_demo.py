@@ -21,6 +21,8 @@ from confluent_kafka.admin import AdminClient
 from schemas.views import FINAL_REQUEST_STATES
 from streams.request_views import status_from_json
 
+from .kafka_auth import admin_config
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +47,7 @@ def demo_command() -> list[str]:
 def namespace(bootstrap_servers: str, redis_url: str) -> Iterator[str]:
     name = f"tdemo{uuid.uuid4().hex[:10]}"
     yield name
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(admin_config(bootstrap_servers))
     prefixes = (f"{name}.", f"consent-stream-{name}-")
     topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefixes)]
     for future in admin.delete_topics(topics, operation_timeout=30).values() if topics else []:
@@ -177,7 +179,7 @@ def test_a_run_in_its_own_fresh_namespace_removes_it_afterwards(
     removed = found(rf"removed namespace {re.escape(namespace)}: (\d+) topics", result.stdout)
     assert int(removed) >= 13  # the service's topics, partners' and Faust's own
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(admin_config(bootstrap_servers))
     left = [t for t in admin.list_topics(timeout=30).topics if namespace in t]
     assert left == []
     client = redis.Redis.from_url(redis_url)

@@ -14,6 +14,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # implicit re
     ResourceType,
 )
 
+from .kafka_auth import admin_config
+
 STACK_TOML = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.toml"
 COMPACTED = {"consent.state.v1", "consent.requests.v1"}
 
@@ -28,7 +30,7 @@ def expected_topics() -> set[str]:
 
 
 def test_contract_topics_exist_with_compaction(bootstrap_servers: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(admin_config(bootstrap_servers))
     existing = admin.list_topics(timeout=30).topics
     expected = expected_topics()
     assert {"consent.events.v1", "partner.payment.instructions.v1"} <= expected
@@ -49,15 +51,13 @@ def test_unique_topic_round_trip(
     bootstrap_servers: str, unique_topic: Callable[..., str], unique_group: Callable[..., str]
 ) -> None:
     topic = unique_topic("stack-smoke")
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "enable.idempotence": True})
+    producer = Producer(admin_config(bootstrap_servers, **{"enable.idempotence": True}))
     producer.produce(topic, key=b"subject-1", value=b"hello")
     assert producer.flush(30) == 0
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": unique_group(),
-            "auto.offset.reset": "earliest",
-        }
+        admin_config(
+            bootstrap_servers, **{"group.id": unique_group(), "auto.offset.reset": "earliest"}
+        )
     )
     consumer.subscribe([topic])
     try:

@@ -33,6 +33,8 @@ from schemas.partner import (
 from schemas.serde import AvroSerde, wire_format_of
 from schemas.settings import Settings
 
+from .kafka_auth import admin_settings
+
 pytestmark = pytest.mark.integration
 
 DAY_MS = 86_400_000
@@ -130,10 +132,10 @@ class Recording:
 def wire(request: pytest.FixtureRequest, bootstrap_servers: str) -> tuple[Settings, AvroSerde]:
     """Settings and the serde both sides share (one mock:// registry for Confluent)."""
     if request.param == "single-object":
-        return Settings(bootstrap_servers=bootstrap_servers), AvroSerde()
+        return admin_settings(bootstrap_servers=bootstrap_servers), AvroSerde()
     url = f"mock://partner-sdk-{uuid.uuid4().hex}"
     registry = SchemaRegistryClient.new_client({"url": url})
-    return Settings(bootstrap_servers=bootstrap_servers, schema_registry_url=url), AvroSerde(
+    return admin_settings(bootstrap_servers=bootstrap_servers, schema_registry_url=url), AvroSerde(
         registry
     )
 
@@ -203,7 +205,7 @@ def test_restart_does_not_handle_a_repeat_again_and_loses_nothing(
     unique_group: Callable[..., str],
     tmp_path: Path,
 ) -> None:
-    settings = Settings(bootstrap_servers=bootstrap_servers)
+    settings = admin_settings(bootstrap_servers=bootstrap_servers)
     serde = AvroSerde()
     ins_topic = unique_topic("partner.payment.instructions", partitions=3)
     acks_topic = unique_topic("partner.payment.acks")
@@ -256,7 +258,7 @@ def test_run_partner_answers_until_stopped(
     unique_group: Callable[..., str],
     tmp_path: Path,
 ) -> None:
-    settings = Settings(bootstrap_servers=bootstrap_servers)
+    settings = admin_settings(bootstrap_servers=bootstrap_servers)
     serde = AvroSerde()
     ins_topic = unique_topic("partner.payment.instructions", partitions=3)
     acks_topic = unique_topic("partner.payment.acks")
@@ -321,7 +323,7 @@ def test_crash_between_ack_and_commit_resends_the_same_acks_without_handling(
     unique_group: Callable[..., str],
     tmp_path: Path,
 ) -> None:
-    settings = Settings(bootstrap_servers=bootstrap_servers)
+    settings = admin_settings(bootstrap_servers=bootstrap_servers)
     serde = AvroSerde()
     ins_topic = unique_topic("partner.ads.instructions", partitions=3)
     acks_topic = unique_topic("partner.ads.acks")
@@ -370,10 +372,13 @@ def test_simulated_partner_process_stops_cleanly_on_sigterm(
     acks_topic = unique_topic("partner.logistics.acks")
     script = (
         "import logging, sys\n"
+        "from dataclasses import replace\n"
         "from consumers.simulated import run_partner\n"
         "from schemas.settings import Settings\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
-        "sys.exit(run_partner(Settings(bootstrap_servers=sys.argv[1]), 'logistics', 0, 0.0, 1,\n"
+        "settings = replace(Settings.from_env().as_principal('admin'),\n"
+        "    bootstrap_servers=sys.argv[1])\n"
+        "sys.exit(run_partner(settings, 'logistics', 0, 0.0, 1,\n"
         "    sys.argv[2], group_id=sys.argv[3], instructions_topic=sys.argv[4],\n"
         "    acks_topic=sys.argv[5]))\n"
     )

@@ -31,6 +31,8 @@ from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde, wire_format_of
 from schemas.settings import Settings
 
+from .kafka_auth import admin_settings
+
 pytestmark = pytest.mark.integration
 
 TopicFactory = Callable[..., str]
@@ -86,7 +88,7 @@ def policy() -> Policy:
 
 @pytest.fixture
 def settings(bootstrap_servers: str) -> Settings:
-    return Settings(bootstrap_servers=bootstrap_servers)
+    return admin_settings(bootstrap_servers=bootstrap_servers)
 
 
 def _serdes(wire_format: str) -> tuple[AvroSerde, AvroSerde]:

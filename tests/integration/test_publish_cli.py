@@ -24,8 +24,10 @@ from schemas.events import ConsentEvent
 from schemas.jsonform import parse_event_line
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import ENV_PREFIX, Settings
+from schemas.settings import ENV_PREFIX
 from schemas.validation import validate_event
+
+from .kafka_auth import admin_settings
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +59,7 @@ def _valid_events(path: Path) -> list[ConsentEvent]:
 
 @pytest.fixture
 def consumer(bootstrap_servers: str, unique_group: Callable[..., str]) -> Iterator[Consumer]:
-    settings = Settings(bootstrap_servers=bootstrap_servers)
+    settings = admin_settings(bootstrap_servers=bootstrap_servers)
     c = Consumer(settings.consumer_config(unique_group("it-cli")))
     yield c
     c.close()

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from schemas.settings import Settings
 from streams.source_reader import KafkaSourceReader
 
 from .conftest import GroupFactory, TopicFactory
+from .kafka_auth import admin_settings
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_start_offset_and_range_reads(
     bootstrap_servers: str, unique_topic: TopicFactory, unique_group: GroupFactory
 ) -> None:
-    settings = Settings(bootstrap_servers=bootstrap_servers)
+    settings = admin_settings(bootstrap_servers=bootstrap_servers)
     topic = unique_topic("reader", partitions=1)
     group = unique_group("reader")
     producer = Producer(settings.producer_config())

@@ -1,0 +1,179 @@
+"""Authentication of the local stack: SASL/SCRAM-SHA-512 principals and their passwords.
+
+Standard library only (imported by ``stack.py``). The broker's client listener takes
+SASL/SCRAM-SHA-512, the KRaft ``StandardAuthorizer`` refuses whatever no ACL allows, and
+``admin`` is the only super user. The principals of the local stack are:
+
+    admin               super user: topics, principals, ACLs (``consent-stream acl sync``)
+    worker              the stream workers (consent.*, partner.*, their Faust topics)
+    publisher           platform services publishing consent.events.v1
+    partner-<name>      one per partner of the policy
+
+Their passwords are generated once into ``<state_dir>/credentials.toml`` (mode 0600, kept
+by ``reset``); ``stack.py env`` exports its path as ``CONSENT_STREAM_CREDENTIALS_FILE``
+and each ``consent-stream`` command picks its own principal from it. The controller
+listener (broker and controller are one process here) takes SASL/PLAIN as ``admin``:
+KRaft controllers cannot authenticate with SCRAM, whose credentials live in the metadata
+they serve.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "ADMIN",
+    "MECHANISM",
+    "PROTOCOL",
+    "admin_client_config",
+    "admin_client_properties",
+    "ensure_credentials",
+    "principals",
+    "read_credentials",
+    "scram_format_args",
+    "security_properties",
+    "upsert_principals",
+]
+
+ADMIN: Final = "admin"
+MECHANISM: Final = "SCRAM-SHA-512"
+PROTOCOL: Final = "SASL_PLAINTEXT"
+SCRAM_ITERATIONS: Final = 8192
+_NAME: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class CredentialsError(Exception):
+    """The credentials file is unreadable or malformed (message for the person)."""
+
+
+def principals(partners: Iterable[str]) -> list[str]:
+    """Every principal of the local stack, admin first."""
+    return [ADMIN, "worker", "publisher", *(f"partner-{p}" for p in partners)]
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """principal -> password from ``path`` (``[principals]`` table); {} when absent."""
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CredentialsError(f"cannot read {path}: {exc}") from exc
+    table = data.get("principals", {})
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise CredentialsError(f"{path}: [principals] must map names to password strings")
+    return {str(k): str(v) for k, v in table.items()}
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+
+
+def ensure_credentials(path: Path, names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """The credentials of ``names``, generating a password for each one missing from the
+    file (existing ones are kept); returns (credentials, names added). The file is
+    (re)written owner-only."""
+    current = read_credentials(path)
+    added = [n for n in names if n not in current]
+    for name in added:
+        if not _NAME.match(name):
+            raise CredentialsError(f"principal name {name!r} is not [A-Za-z0-9._-]{{1,64}}")
+        current[name] = secrets.token_urlsafe(24)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0
+    if added or mode & 0o077:
+        lines = [
+            "# Kafka principals of the local stack (deploy/local/stack.py); owner-only.",
+            "# Never commit or copy this file: it holds passwords.",
+            "[principals]",
+            *(f'"{n}" = "{p}"' for n, p in current.items()),
+        ]
+        _write_owner_only(path, "\n".join(lines) + "\n")
+    return current, added
+
+
+def _jaas(module: str, username: str, password: str, **users: str) -> str:
+    extra = "".join(f' user_{u}="{p}"' for u, p in users.items())
+    return f'{module} required username="{username}" password="{password}"{extra};'
+
+
+def security_properties(
+    host: str, port: int, controller_port: int, admin_password: str
+) -> dict[str, str]:
+    """The broker's listeners, SASL and authorizer settings (server.properties)."""
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    return {
+        "listeners": f"{PROTOCOL}://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"{PROTOCOL}://{host}:{port}",
+        "listener.security.protocol.map": f"{PROTOCOL}:{PROTOCOL},CONTROLLER:SASL_PLAINTEXT",
+        "inter.broker.listener.name": PROTOCOL,
+        "sasl.mechanism.inter.broker.protocol": MECHANISM,
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        f"listener.name.{PROTOCOL.lower()}.sasl.enabled.mechanisms": MECHANISM,
+        f"listener.name.{PROTOCOL.lower()}.{MECHANISM.lower()}.sasl.jaas.config": _jaas(
+            scram, ADMIN, admin_password
+        ),
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": _jaas(
+            plain, ADMIN, admin_password, **{ADMIN: admin_password}
+        ),
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        "super.users": f"User:{ADMIN}",
+    }
+
+
+def scram_format_args(admin_password: str) -> list[str]:
+    """``StorageTool format`` arguments that put the admin's SCRAM credential in the
+    first metadata, so the broker can be administered from its first second."""
+    return ["--add-scram", f"{MECHANISM}=[name={ADMIN},password={admin_password}]"]
+
+
+def admin_client_config(bootstrap: str, admin_password: str) -> dict[str, Any]:
+    """confluent_kafka configuration of the admin principal."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": PROTOCOL,
+        "sasl.mechanism": MECHANISM,
+        "sasl.username": ADMIN,
+        "sasl.password": admin_password,
+        "log_level": 4,
+    }
+
+
+def admin_client_properties(admin_password: str) -> dict[str, str]:
+    """The same for the Java tools (``--command-config``)."""
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    return {
+        "security.protocol": PROTOCOL,
+        "sasl.mechanism": MECHANISM,
+        "sasl.jaas.config": _jaas(scram, ADMIN, admin_password),
+    }
+
+
+def upsert_principals(mod: Any, client: Any, credentials: Mapping[str, str]) -> None:
+    """Set every non-admin principal's SCRAM credential (idempotent: the same password)."""
+    info = mod.ScramCredentialInfo(mod.ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    upserts = [
+        mod.UserScramCredentialUpsertion(name, info, password.encode())
+        for name, password in credentials.items()
+        if name != ADMIN
+    ]
+    if not upserts:
+        return
+    for future in client.alter_user_scram_credentials(upserts, request_timeout=30).values():
+        future.result()

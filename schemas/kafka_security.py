@@ -1,0 +1,105 @@
+"""Kafka security settings: protocol, SASL mechanism, the principal and its password.
+
+A deployment names its principal (``CONSENT_STREAM_SASL_USERNAME`` and
+``CONSENT_STREAM_SASL_PASSWORD``). A development set-up (the local stack) instead points
+``CONSENT_STREAM_CREDENTIALS_FILE`` at a file holding every principal's password, and
+each command authenticates as its own principal (``Settings.as_principal``).
+"""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from schemas.errors import ConfigurationError
+from schemas.secret import Secret
+
+__all__ = [
+    "SASL_MECHANISMS",
+    "SECURITY_ENV",
+    "SECURITY_PROTOCOLS",
+    "kafka_security",
+    "read_credentials",
+    "security_env",
+]
+
+ENV_PREFIX: Final = "CONSENT_STREAM_"
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+SASL_MECHANISMS: Final = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+SECURITY_ENV: Final = tuple(
+    ENV_PREFIX + name
+    for name in (
+        "SECURITY_PROTOCOL",
+        "SASL_MECHANISM",
+        "SASL_USERNAME",
+        "SASL_PASSWORD",
+        "SSL_CA_LOCATION",
+        "CREDENTIALS_FILE",
+    )
+)
+"""The settings of this module: what a child process needs to reach a secured broker."""
+
+
+def security_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The Kafka security settings of ``env`` (for a child process's environment)."""
+    return {name: env[name] for name in SECURITY_ENV if name in env}
+
+
+def read_credentials(path: str) -> dict[str, Secret]:
+    """principal -> password of a credentials file (TOML ``[principals]``, owner-only, as
+    the local stack writes it); a clear error when unreadable, malformed or readable by
+    others."""
+    what = f"{ENV_PREFIX}CREDENTIALS_FILE ({path})"
+    try:
+        mode = stat.S_IMODE(Path(path).stat().st_mode)
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigurationError(f"{what}: cannot read it: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{what}: not TOML: {exc}") from None
+    if mode & 0o077:
+        raise ConfigurationError(f"{what}: readable by others (mode {mode:o}); chmod 600 it")
+    table = data.get("principals")
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise ConfigurationError(f"{what}: needs a [principals] table of name = password")
+    return {str(name): Secret(password) for name, password in table.items()}
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = env.get(ENV_PREFIX + name, "").strip().upper() or default
+    if value not in allowed:
+        raise ConfigurationError(f"{ENV_PREFIX}{name} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _sasl_login(env: Mapping[str, str]) -> tuple[str | None, Secret | None]:
+    user = env.get(ENV_PREFIX + "SASL_USERNAME", "").strip() or None
+    password = env.get(ENV_PREFIX + "SASL_PASSWORD", "")
+    if (user is None) != (not password):
+        raise ConfigurationError(
+            f"{ENV_PREFIX}SASL_USERNAME and {ENV_PREFIX}SASL_PASSWORD go together"
+        )
+    return user, Secret(password) if password else None
+
+
+def kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
+    """The Kafka security settings of ``env`` (Settings fields)."""
+    user, password = _sasl_login(env)
+    # an explicit principal wins: the credentials file is for development set-ups
+    path = None if user else env.get(ENV_PREFIX + "CREDENTIALS_FILE", "").strip() or None
+    protocol_default = "SASL_PLAINTEXT" if user or path else "PLAINTEXT"
+    return {
+        "security_protocol": _choice(
+            env, "SECURITY_PROTOCOL", SECURITY_PROTOCOLS, protocol_default
+        ),
+        "sasl_mechanism": _choice(env, "SASL_MECHANISM", SASL_MECHANISMS, "SCRAM-SHA-512"),
+        "sasl_username": user,
+        "sasl_password": password,
+        "ssl_ca_location": env.get(ENV_PREFIX + "SSL_CA_LOCATION", "").strip() or None,
+        "credentials": read_credentials(path) if path else {},
+        "credentials_file": path,
+    }

@@ -1,0 +1,135 @@
+"""``consent-stream acl sync``: make the broker's ACLs those of the policy (as admin).
+
+Idempotent: creates the missing ACLs of ``streams.acl.wanted_acls``; ACLs of the
+service's principals that the policy does not give are listed and, with ``prune``,
+deleted (principals: worker, publisher and every ``partner-*``). ``dry_run`` only shows
+the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from schemas.client_errors import kafka_error
+from schemas.policy import Policy
+from schemas.settings import Settings
+from streams.acl import ADMIN, PARTNER_PREFIX, PUBLISHER, WORKER, Acl, wanted_acls
+
+__all__ = ["AclDiff", "acl_diff", "run_acl_sync"]
+
+_MANAGED = (WORKER, PUBLISHER)
+
+
+@dataclass(frozen=True, slots=True)
+class AclDiff:
+    missing: list[Acl]
+    extra: list[Acl]
+    kept: int
+
+
+def _managed(principal: str) -> bool:
+    return principal in _MANAGED or principal.startswith(PARTNER_PREFIX)
+
+
+def acl_diff(wanted: Iterable[Acl], existing: Iterable[Acl]) -> AclDiff:
+    """What to create and what the policy does not give (service principals only)."""
+    want, have = set(wanted), {a for a in existing if _managed(a.principal)}
+    return AclDiff(sorted(want - have), sorted(have - want), len(want & have))
+
+
+def _kafka(mod: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    resources = {"topic": mod.ResourceType.TOPIC, "group": mod.ResourceType.GROUP}
+    operations = {
+        "read": mod.AclOperation.READ,
+        "write": mod.AclOperation.WRITE,
+        "describe": mod.AclOperation.DESCRIBE,
+        "all": mod.AclOperation.ALL,
+    }
+    return resources, operations
+
+
+def _binding(mod: Any, acl: Acl) -> Any:
+    resources, operations = _kafka(mod)
+    pattern = mod.ResourcePatternType.PREFIXED if acl.prefixed else mod.ResourcePatternType.LITERAL
+    return mod.AclBinding(
+        resources[acl.resource], acl.name, pattern, f"User:{acl.principal}", "*",
+        operations[acl.operation], mod.AclPermissionType.ALLOW,
+    )  # fmt: skip
+
+
+def _from_binding(mod: Any, binding: Any) -> Acl | None:
+    resources, operations = _kafka(mod)
+    resource = next((k for k, v in resources.items() if v == binding.restype), None)
+    operation = next((k for k, v in operations.items() if v == binding.operation), None)
+    principal = str(binding.principal).removeprefix("User:")
+    if (
+        resource is None
+        or operation is None
+        or binding.permission_type != mod.AclPermissionType.ALLOW
+        or binding.host != "*"
+    ):
+        return None
+    prefixed = binding.resource_pattern_type == mod.ResourcePatternType.PREFIXED
+    return Acl(principal, resource, str(binding.name), prefixed, operation)
+
+
+def _existing(mod: Any, admin: Any) -> list[Acl]:
+    everything = mod.AclBindingFilter(
+        mod.ResourceType.ANY, None, mod.ResourcePatternType.ANY, None, None,
+        mod.AclOperation.ANY, mod.AclPermissionType.ANY,
+    )  # fmt: skip
+    bindings = admin.describe_acls(everything, request_timeout=30).result()
+    return [a for a in (_from_binding(mod, b) for b in bindings) if a is not None]
+
+
+def _apply(mod: Any, admin: Any, diff: AclDiff, prune: bool) -> None:
+    if diff.missing:
+        for future in admin.create_acls(
+            [_binding(mod, a) for a in diff.missing], request_timeout=30
+        ).values():
+            future.result()
+    if prune and diff.extra:
+        filters = [_binding(mod, a) for a in diff.extra]  # a binding is an exact filter
+        for future in admin.delete_acls(filters, request_timeout=30).values():
+            future.result()
+
+
+def _report(diff: AclDiff, dry_run: bool, prune: bool, out: TextIO) -> None:
+    will = "would " if dry_run else ""
+    for acl in diff.missing:
+        print(f"+ {acl}", file=out)
+    for acl in diff.extra:
+        print(f"- {acl}" if prune else f"? {acl} (not in the policy; --prune deletes it)", file=out)
+    removed = len(diff.extra) if prune else 0
+    print(
+        f"acl sync: {will}create {len(diff.missing)}, {will}delete {removed}, "
+        f"{diff.kept} already in place",
+        file=out,
+    )
+
+
+def run_acl_sync(
+    settings: Settings,
+    policy: Policy,
+    out: TextIO,
+    *,
+    dry_run: bool = False,
+    prune: bool = False,
+    partners: Sequence[str] | None = None,
+) -> int:
+    """Sync the ACLs of ``settings``' namespace and app id with the policy; exit status."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka import admin as mod
+
+    admin = mod.AdminClient(settings.as_principal(ADMIN).admin_config())
+    wanted = wanted_acls(partners or policy.partners, settings.topics, settings.app_id)
+    try:
+        diff = acl_diff(wanted, _existing(mod, admin))
+        if not dry_run:
+            _apply(mod, admin, diff, prune)
+    except KafkaException as exc:
+        raise kafka_error(exc, "acl sync") from exc
+    _report(diff, dry_run, prune, out)
+    return 0

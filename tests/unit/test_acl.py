@@ -1,0 +1,94 @@
+"""The ACLs derived from the policy: each principal gets exactly its share."""
+
+from __future__ import annotations
+
+from schemas.policy import load_policy
+from schemas.topics import TopicNames
+from streams.acl import PUBLISHER, WORKER, Acl, partner_principal, wanted_acls
+from streams.acl_sync import acl_diff
+
+PARTNERS = sorted(load_policy().partners)
+NAMES = TopicNames()
+
+
+def _of(principal: str, acls: list[Acl]) -> list[Acl]:
+    return [a for a in acls if a.principal == principal]
+
+
+def _may(acls: list[Acl], principal: str, operation: str, resource: str, name: str) -> bool:
+    """What the broker would decide for one request (ALLOW rules only; default deny)."""
+    return any(
+        a.principal == principal
+        and a.resource == resource
+        and a.operation in (operation, "all")
+        and (name.startswith(a.name) if a.prefixed else name == a.name)
+        for a in acls
+    )
+
+
+def test_a_partner_reads_only_its_instructions_and_writes_only_its_acks() -> None:
+    acls = wanted_acls(PARTNERS, NAMES, "consent-stream")
+    for partner in PARTNERS:
+        who = partner_principal(partner)
+        for other in PARTNERS:
+            mine = other == partner
+            assert _may(acls, who, "read", "topic", NAMES.instructions(other)) is mine
+            assert _may(acls, who, "write", "topic", NAMES.acks(other)) is mine
+            assert not _may(acls, who, "write", "topic", NAMES.instructions(other))
+            assert not _may(acls, who, "read", "topic", NAMES.acks(other))
+        assert _may(acls, who, "read", "group", NAMES.partner_group(partner))
+        assert not _may(acls, who, "write", "topic", NAMES.events)
+        for topic in (NAMES.state, NAMES.requests, NAMES.deadletter, NAMES.ledger):
+            assert not _may(acls, who, "read", "topic", topic)
+
+
+def test_a_partner_name_that_prefixes_another_gets_none_of_its_groups() -> None:
+    acls = wanted_acls(["pay", "payment"], NAMES, "consent-stream")
+    assert not _may(acls, "partner-pay", "read", "group", NAMES.partner_group("payment"))
+    assert _may(acls, "partner-pay", "read", "group", NAMES.partner_group("pay") + ".replay")
+
+
+def test_publishers_only_write_the_inbound_topic() -> None:
+    acls = wanted_acls(PARTNERS, NAMES, "consent-stream")
+    assert {(a.operation, a.name) for a in _of(PUBLISHER, acls)} == {
+        ("write", NAMES.events),
+        ("describe", NAMES.events),
+    }
+    for partner in PARTNERS:
+        assert not _may(acls, PUBLISHER, "read", "topic", NAMES.instructions(partner))
+
+
+def test_the_worker_owns_the_service_topics_and_its_faust_topics_and_groups() -> None:
+    acls = wanted_acls(PARTNERS, NAMES, "consent-stream")
+    every = [*NAMES.names(PARTNERS), "consent-stream-consent-subjects-changelog"]
+    for topic in every:
+        for operation in ("read", "write", "describe"):
+            assert _may(acls, WORKER, operation, "topic", topic), (operation, topic)
+    assert _may(acls, WORKER, "read", "group", "consent-stream")
+    assert not _may(acls, WORKER, "read", "topic", "another-app-changelog")
+
+
+def test_a_namespace_scopes_every_name() -> None:
+    names = TopicNames("ns1")
+    acls = wanted_acls(["ads"], names, "consent-stream-ns1")
+    assert _may(acls, "partner-ads", "read", "topic", "ns1.partner.ads.instructions.v1")
+    assert not _may(acls, "partner-ads", "read", "topic", "partner.ads.instructions.v1")
+    assert not _may(acls, WORKER, "write", "topic", "consent.events.v1")
+
+
+def test_adding_a_partner_adds_only_that_partners_acls() -> None:
+    before = set(wanted_acls(["ads"], NAMES, "consent-stream"))
+    after = set(wanted_acls(["ads", "carrier"], NAMES, "consent-stream"))
+    assert before < after
+    assert {a.principal for a in after - before} == {"partner-carrier"}
+
+
+def test_sync_creates_what_is_missing_and_reports_what_the_policy_does_not_give() -> None:
+    wanted = wanted_acls(["ads"], NAMES, "consent-stream")
+    stale = Acl("partner-gone", "topic", "partner.gone.acks.v1", False, "write")
+    someone_else = Acl("analytics", "topic", "clicks", False, "read")
+    diff = acl_diff(wanted, [wanted[0], stale, someone_else])
+    assert diff.missing == sorted(set(wanted) - {wanted[0]})
+    assert diff.extra == [stale]  # another team's principal is never touched
+    assert diff.kept == 1
+    assert acl_diff(wanted, wanted).missing == []
