@@ -23,13 +23,13 @@ from consumers.store_rebuild import rebuild_from_topic, run_rebuild_store
 from schemas.errors import StoreUnavailableError
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Secret, Settings
+from schemas.settings import Secret, Settings, SubjectKeys
 from schemas.views import ConsentState, PermissionRevocation, PurposeDecision
 
 pytestmark = pytest.mark.integration
 
 POLICY = load_policy()
-SECRET = Secret("integration-test-key")
+SECRET = SubjectKeys.single(Secret("integration-test-key"))
 NOTICE = "2023-09-01"
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens there
 
@@ -421,5 +421,5 @@ def test_run_rebuild_store_prints_counts(
     out = capsys.readouterr().out
     assert code == 0
     assert "rebuild-store complete: 2 read, 1 applied, 1 skipped (not newer)" in out
-    store = ConsentStore(client, POLICY, settings.subject_key, prefix=prefix)  # as the worker
+    store = ConsentStore(client, POLICY, settings.subject_keys, prefix=prefix)  # as the worker
     assert store.is_allowed(sid, "research_sharing") is True

@@ -122,9 +122,7 @@ def test_a_redis_outage_mid_stream_loses_no_store_write(
         for ev in events[half:]:  # published while Redis is down
             publisher.publish_async(ev)
         assert publisher.flush(60) == 0
-    worker.poll(
-        lambda: worker.metric("consent_store_write_retries_total") > 0, 30, "a store retry"
-    )
+    worker.poll(lambda: worker.metric("consent_store_write_retries_total") > 0, 30, "a store retry")
     time.sleep(2)  # the worker keeps retrying its store write meanwhile
     assert worker.running
     assert applied() - before < len(events)  # no event counts as applied without its store write
@@ -135,7 +133,7 @@ def test_a_redis_outage_mid_stream_loses_no_store_write(
     store = ConsentStore(
         redis.Redis.from_url(own_redis.url),
         worker.policy,
-        worker.settings.subject_key,
+        worker.settings.subject_keys,
         worker.settings.redis_prefix,
     )
     wrong = [
