@@ -40,7 +40,7 @@ def redis_per_subject(
     settings: Settings, policy: Policy, prefix: str, subjects: int, timeout_s: float
 ) -> dict[str, Any]:
     client = make_redis(settings, timeout_s=30)
-    store = ConsentStore(client, policy, settings.subject_key, prefix)
+    store = ConsentStore(client, policy, settings.subject_keys, prefix)
     rng = random.Random(3)  # noqa: S311 - a workload, not a secret
     now = int(time.time() * 1000)
     deadline = time.monotonic() + timeout_s

@@ -43,7 +43,7 @@ def rebuild_time(
     try:
         records = _states(settings, topic, subjects)
         delivered, _, _ = produce_all(settings, topic, records, timeout_s)
-        store = ConsentStore(client, policy, settings.subject_key, namespace)
+        store = ConsentStore(client, policy, settings.subject_keys, namespace)
         report = rebuild_from_topic(settings, store, topic, timeout_s=timeout_s)
     finally:
         client.close()

@@ -5,7 +5,9 @@ the Faust worker) have the same API. Both build their commands and read their an
 with the plain functions of ``consumers.store_layout`` (key layout, fields, decisions,
 the one Lua write); only the I/O differs.
 
-* Reads answer in one round trip (``HMGET``; ``HGETALL`` for the full view).
+* Reads answer in one round trip (``HMGET``; ``HGETALL`` for the full view); while a
+  subject key is rotated, one pipelined round trip over the subject's slots under every
+  accepted key, the newest slot winning.
 * ``apply_state`` is versioned and idempotent: a replay never moves a subject backwards,
   and a closed subject (a marker holding only ``v`` and ``closed``) is never re-opened.
 * Redis connection errors and timeouts are raised as ``StoreUnavailableError``.
@@ -13,7 +15,7 @@ the one Lua write); only the I/O differs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
@@ -27,18 +29,22 @@ from redis.retry import Retry as SyncRetry
 from consumers.store_layout import (
     APPLY_STATE_LUA,
     APPLY_STATE_SHA,
+    VERSION_FIELD,
     ApplyOutcome,
     FieldsRead,
-    SubjectKeys,
+    SubjectSlots,
     allowed_read,
     app_revoked_read,
     apply_args,
+    newest_hash,
+    newest_reply,
     permission_revoked_read,
     view_from_hash,
 )
 from schemas.errors import StoreUnavailableError
 from schemas.policy import Policy
-from schemas.settings import Secret, Settings
+from schemas.settings import Settings
+from schemas.subject_keys import SubjectKeys
 from schemas.views import ConsentState
 
 __all__ = [
@@ -100,26 +106,31 @@ def _outcomes(replies: Sequence[Any]) -> list[ApplyOutcome]:
 class _StoreCore:
     """What both clients share: policy, key derivation and the command specs."""
 
-    def __init__(self, policy: Policy, key_secret: Secret, prefix: str) -> None:
+    def __init__(self, policy: Policy, keys: SubjectKeys, prefix: str) -> None:
         self.policy = policy
-        self.keys = SubjectKeys(key_secret, prefix)
+        self.keys = SubjectSlots(keys, prefix)
 
     def key(self, subject_id: str) -> str:
-        """The subject's Redis key (a keyed hash of the id)."""
-        return self.keys(subject_id)
+        """The subject's Redis key under the current subject key (a keyed hash of the id)."""
+        return self.keys.current(subject_id)
 
     def _allowed(self, subject_id: str, purpose: str) -> FieldsRead[bool]:
-        return allowed_read(self.policy, self.keys(subject_id), purpose)
+        return allowed_read(self.policy, self.key(subject_id), purpose)
 
     def _permission(self, subject_id: str, permission: str, device_id: str) -> FieldsRead[bool]:
-        return permission_revoked_read(self.keys(subject_id), permission, device_id)
+        return permission_revoked_read(self.key(subject_id), permission, device_id)
 
     def _app(self, subject_id: str, app_id: str) -> FieldsRead[bool]:
-        return app_revoked_read(self.keys(subject_id), app_id)
+        return app_revoked_read(self.key(subject_id), app_id)
 
-    def _apply_call(self, state: ConsentState) -> list[str]:
-        """KEYS + ARGV of the versioned write, as EVALSHA arguments after ``numkeys``."""
-        return [self.keys(state.subject_id), *apply_args(state)]
+    def _other_slots(self, subject_id: str) -> list[str]:
+        """The subject's slots under the other accepted keys ([] unless rotating)."""
+        return self.keys(subject_id)[1:] if self.keys.rotating else []
+
+    def _apply_call(self, state: ConsentState) -> tuple[int, list[str]]:
+        """numkeys, then KEYS + ARGV of the versioned write, as EVALSHA arguments."""
+        slots = self.keys(state.subject_id)
+        return len(slots), [*slots, *apply_args(state)]
 
 
 class ConsentStore(_StoreCore):
@@ -129,41 +140,56 @@ class ConsentStore(_StoreCore):
         self,
         redis_client: redis.Redis,
         policy: Policy,
-        key_secret: Secret,
+        keys: SubjectKeys,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
-        super().__init__(policy, key_secret, prefix)
+        super().__init__(policy, keys, prefix)
         self._client = redis_client
 
-    def _read(self, read: FieldsRead[T]) -> T:
+    def _read(self, subject_id: str, read: FieldsRead[T]) -> T:
+        others = self._other_slots(subject_id)
         with _store_errors("read"):
-            raw = self._client.hmget(read.key, list(read.fields))
-        return read.parse(raw)
+            if not others:
+                return read.parse(self._client.hmget(read.key, list(read.fields)))
+            fields = [*read.fields, VERSION_FIELD]
+            with self._client.pipeline(transaction=False) as pipe:
+                for key in (read.key, *others):
+                    pipe.hmget(key, fields)
+                replies = pipe.execute()
+        return read.parse(newest_reply(replies))
 
     def is_allowed(self, subject_id: str, purpose: str) -> bool:
         """One HMGET. Raises ``UnknownPurposeError`` (before any I/O) for an unknown purpose."""
-        return self._read(self._allowed(subject_id, purpose))
+        return self._read(subject_id, self._allowed(subject_id, purpose))
 
     def is_permission_revoked(self, subject_id: str, permission: str, device_id: str) -> bool:
-        return self._read(self._permission(subject_id, permission, device_id))
+        return self._read(subject_id, self._permission(subject_id, permission, device_id))
 
     def is_app_revoked(self, subject_id: str, app_id: str) -> bool:
-        return self._read(self._app(subject_id, app_id))
+        return self._read(subject_id, self._app(subject_id, app_id))
 
     def consent_view(self, subject_id: str) -> dict[str, Any]:
+        slots = self.keys(subject_id) if self.keys.rotating else [self.key(subject_id)]
+        raw: Mapping[Any, Any]
         with _store_errors("view"):
-            raw = self._client.hgetall(self.keys(subject_id))
+            if len(slots) == 1:
+                raw = self._client.hgetall(slots[0])
+            else:
+                with self._client.pipeline(transaction=False) as pipe:
+                    for key in slots:
+                        pipe.hgetall(key)
+                    raw = newest_hash(pipe.execute())
         return view_from_hash(self.policy, raw)
 
     def apply_state(self, state: ConsentState) -> bool:
         """Replace the subject's hash if ``state`` is newer; True when it was applied."""
-        call = self._apply_call(state)
+        numkeys, call = self._apply_call(state)
         with _store_errors("apply"):
             try:
-                reply = self._client.evalsha(APPLY_STATE_SHA, 1, *call)
+                reply = self._client.evalsha(APPLY_STATE_SHA, numkeys, *call)
             except NoScriptError:
                 self._client.script_load(APPLY_STATE_LUA)
-                reply = self._client.evalsha(APPLY_STATE_SHA, 1, *call)
+                reply = self._client.evalsha(APPLY_STATE_SHA, numkeys, *call)
         return ApplyOutcome(int(reply)) is ApplyOutcome.APPLIED
 
     def apply_states(self, states: Sequence[ConsentState]) -> list[ApplyOutcome]:
@@ -173,7 +199,8 @@ class ConsentStore(_StoreCore):
         with _store_errors("apply"), self._client.pipeline(transaction=False) as pipe:
             pipe.script_load(APPLY_STATE_LUA)
             for state in states:
-                pipe.evalsha(APPLY_STATE_SHA, 1, *self._apply_call(state))
+                numkeys, call = self._apply_call(state)
+                pipe.evalsha(APPLY_STATE_SHA, numkeys, *call)
             replies = pipe.execute()
         return _outcomes(replies[1:])
 
@@ -185,39 +212,54 @@ class AsyncConsentStore(_StoreCore):
         self,
         redis_client: redis.asyncio.Redis,
         policy: Policy,
-        key_secret: Secret,
+        keys: SubjectKeys,
         prefix: str = DEFAULT_PREFIX,
     ) -> None:
-        super().__init__(policy, key_secret, prefix)
+        super().__init__(policy, keys, prefix)
         self._client = redis_client
 
-    async def _read(self, read: FieldsRead[T]) -> T:
+    async def _read(self, subject_id: str, read: FieldsRead[T]) -> T:
+        others = self._other_slots(subject_id)
         with _store_errors("read"):
-            raw = await self._client.hmget(read.key, list(read.fields))
-        return read.parse(raw)
+            if not others:
+                return read.parse(await self._client.hmget(read.key, list(read.fields)))
+            fields = [*read.fields, VERSION_FIELD]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in (read.key, *others):
+                    pipe.hmget(key, fields)
+                replies = await pipe.execute()
+        return read.parse(newest_reply(replies))
 
     async def is_allowed(self, subject_id: str, purpose: str) -> bool:
-        return await self._read(self._allowed(subject_id, purpose))
+        return await self._read(subject_id, self._allowed(subject_id, purpose))
 
     async def is_permission_revoked(self, subject_id: str, permission: str, device_id: str) -> bool:
-        return await self._read(self._permission(subject_id, permission, device_id))
+        return await self._read(subject_id, self._permission(subject_id, permission, device_id))
 
     async def is_app_revoked(self, subject_id: str, app_id: str) -> bool:
-        return await self._read(self._app(subject_id, app_id))
+        return await self._read(subject_id, self._app(subject_id, app_id))
 
     async def consent_view(self, subject_id: str) -> dict[str, Any]:
+        slots = self.keys(subject_id) if self.keys.rotating else [self.key(subject_id)]
+        raw: Mapping[Any, Any]
         with _store_errors("view"):
-            raw = await self._client.hgetall(self.keys(subject_id))
+            if len(slots) == 1:
+                raw = await self._client.hgetall(slots[0])
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in slots:
+                        pipe.hgetall(key)
+                    raw = newest_hash(await pipe.execute())
         return view_from_hash(self.policy, raw)
 
     async def apply_state(self, state: ConsentState) -> bool:
-        call = self._apply_call(state)
+        numkeys, call = self._apply_call(state)
         with _store_errors("apply"):
             try:
-                reply = await self._client.evalsha(APPLY_STATE_SHA, 1, *call)
+                reply = await self._client.evalsha(APPLY_STATE_SHA, numkeys, *call)
             except NoScriptError:
                 await self._client.script_load(APPLY_STATE_LUA)
-                reply = await self._client.evalsha(APPLY_STATE_SHA, 1, *call)
+                reply = await self._client.evalsha(APPLY_STATE_SHA, numkeys, *call)
         return ApplyOutcome(int(reply)) is ApplyOutcome.APPLIED
 
     async def apply_states(self, states: Sequence[ConsentState]) -> list[ApplyOutcome]:
@@ -227,6 +269,7 @@ class AsyncConsentStore(_StoreCore):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.script_load(APPLY_STATE_LUA)
                 for state in states:
-                    pipe.evalsha(APPLY_STATE_SHA, 1, *self._apply_call(state))
+                    numkeys, call = self._apply_call(state)
+                    pipe.evalsha(APPLY_STATE_SHA, numkeys, *call)
                 replies = await pipe.execute()
         return _outcomes(replies[1:])

@@ -2,13 +2,20 @@
 
 One Redis hash per subject, under a key that holds no raw subject id::
 
-    <prefix>:s:<first 32 hex of HMAC-SHA256(key_secret, subject_id)>
+    <prefix>:s:<first 32 hex of HMAC-SHA256(subject key, subject_id)>
 
     p:<purpose>                  "1" granted / "0" withdrawn (explicit decisions only)
     perm:<device_id>:<perm>      event time (ms) of a revoked system permission
     app:<app_id>                 event time (ms) of an authorized app's revoked access
     v                            version of the applied ConsentState
     closed                       account closure time (ms); then the hash holds only v, closed
+
+The subject key is the *current* subject key (``SubjectKeys``). While a key is rotated,
+a subject may still sit in its *slot* under another accepted key: readers then read every
+slot in one pipelined round trip and take the newest (highest ``v``; the current slot on a
+tie), and every write first moves the newest slot to the current key's slot and deletes
+the others. With no other key accepted, a read is one ``HMGET`` and a write one script on
+one key, as before rotation existed.
 
 Both store clients (sync and asyncio) build their commands and read their answers here;
 ``APPLY_STATE_LUA`` is the one versioned, closure-safe write.
@@ -25,7 +32,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from schemas.errors import UnknownPurposeError
 from schemas.policy import Policy, Purpose
-from schemas.settings import Secret
+from schemas.subject_keys import SubjectKeys
 from schemas.views import ConsentState
 
 __all__ = [
@@ -36,13 +43,15 @@ __all__ = [
     "ApplyOutcome",
     "FieldsRead",
     "Source",
-    "SubjectKeys",
+    "SubjectSlots",
     "allowed_read",
     "app_field",
     "app_revoked_read",
     "apply_args",
     "decide",
     "decide_allowed",
+    "newest_hash",
+    "newest_reply",
     "permission_field",
     "permission_revoked_read",
     "purpose_field",
@@ -58,8 +67,20 @@ _KEY_HEX: Final = 32
 _LUA_HSET_CHUNK: Final = 2000  # field/value args per HSET inside the script (even)
 
 APPLY_STATE_LUA: Final = f"""
--- KEYS[1] subject hash; ARGV[1] version; ARGV[2] "1" when the state closes the account;
--- ARGV[3..] field/value pairs of the new hash (always includes v).
+-- KEYS[1] the subject's hash under the current key; KEYS[2..] its hashes under the other
+-- accepted keys (only during a key rotation); ARGV[1] version; ARGV[2] "1" when the state
+-- closes the account; ARGV[3..] field/value pairs of the new hash (always includes v).
+if #KEYS > 1 then
+  -- the newest hash (highest v, the current one on a tie) moves to KEYS[1]; no other stays
+  local best = 1
+  local best_v = tonumber(redis.call('HGET', KEYS[1], '{VERSION_FIELD}') or '')
+  for i = 2, #KEYS do
+    local v = tonumber(redis.call('HGET', KEYS[i], '{VERSION_FIELD}') or '')
+    if v and (not best_v or v > best_v) then best, best_v = i, v end
+  end
+  if best > 1 then redis.call('RENAME', KEYS[best], KEYS[1]) end
+  redis.call('DEL', unpack(KEYS, 2))
+end
 local stored = redis.call('HMGET', KEYS[1], '{VERSION_FIELD}', '{CLOSED_FIELD}')
 if stored[1] and tonumber(stored[1]) >= tonumber(ARGV[1]) then return 0 end
 if stored[2] and ARGV[2] ~= '1' then return -1 end
@@ -83,24 +104,62 @@ class ApplyOutcome(IntEnum):
     APPLIED = 1
 
 
-class SubjectKeys:
-    """Derives the Redis key of a subject: a keyed hash, never the raw id."""
+class SubjectSlots:
+    """The Redis keys (slots) of a subject: keyed hashes, never the raw id.
 
-    __slots__ = ("_mac", "prefix")
+    ``current`` is the slot under the current subject key, where writes go; ``others`` the
+    slots under the other accepted keys (empty unless a key is being rotated).
+    """
 
-    def __init__(self, key_secret: Secret, prefix: str) -> None:
+    __slots__ = ("_macs", "prefix")
+
+    def __init__(self, keys: SubjectKeys, prefix: str) -> None:
         self.prefix = prefix
-        self._mac = hmac.new(key_secret.reveal(), digestmod=hashlib.sha256)
+        self._macs = [hmac.new(k.reveal(), digestmod=hashlib.sha256) for _, k in keys.items()]
 
-    def __call__(self, subject_id: str) -> str:
-        mac = self._mac.copy()
+    def _slot(self, mac: Any, subject_id: str) -> str:
+        mac = mac.copy()
         mac.update(subject_id.encode("utf-8"))
         return f"{self.prefix}:s:{mac.hexdigest()[:_KEY_HEX]}"
+
+    @property
+    def rotating(self) -> bool:
+        return len(self._macs) > 1
+
+    def current(self, subject_id: str) -> str:
+        return self._slot(self._macs[0], subject_id)
+
+    def __call__(self, subject_id: str) -> list[str]:
+        """Every slot of the subject, the current one first."""
+        return [self._slot(mac, subject_id) for mac in self._macs]
 
     @property
     def pattern(self) -> str:
         """SCAN pattern matching every subject key under this prefix."""
         return f"{self.prefix}:s:*"
+
+
+def _version(value: Raw) -> int:
+    version = text(value)
+    return int(version) if version is not None else -1
+
+
+def newest_reply(replies: Sequence[Sequence[Raw]]) -> Sequence[Raw]:
+    """Of the HMGET replies of several slots, each ending with the ``v`` field, the one of
+    the newest slot (highest version; the first on a tie), without its ``v``."""
+    best = max(range(len(replies)), key=lambda i: (_version(replies[i][-1]), -i))
+    return replies[best][:-1]
+
+
+def newest_hash(hashes: Sequence[Mapping[Any, Any]]) -> Mapping[Any, Any]:
+    """Of the HGETALL replies of several slots, the newest (highest ``v``; first on a tie)."""
+
+    def version(raw: Mapping[Any, Any]) -> int:
+        value = raw.get(VERSION_FIELD.encode(), raw.get(VERSION_FIELD))
+        return _version(value)
+
+    best = max(range(len(hashes)), key=lambda i: (version(hashes[i]), -i))
+    return hashes[best]
 
 
 def purpose_field(purpose: str) -> str:

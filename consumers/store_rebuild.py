@@ -195,11 +195,11 @@ def run_rebuild_store(
 ) -> int:
     """``consent-stream rebuild-store``: prints the counts; exit 0 when complete, else 1.
 
-    Writes under ``settings.redis_prefix`` with ``settings.subject_key``, like the worker.
+    Writes under ``settings.redis_prefix`` with ``settings.subject_keys``, like the worker.
     """
     client = make_redis(settings)
     try:
-        store = ConsentStore(client, policy, settings.subject_key, settings.redis_prefix)
+        store = ConsentStore(client, policy, settings.subject_keys, settings.redis_prefix)
         report = rebuild_from_topic(settings, store, topic, timeout_s=timeout_s)
     finally:
         client.close()

@@ -15,7 +15,8 @@
     │   ├── ValidationError             a decodable event that is invalid
     │   │   ├── UnknownPurposeError     purpose not in the policy
     │   │   └── NonWithdrawableError    withdrawal of a purpose needed for basic functions
-    │   └── OversizedRecordError        larger than the configured maximum
+    │   ├── OversizedRecordError        larger than the configured maximum
+    │   └── UnknownSubjectKeyError      a ref or digest under a key id not configured here
     └── TransientError                  retriable: the operation may succeed later
         ├── PublishError                the broker did not acknowledge a record
         ├── BrokerUnavailableError      the Kafka broker did not answer
@@ -44,6 +45,7 @@ __all__ = [
     "TruncatedRecordError",
     "UnknownPurposeError",
     "UnknownSchemaError",
+    "UnknownSubjectKeyError",
     "UnknownTopicError",
     "ValidationError",
 ]
@@ -145,6 +147,12 @@ class OversizedRecordError(ContractError):
     """The record is larger than the configured maximum size."""
 
     reason = "oversized"
+
+
+class UnknownSubjectKeyError(ContractError):
+    """A pseudonymous ref or digest names a subject key id that is not configured here."""
+
+    reason = "unknown_subject_key"
 
 
 class TransientError(ConsentStreamError):

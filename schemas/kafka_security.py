@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from schemas.errors import ConfigurationError
-from schemas.secret import Secret
+from schemas.secrets import Secret
 
 __all__ = [
     "SASL_MECHANISMS",

@@ -18,7 +18,8 @@ from schemas.kafka_security import (
     kafka_security,
     read_credentials,
 )
-from schemas.secret import Secret
+from schemas.secrets import MIN_TOKEN_CHARS, Secret, parse_named_secrets
+from schemas.subject_keys import SubjectKeys, subject_keys_from_env
 from schemas.topics import TopicNames, record_limits
 
 __all__ = [
@@ -28,57 +29,22 @@ __all__ = [
     "SECURITY_PROTOCOLS",
     "Secret",
     "Settings",
+    "SubjectKeys",
     "parse_tokens",
     "read_credentials",
 ]
 
 ENV_PREFIX: Final = "CONSENT_STREAM_"
-MIN_TOKEN_CHARS: Final = 16
-_DEV_KEY: Final = "consent-stream-local-development-key"
 
 
 def parse_tokens(text: str, what: str = ENV_PREFIX + "HTTP_TOKENS") -> dict[str, Secret]:
     """``name=token,name=token`` (commas or newlines) -> {name: token}; a clear error for a
     missing name, a short token or a name given twice (never showing a token)."""
-    tokens: dict[str, Secret] = {}
-    for n, item in enumerate(text.replace("\n", ",").split(","), start=1):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, token = item.partition("=")
-        name, token = name.strip(), token.strip()
-        if not sep or not name:
-            raise ConfigurationError(f"{what}: entry {n} is not name=token")
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ConfigurationError(
-                f"{what}: the token of {name!r} is shorter than {MIN_TOKEN_CHARS} characters"
-            )
-        if name in tokens:
-            raise ConfigurationError(f"{what}: {name!r} is given twice")
-        tokens[name] = Secret(token)
-    return tokens
+    return parse_named_secrets(text, what)
 
 
 def _dev_mode(env: Mapping[str, str]) -> bool:
     return env.get(ENV_PREFIX + "DEV_MODE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _subject_key(env: Mapping[str, str]) -> Secret:
-    """The configured key; the development key only in development mode, else an error."""
-    raw = env.get(ENV_PREFIX + "SUBJECT_KEY", "").strip()
-    if raw:
-        if len(raw) < MIN_TOKEN_CHARS:
-            raise ConfigurationError(
-                f"{ENV_PREFIX}SUBJECT_KEY is shorter than {MIN_TOKEN_CHARS} characters"
-            )
-        return Secret(raw)
-    if _dev_mode(env):
-        return Secret(_DEV_KEY)
-    raise ConfigurationError(
-        f"{ENV_PREFIX}SUBJECT_KEY is not set: it keys the pseudonymous subject refs, the "
-        f"consent store and the evidence digests (docs/security.md); only a development "
-        f"set-up may run without it, with {ENV_PREFIX}DEV_MODE=1 (make env sets it)"
-    )
 
 
 def _metrics_token(env: Mapping[str, str]) -> Secret | None:
@@ -127,9 +93,11 @@ class Settings:
     topic_namespace: str = ""
     app_id: str = "consent-stream"
     redis_prefix: str = "cs"
-    subject_key: Secret = field(default_factory=lambda: Secret(_DEV_KEY))
-    """The HMAC key of pseudonymous refs, store keys and digests. ``from_env`` takes it from
-    ``CONSENT_STREAM_SUBJECT_KEY`` and refuses to go on without one outside development."""
+    subject_keys: SubjectKeys = field(default_factory=SubjectKeys.development)
+    """The HMAC keys of pseudonymous refs, store keys and digests: the current one
+    (``CONSENT_STREAM_SUBJECT_KEY``, id ``CONSENT_STREAM_SUBJECT_KEY_ID``) and those still
+    accepted during a rotation (``CONSENT_STREAM_SUBJECT_KEYS_ACCEPTED``). ``from_env``
+    refuses to go on without a key outside development."""
     dev_mode: bool = False
     """``CONSENT_STREAM_DEV_MODE=1`` (the local stack and the tests): the built-in
     development subject key may be used."""
@@ -181,7 +149,7 @@ class Settings:
             topic_namespace=get("TOPIC_NAMESPACE", ""),
             app_id=get("APP_ID", _DEFAULT.app_id),
             redis_prefix=get("REDIS_PREFIX", _DEFAULT.redis_prefix),
-            subject_key=_subject_key(env),
+            subject_keys=subject_keys_from_env(env, ENV_PREFIX, _dev_mode(env)),
             dev_mode=_dev_mode(env),
             settled_ticket_grace_s=_int(
                 env, "SETTLED_TICKET_GRACE_S", _DEFAULT.settled_ticket_grace_s

@@ -29,7 +29,7 @@ __all__ = ["run_check", "run_replay", "run_report", "run_status"]
 
 def run_check(settings: Settings, policy: Policy, subject: str, purpose: str, out: TextIO) -> int:
     """Exit 0 when processing is allowed, 1 when denied, 2 for an unknown purpose."""
-    store = ConsentStore(make_redis(settings), policy, settings.subject_key, settings.redis_prefix)
+    store = ConsentStore(make_redis(settings), policy, settings.subject_keys, settings.redis_prefix)
     try:
         allowed = store.is_allowed(subject, purpose)
     except UnknownPurposeError as exc:
@@ -107,7 +107,7 @@ def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) ->
         return 2
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     plan = ReplayPlan(partner, tuple(sorted(policy.partners[partner].purposes)))
-    fan = FanOut(policy, Pseudonyms(settings.subject_key), int(time.time() * 1000))
+    fan = FanOut(policy, Pseudonyms(settings.subject_keys), int(time.time() * 1000))
     states = _read_states(settings, serde)
     instructions = [i for s in states for i in replay_instructions(plan, s, fan)]
     producer = make_producer(settings)

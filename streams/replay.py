@@ -3,8 +3,10 @@
 Reads the compacted consent.state.v1 to its end and, for every subject whose effective
 decision on a purpose the partner processes differs from the purpose's default (or whose
 account is closed), sends STOP_PROCESSING or RESUME_PROCESSING. Instruction ids derive
-from (partner, subject, purpose, state version), so running it twice changes nothing for
-a partner that de-duplicates by instruction id. Instructions are tracked by the ledger.
+from (partner, subject, purpose, state version, subject key id), so running it twice
+changes nothing for a partner that de-duplicates by instruction id, while a run after a
+subject key rotation re-sends the decisions under the new refs (docs/security.md).
+Instructions are tracked by the ledger.
 """
 
 from __future__ import annotations
@@ -67,5 +69,5 @@ def replay_instructions(
             ConsentChanged(purpose, decision, "-", "replay"),
         )
         ins = fan.instruction(event, plan.partner, action, purposes=(purpose,))
-        iid = instruction_id("replay", plan.partner, cause, purpose)
+        iid = instruction_id("replay", plan.partner, cause, purpose, fan.pseudonyms.key_id)
         yield replace(ins, instruction_id=iid, ack_key=iid)

@@ -37,12 +37,12 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
     registry = CollectorRegistry()
     metrics = stream_metrics(registry)
     redis = make_async_redis(settings)
-    store = AsyncConsentStore(redis, policy, settings.subject_key, settings.redis_prefix)
+    store = AsyncConsentStore(redis, policy, settings.subject_keys, settings.redis_prefix)
     views = AsyncRequestViews(redis, settings.redis_prefix)
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     schema_ref = settings.schema_registry_url or CONSENT_EVENT.rsplit(".", 1)[0]
     sender = RecordSender(serde, schema_ref, settings.topics, settings.partitions)
-    pseudonyms = Pseudonyms(settings.subject_key)
+    pseudonyms = Pseudonyms(settings.subject_keys)
     topics = settings.topics
     return WorkerParts(
         events=EventProcessor(

@@ -23,7 +23,7 @@ from consumers.store_rebuild import rebuild_from_topic, run_rebuild_store
 from schemas.errors import StoreUnavailableError
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Secret, Settings
+from schemas.settings import Secret, Settings, SubjectKeys
 from schemas.views import ConsentState, PermissionRevocation, PurposeDecision
 
 from .kafka_auth import admin_settings
@@ -31,7 +31,7 @@ from .kafka_auth import admin_settings
 pytestmark = pytest.mark.integration
 
 POLICY = load_policy()
-SECRET = Secret("integration-test-key")
+SECRET = SubjectKeys.single(Secret("integration-test-key"))
 NOTICE = "2023-09-01"
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens there
 
@@ -423,5 +423,33 @@ def test_run_rebuild_store_prints_counts(
     out = capsys.readouterr().out
     assert code == 0
     assert "rebuild-store complete: 2 read, 1 applied, 1 skipped (not newer)" in out
-    store = ConsentStore(client, POLICY, settings.subject_key, prefix=prefix)  # as the worker
+    store = ConsentStore(client, POLICY, settings.subject_keys, prefix=prefix)  # as the worker
     assert store.is_allowed(sid, "research_sharing") is True
+
+
+# ---- subject key rotation -------------------------------------------------------------
+
+NEW_KEYS = SubjectKeys("k2", Secret("integration-new-key-0123"), {"k1": SECRET.current})
+
+
+def test_rotation_finds_moves_and_never_goes_back(client: redis.Redis, prefix: str) -> None:
+    """APPLY_STATE_LUA on the real server with two slots (tests/unit/test_store_rotation.py
+    checks the same against the in-memory model)."""
+    old_store = ConsentStore(client, POLICY, SECRET, prefix=prefix)
+    new_store = ConsentStore(client, POLICY, NEW_KEYS, prefix=prefix)
+    sid, closed_sid = subject_id(), subject_id()
+    assert old_store.apply_state(state(sid, 3, grants={"research_sharing": True}))
+    assert old_store.apply_state(state(closed_sid, 2, closed_at=1_700_000_000_000))
+    old_key, new_key = old_store.key(sid), new_store.key(sid)
+    assert new_store.is_allowed(sid, "research_sharing") is True  # found under k1
+    assert new_store.consent_view(sid)["version"] == 3
+    assert new_store.apply_states([state(sid, 3, grants={"research_sharing": True})]) == [
+        ApplyOutcome.NOT_NEWER
+    ]
+    assert client.exists(old_key) == 0 and text_hash(client, new_key)["v"] == "3"  # moved
+    assert new_store.apply_state(state(sid, 2)) is False  # never backwards
+    assert new_store.apply_state(state(sid, 4, grants={"research_sharing": False}))
+    assert new_store.is_allowed(sid, "research_sharing") is False
+    assert new_store.apply_states([state(closed_sid, 5)]) == [ApplyOutcome.REFUSED_CLOSED]
+    assert new_store.consent_view(closed_sid)["closed"] is True
+    assert prefix_keys(client, prefix) == sorted([new_key, new_store.key(closed_sid)])

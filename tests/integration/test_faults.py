@@ -133,7 +133,7 @@ def test_a_redis_outage_mid_stream_loses_no_store_write(
     store = ConsentStore(
         redis.Redis.from_url(own_redis.url),
         worker.policy,
-        worker.settings.subject_key,
+        worker.settings.subject_keys,
         worker.settings.redis_prefix,
     )
     wrong = [

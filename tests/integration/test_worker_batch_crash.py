@@ -74,7 +74,7 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     worker.start()
     worker.wait_ready(CATCH_UP_TIMEOUT_S)
 
-    store = ConsentStore(redis_client, policy, settings.subject_key, settings.redis_prefix)
+    store = ConsentStore(redis_client, policy, settings.subject_keys, settings.redis_prefix)
     poll_until(
         lambda: not store_mismatches(redis_client, store, expected.store),
         CATCH_UP_TIMEOUT_S,

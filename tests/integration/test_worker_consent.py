@@ -74,7 +74,7 @@ def test_withdrawal_stops_processing_in_the_store_and_at_the_ads_partner(
     )
     (record,) = [r for r in records if r.obj.source_event_id == withdrawal.event_id]
     ins: PartnerInstruction = record.obj
-    subject_ref = Pseudonyms(settings.subject_key).subject_ref("ads", subject)
+    subject_ref = Pseudonyms(settings.subject_keys).subject_ref("ads", subject)
     assert record.key == subject_ref.encode()
     assert ins.action is InstructionAction.STOP_PROCESSING
     assert ins.purposes == (ADS,)

@@ -138,7 +138,7 @@ class Expected:
 
 
 def expected_effects(workload: Workload, policy: Policy, settings: Settings) -> Expected:
-    fan = FanOut(policy, Pseudonyms(settings.subject_key), now_ms())
+    fan = FanOut(policy, Pseudonyms(settings.subject_keys), now_ms())
     store: dict[str, dict[str, str]] = {}
     instructions: dict[str, set[str]] = defaultdict(set)
     requests: set[str] = set()
@@ -238,7 +238,7 @@ def test_sigkill_mid_stream_loses_no_effect(
     expected = expected_effects(workload, policy, settings)
     assert expected.outcomes["applied"] > EVENTS * 0.8
     assert expected.closed and expected.requests and len(expected.instructions) == 4
-    store = ConsentStore(redis_client, policy, settings.subject_key, settings.redis_prefix)
+    store = ConsentStore(redis_client, policy, settings.subject_keys, settings.redis_prefix)
     processed_before = worker.metric("consent_events_total")  # the readiness probe
     publisher = BackgroundPublisher(settings, policy, workload.events)
 

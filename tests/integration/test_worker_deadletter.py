@@ -109,7 +109,7 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
     good = consent_changed(subject, "personalized_ads", granted=False)
     before = worker.metrics()
     client = make_redis(settings)
-    store = ConsentStore(client, worker.policy, settings.subject_key, settings.redis_prefix)
+    store = ConsentStore(client, worker.policy, settings.subject_keys, settings.redis_prefix)
     assert store.is_allowed(subject, "personalized_ads") is True
 
     sent = produce(settings, [*bad, Sent("good", "", key, serde.encode(good, topic))])

@@ -183,7 +183,7 @@ def test_account_deletion_reaches_exactly_the_partners_that_hold_data_and_comple
     logistics_recs = wait_instructions(worker, "logistics", request_id, 2)
     pay: PartnerInstruction = payment_rec.obj
     by_action = {r.obj.action: r.obj for r in logistics_recs}
-    pseudonyms = Pseudonyms(settings.subject_key)
+    pseudonyms = Pseudonyms(settings.subject_keys)
     assert payment_rec.key == pseudonyms.subject_ref("payment", subject).encode()
     assert pay.action is InstructionAction.RESTRICT
     assert pay.categories == ("bank_account", "payment_records")

@@ -174,7 +174,7 @@ def test_cli_replay_sends_current_state_to_a_partner_idempotently(worker: Worker
     _publish(worker, *(consent_changed(s, "personalized_ads", False) for s in withdrawn))
     for s in withdrawn:
         worker.poll(lambda s=s: worker.seen(s), 30, "store entry")
-    refs = {Pseudonyms(worker.settings.subject_key).subject_ref("ads", s) for s in withdrawn}
+    refs = {Pseudonyms(worker.settings.subject_keys).subject_ref("ads", s) for s in withdrawn}
     before = {i.instruction_id for i in _replayed(worker, refs)}
     first = _cli(worker, "replay", "--partner", "ads")
     assert first.returncode == 0, first.stderr

@@ -44,4 +44,4 @@ def redis_client(worker: WorkerProcess) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="module")
 def store(worker: WorkerProcess, redis_client: redis.Redis) -> ConsentStore:
     s = worker.settings
-    return ConsentStore(redis_client, worker.policy, s.subject_key, s.redis_prefix)
+    return ConsentStore(redis_client, worker.policy, s.subject_keys, s.redis_prefix)

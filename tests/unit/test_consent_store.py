@@ -14,7 +14,7 @@ from consumers.consent_store import ConsentStore
 from consumers.store_layout import (
     ApplyOutcome,
     Source,
-    SubjectKeys,
+    SubjectSlots,
     allowed_read,
     apply_args,
     decide,
@@ -26,11 +26,11 @@ from consumers.store_rebuild import RebuildReport, rebuild_from_topic
 from schemas.errors import StoreUnavailableError, UnknownPurposeError
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Secret, Settings
+from schemas.settings import Secret, Settings, SubjectKeys
 from schemas.views import ConsentState, PermissionRevocation, PurposeDecision
 
 POLICY = load_policy()
-SECRET = Secret("unit-test-key")
+KEYS = SubjectKeys.single(Secret("unit-test-key"))
 SUBJECT = "buyer-4711@example.com"
 
 
@@ -54,23 +54,26 @@ def open_state(version: int = 3) -> ConsentState:
 
 
 def test_key_is_prefix_and_32_hex_of_a_keyed_hash_without_the_subject_id() -> None:
-    key = SubjectKeys(SECRET, "cs")(SUBJECT)
+    key = SubjectSlots(KEYS, "cs").current(SUBJECT)
     assert re.fullmatch(r"cs:s:[0-9a-f]{32}", key)
     assert SUBJECT not in key and "buyer" not in key and "4711" not in key
 
 
 def test_key_is_stable_and_depends_on_subject_secret_and_prefix() -> None:
-    keys = SubjectKeys(SECRET, "cs")
-    assert keys(SUBJECT) == keys(SUBJECT) == SubjectKeys(Secret("unit-test-key"), "cs")(SUBJECT)
-    assert keys(SUBJECT) != keys(SUBJECT + "x")
-    assert keys(SUBJECT) != SubjectKeys(Secret("another-key"), "cs")(SUBJECT)
-    assert SubjectKeys(SECRET, "t1")(SUBJECT).startswith("t1:s:")
-    assert SubjectKeys(SECRET, "t1").pattern == "t1:s:*"
+    slots = SubjectSlots(KEYS, "cs")
+    same = SubjectSlots(SubjectKeys.single(Secret("unit-test-key")), "cs")
+    assert slots.current(SUBJECT) == slots.current(SUBJECT) == same.current(SUBJECT)
+    assert slots.current(SUBJECT) != slots.current(SUBJECT + "x")
+    other = SubjectSlots(SubjectKeys.single(Secret("another-key")), "cs")
+    assert slots.current(SUBJECT) != other.current(SUBJECT)
+    assert SubjectSlots(KEYS, "t1").current(SUBJECT).startswith("t1:s:")
+    assert SubjectSlots(KEYS, "t1").pattern == "t1:s:*"
+    assert slots(SUBJECT) == [slots.current(SUBJECT)] and not slots.rotating
 
 
 def test_store_key_matches_layout() -> None:
-    store = ConsentStore(_FailingClient(), POLICY, SECRET, prefix="p9")  # type: ignore[arg-type]
-    assert store.key(SUBJECT) == SubjectKeys(SECRET, "p9")(SUBJECT)
+    store = ConsentStore(_FailingClient(), POLICY, KEYS, prefix="p9")  # type: ignore[arg-type]
+    assert store.key(SUBJECT) == SubjectSlots(KEYS, "p9").current(SUBJECT)
 
 
 # ---- fields ---------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def test_allowed_read_is_one_hmget_of_purpose_and_closed() -> None:
 
 
 def test_unknown_purpose_raises_before_any_io() -> None:
-    store = ConsentStore(_FailingClient(), POLICY, SECRET)  # type: ignore[arg-type]
+    store = ConsentStore(_FailingClient(), POLICY, KEYS)  # type: ignore[arg-type]
     before = _FailingClient.calls
     with pytest.raises(UnknownPurposeError) as info:
         store.is_allowed(SUBJECT, "telepathy")
@@ -199,7 +202,7 @@ class _FailingClient:
     ],
 )
 def test_redis_down_is_a_retriable_store_unavailable_error(call: Any) -> None:
-    store = ConsentStore(_FailingClient(), POLICY, SECRET)  # type: ignore[arg-type]
+    store = ConsentStore(_FailingClient(), POLICY, KEYS)  # type: ignore[arg-type]
     before = _FailingClient.calls
     with pytest.raises(StoreUnavailableError) as info:
         call(store)
@@ -212,7 +215,7 @@ def test_redis_timeout_is_store_unavailable() -> None:
         def hmget(self, *args: Any) -> Any:
             raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
-    store = ConsentStore(Slow(), POLICY, SECRET)  # type: ignore[arg-type]
+    store = ConsentStore(Slow(), POLICY, KEYS)  # type: ignore[arg-type]
     with pytest.raises(StoreUnavailableError):
         store.is_allowed(SUBJECT, "marketing_sms")
 

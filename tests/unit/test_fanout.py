@@ -18,14 +18,14 @@ from schemas.events import (
 )
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
-from schemas.settings import Secret
+from schemas.settings import Secret, SubjectKeys
 from streams.decisions import Decision, Outcome, decide
 from streams.fanout import FanOut, merge_refs
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share, SubjectState
 
 POLICY = load_policy()
-PSEUDONYMS = Pseudonyms(Secret("k"))
+PSEUDONYMS = Pseudonyms(SubjectKeys.single(Secret("k")))
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -357,7 +357,7 @@ def test_instruction_ids_are_deterministic_and_distinct_per_partner_and_action()
 
 def test_subject_refs_differ_per_partner_and_per_key() -> None:
     refs = {p: PSEUDONYMS.subject_ref(p, SUBJECT) for p in POLICY.partners}
-    other_key = Pseudonyms(Secret("another key"))
+    other_key = Pseudonyms(SubjectKeys.single(Secret("another key")))
 
     assert len(set(refs.values())) == len(refs)
     assert all(SUBJECT not in r for r in refs.values())

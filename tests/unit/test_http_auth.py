@@ -71,9 +71,12 @@ def test_the_subject_key_is_required_outside_development_mode() -> None:
     with pytest.raises(ConfigurationError, match="SUBJECT_KEY is not set"):
         Settings.from_env({})
     dev = Settings.from_env({ENV_PREFIX + "DEV_MODE": "1"})
-    assert dev.dev_mode and dev.subject_key.reveal() == Settings().subject_key.reveal()
+    default = Settings().subject_keys
+    assert dev.dev_mode and dev.subject_keys.current.reveal() == default.current.reveal()
+    assert dev.subject_keys.current_id == default.current_id == "dev"
     key = "k" * 32
     production = Settings.from_env({ENV_PREFIX + "SUBJECT_KEY": key})
-    assert production.subject_key.reveal() == key.encode() and not production.dev_mode
+    assert production.subject_keys.current.reveal() == key.encode() and not production.dev_mode
+    assert production.subject_keys.current_id == "k1" and not production.subject_keys.rotating
     with pytest.raises(ConfigurationError, match="SUBJECT_KEY is shorter"):
         Settings.from_env({ENV_PREFIX + "SUBJECT_KEY": "short"})

@@ -26,7 +26,7 @@ from schemas.partner import (
     PartnerInstruction,
 )
 from schemas.policy import load_policy
-from schemas.settings import Secret
+from schemas.settings import Secret, SubjectKeys
 from schemas.views import OutcomeStatus, RequestState
 from streams.decisions import decide
 from streams.fanout import FanOut, RequestOpening
@@ -55,7 +55,7 @@ from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import SubjectState
 
 POLICY = load_policy()
-PSEUDONYMS = Pseudonyms(Secret("k"))
+PSEUDONYMS = Pseudonyms(SubjectKeys.single(Secret("k")))
 NOW = 1_700_000_000_000
 MINUTE = 60_000
 HOUR = 60 * MINUTE

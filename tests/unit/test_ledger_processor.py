@@ -32,7 +32,7 @@ from schemas.partner import (
 )
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Secret
+from schemas.settings import Secret, SubjectKeys
 from schemas.topics import TopicNames
 from schemas.views import RequestState, RequestStatus
 from streams.decisions import decide
@@ -59,7 +59,7 @@ from streams.subject import SubjectState
 from streams.ticket_index import TicketIndex
 
 POLICY = load_policy()
-PSEUDONYMS = Pseudonyms(Secret("k"))
+PSEUDONYMS = Pseudonyms(SubjectKeys.single(Secret("k")))
 SERDE = AvroSerde()
 NOW = 1_700_000_000_000
 MINUTE = 60_000

@@ -29,7 +29,7 @@ from schemas.events import (
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Secret
+from schemas.settings import Secret, SubjectKeys
 from schemas.topics import TopicNames
 from schemas.views import ConsentState
 from streams import store_retry
@@ -51,7 +51,7 @@ from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState, state_from_json
 
 POLICY = load_policy()
-PSEUDONYMS = Pseudonyms(Secret("k"))
+PSEUDONYMS = Pseudonyms(SubjectKeys.single(Secret("k")))
 SERDE = AvroSerde()
 TOPICS = TopicNames()
 NOW = 1_700_000_000_000

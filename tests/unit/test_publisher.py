@@ -31,7 +31,7 @@ from schemas.events import (
 )
 from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Secret, Settings
+from schemas.settings import Secret, Settings, SubjectKeys
 
 NOW_S = 1_710_064_800.0  # 2024-03-10T10:00:00Z
 NOW_MS = int(NOW_S * 1000)
@@ -363,13 +363,18 @@ def test_consumer_config_commits_manually() -> None:
 @pytest.mark.parametrize(
     "settings",
     [
-        Settings(subject_key=Secret("s3cr3t-subject-key")),
-        Settings.from_env({"CONSENT_STREAM_SUBJECT_KEY": "s3cr3t-subject-key"}),
+        Settings(subject_keys=SubjectKeys.single(Secret("s3cr3t-subject-key"))),
+        Settings.from_env(
+            {
+                "CONSENT_STREAM_SUBJECT_KEY": "s3cr3t-subject-key",
+                "CONSENT_STREAM_SUBJECT_KEYS_ACCEPTED": "k0=s3cr3t-previous-key",
+            }
+        ),
     ],
 )
 def test_repr_does_not_show_the_subject_key(settings: Settings) -> None:
-    assert settings.subject_key.reveal() == b"s3cr3t-subject-key"
-    for text in (repr(settings), str(settings), repr(settings.subject_key)):
+    assert settings.subject_keys.current.reveal() == b"s3cr3t-subject-key"
+    for text in (repr(settings), str(settings), repr(settings.subject_keys)):
         assert "s3cr3t" not in text
     assert "s3cr3t" not in repr(settings.producer_config())
     assert "s3cr3t" not in repr(settings.consumer_config("g"))
@@ -377,4 +382,4 @@ def test_repr_does_not_show_the_subject_key(settings: Settings) -> None:
 
 def test_default_development_key_is_not_shown_either() -> None:
     settings = Settings()
-    assert settings.subject_key.reveal().decode() not in repr(settings)
+    assert settings.subject_keys.current.reveal().decode() not in repr(settings)

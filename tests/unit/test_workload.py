@@ -21,7 +21,7 @@ from schemas.events import (
 )
 from schemas.partner import InstructionAction
 from schemas.policy import Policy, load_policy
-from schemas.settings import Secret
+from schemas.settings import Secret, SubjectKeys
 from schemas.validation import validate_event
 from streams.decisions import Outcome, decide
 from streams.fanout import FanOut
@@ -157,7 +157,7 @@ def test_consent_changes_really_change_the_effective_decision(
 def test_the_stream_decisions_send_work_to_every_partner(
     policy: Policy, workload: Workload
 ) -> None:
-    fan = FanOut(policy, Pseudonyms(Secret("test-key")), NOW_MS)
+    fan = FanOut(policy, Pseudonyms(SubjectKeys.single(Secret("test-key"))), NOW_MS)
     states: dict[str, SubjectState] = {}
     actions: Counter[tuple[str, InstructionAction]] = Counter()
     for event in workload.events:
