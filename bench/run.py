@@ -52,6 +52,7 @@ from workload import Workload  # noqa: E402
 
 from schemas.policy import Policy, load_policy  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
+from streams.acl_sync import remove_namespace_acls  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -180,6 +181,7 @@ def running_worker(
         worker.stop()
         delete_topics(settings, [f"{namespace}.", f"{worker.app_id}-"])
         delete_groups(settings, [worker.app_id])
+        remove_namespace_acls(worker.settings, sorted(policy.partners))
         delete_redis_prefix(settings.redis_url, namespace)
 
 

@@ -40,6 +40,7 @@ from schemas.partner import (
 )
 from schemas.policy import Policy
 from schemas.settings import Settings
+from streams.acl_sync import remove_namespace_acls
 from streams.fanout import RequestOpening
 from streams.ledger import apply_ack, mark_dispatched, open_ticket
 from streams.ledger_codec import ledger_partition, ticket_to_json
@@ -141,4 +142,5 @@ def sweep_step(
         worker.stop()
         delete_topics(settings, [f"{namespace}.", f"{worker.app_id}-"])
         delete_groups(settings, [worker.app_id])
+        remove_namespace_acls(worker.settings, sorted(policy.partners))
         delete_redis_prefix(settings.redis_url, namespace)

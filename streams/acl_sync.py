@@ -17,7 +17,7 @@ from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.acl import ADMIN, PARTNER_PREFIX, PUBLISHER, WORKER, Acl, wanted_acls
 
-__all__ = ["AclDiff", "acl_diff", "run_acl_sync"]
+__all__ = ["AclDiff", "acl_diff", "remove_namespace_acls", "run_acl_sync"]
 
 _MANAGED = (WORKER, PUBLISHER)
 
@@ -50,10 +50,12 @@ def _kafka(mod: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return resources, operations
 
 
-def _binding(mod: Any, acl: Acl) -> Any:
+def _binding(mod: Any, acl: Acl, kind: str = "AclBinding") -> Any:
+    """``acl`` as a ``confluent_kafka`` AclBinding (or, ``kind="AclBindingFilter"``, the
+    filter matching exactly it, for deletes)."""
     resources, operations = _kafka(mod)
     pattern = mod.ResourcePatternType.PREFIXED if acl.prefixed else mod.ResourcePatternType.LITERAL
-    return mod.AclBinding(
+    return getattr(mod, kind)(
         resources[acl.resource], acl.name, pattern, f"User:{acl.principal}", "*",
         operations[acl.operation], mod.AclPermissionType.ALLOW,
     )  # fmt: skip
@@ -91,7 +93,7 @@ def _apply(mod: Any, admin: Any, diff: AclDiff, prune: bool) -> None:
         ).values():
             future.result()
     if prune and diff.extra:
-        filters = [_binding(mod, a) for a in diff.extra]  # a binding is an exact filter
+        filters = [_binding(mod, a, "AclBindingFilter") for a in diff.extra]
         for future in admin.delete_acls(filters, request_timeout=30).values():
             future.result()
 
@@ -100,14 +102,38 @@ def _report(diff: AclDiff, dry_run: bool, prune: bool, out: TextIO) -> None:
     will = "would " if dry_run else ""
     for acl in diff.missing:
         print(f"+ {acl}", file=out)
-    for acl in diff.extra:
+    for acl in diff.extra if dry_run or prune else ():
         print(f"- {acl}" if prune else f"? {acl} (not in the policy; --prune deletes it)", file=out)
     removed = len(diff.extra) if prune else 0
+    others = (
+        f"; {len(diff.extra)} other ACLs of the service's principals "
+        "(--dry-run lists them, --prune deletes them)"
+        if diff.extra and not (dry_run or prune)
+        else ""
+    )
     print(
         f"acl sync: {will}create {len(diff.missing)}, {will}delete {removed}, "
-        f"{diff.kept} already in place",
+        f"{diff.kept} already in place{others}",
         file=out,
     )
+
+
+def remove_namespace_acls(settings: Settings, partners: Sequence[str]) -> int:
+    """Delete the ACLs ``acl sync`` gave a (non-empty) namespace and its app id; returns
+    how many existed (a test's or a demo run's, when its topics go)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka import admin as mod
+
+    if not settings.topic_namespace:
+        raise ValueError("the ACLs of the production namespace are never removed here")
+    admin = mod.AdminClient(settings.as_principal(ADMIN).admin_config())
+    wanted = wanted_acls(partners, settings.topics, settings.app_id)
+    try:
+        filters = [_binding(mod, a, "AclBindingFilter") for a in wanted]
+        deleted = admin.delete_acls(filters, request_timeout=30)
+        return sum(len(future.result()) for future in deleted.values())
+    except KafkaException as exc:
+        raise kafka_error(exc, "removing a namespace's ACLs") from exc
 
 
 def run_acl_sync(

@@ -94,4 +94,8 @@ def remove_namespace(settings: Settings, partners: Iterable[str]) -> RemovedName
         settings, [settings.app_id, *(settings.topics.partner_group(p) for p in partners)]
     )
     keys = delete_redis_prefix(settings.redis_url, settings.redis_prefix)
+    if settings.security_protocol.startswith("SASL_"):
+        from streams.acl_sync import remove_namespace_acls
+
+        remove_namespace_acls(settings, sorted(partners))
     return RemovedNamespace(len(topics), keys)

@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producers.publisher import ConsentPublisher
 from schemas.cloudevents import header_map
+from schemas.errors import ConsentStreamError
 from schemas.events import (
     ConsentChanged,
     ConsentDecision,
@@ -48,6 +49,7 @@ from schemas.kafka_security import security_env
 from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings
+from streams.acl_sync import remove_namespace_acls
 from streams.demo_processes import http_get
 
 from .kafka_auth import admin_config, admin_settings, sync_acls
@@ -568,6 +570,10 @@ def _cleanup(config: WorkerConfig) -> list[str]:
                 problems.append(f"delete topic {name}: {exc}")
     except KafkaException as exc:
         problems.append(f"list topics: {exc}")
+    try:
+        remove_namespace_acls(config.settings(), sorted(load_policy().partners))
+    except ConsentStreamError as exc:
+        problems.append(f"remove ACLs: {exc}")
     client = redis.Redis.from_url(config.redis_url)
     try:
         keys = list(client.scan_iter(match=f"{config.namespace}:*", count=1000))

@@ -18,10 +18,13 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
+from schemas.policy import load_policy
 from schemas.views import FINAL_REQUEST_STATES
+from streams.acl_sync import remove_namespace_acls
+from streams.demo import demo_settings
 from streams.request_views import status_from_json
 
-from .kafka_auth import admin_config
+from .kafka_auth import admin_config, admin_settings
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +55,8 @@ def namespace(bootstrap_servers: str, redis_url: str) -> Iterator[str]:
     topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefixes)]
     for future in admin.delete_topics(topics, operation_timeout=30).values() if topics else []:
         future.result()
+    scoped = demo_settings(admin_settings(bootstrap_servers=bootstrap_servers), name)
+    remove_namespace_acls(scoped, sorted(load_policy().partners))
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{name}:*", count=1000))

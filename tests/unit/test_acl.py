@@ -92,3 +92,20 @@ def test_sync_creates_what_is_missing_and_reports_what_the_policy_does_not_give(
     assert diff.extra == [stale]  # another team's principal is never touched
     assert diff.kept == 1
     assert acl_diff(wanted, wanted).missing == []
+
+
+def test_the_sync_report_lists_other_acls_only_when_asked() -> None:
+    import io
+
+    from streams.acl_sync import AclDiff, _report
+
+    stale = Acl("partner-gone", "topic", "partner.gone.acks.v1", False, "write")
+    diff = AclDiff(missing=[], extra=[stale], kept=38)
+    quiet, listed = io.StringIO(), io.StringIO()
+    _report(diff, dry_run=False, prune=False, out=quiet)
+    _report(diff, dry_run=True, prune=False, out=listed)
+    assert quiet.getvalue().splitlines() == [
+        "acl sync: create 0, delete 0, 38 already in place; 1 other ACLs of the service's "
+        "principals (--dry-run lists them, --prune deletes them)"
+    ]
+    assert f"? {stale} (not in the policy; --prune deletes it)" in listed.getvalue()
