@@ -8,11 +8,13 @@ the difference.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from schemas.client_errors import kafka_error
+from schemas.errors import BrokerUnavailableError
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.acl import ADMIN, PARTNER_PREFIX, PUBLISHER, WORKER, Acl, wanted_acls
@@ -20,6 +22,7 @@ from streams.acl import ADMIN, PARTNER_PREFIX, PUBLISHER, WORKER, Acl, wanted_ac
 __all__ = ["AclDiff", "acl_diff", "remove_namespace_acls", "run_acl_sync"]
 
 _MANAGED = (WORKER, PUBLISHER)
+_ENFORCED_WITHIN_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,20 @@ def _apply(mod: Any, admin: Any, diff: AclDiff, prune: bool) -> None:
             future.result()
 
 
+def _wait_enforced(mod: Any, admin: Any, wanted: Sequence[Acl]) -> None:
+    """Until the broker describes every wanted ACL: the controller commits new ACLs
+    before the broker's authorizer applies them, and a client that starts in between is
+    refused (a fresh stack's first consumer saw GROUP_AUTHORIZATION_FAILED)."""
+    deadline = time.monotonic() + _ENFORCED_WITHIN_S
+    while missing := set(wanted) - set(_existing(mod, admin)):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailableError(
+                f"Kafka: {len(missing)} ACLs not in force {_ENFORCED_WITHIN_S:.0f} s after "
+                f"their creation, e.g. {min(missing)}"
+            )
+        time.sleep(0.1)
+
+
 def _report(diff: AclDiff, dry_run: bool, prune: bool, out: TextIO) -> None:
     will = "would " if dry_run else ""
     for acl in diff.missing:
@@ -155,6 +172,7 @@ def run_acl_sync(
         diff = acl_diff(wanted, _existing(mod, admin))
         if not dry_run:
             _apply(mod, admin, diff, prune)
+            _wait_enforced(mod, admin, wanted)
     except KafkaException as exc:
         raise kafka_error(exc, "acl sync") from exc
     _report(diff, dry_run, prune, out)
