@@ -143,7 +143,7 @@ def remove_namespace_acls(settings: Settings, partners: Sequence[str]) -> int:
 
     if not settings.topic_namespace:
         raise ValueError("the ACLs of the production namespace are never removed here")
-    admin = mod.AdminClient(settings.as_principal(ADMIN).admin_config())
+    admin = mod.AdminClient({**settings.as_principal(ADMIN).admin_config(), "log_level": 4})
     wanted = wanted_acls(partners, settings.topics, settings.app_id)
     try:
         filters = [_binding(mod, a, "AclBindingFilter") for a in wanted]
@@ -166,7 +166,7 @@ def run_acl_sync(
     from confluent_kafka import KafkaException
     from confluent_kafka import admin as mod
 
-    admin = mod.AdminClient(settings.as_principal(ADMIN).admin_config())
+    admin = mod.AdminClient({**settings.as_principal(ADMIN).admin_config(), "log_level": 4})
     wanted = wanted_acls(partners or policy.partners, settings.topics, settings.app_id)
     try:
         diff = acl_diff(wanted, _existing(mod, admin))
