@@ -66,7 +66,7 @@ test: lint stack
 	$(WITH_STACK_ENV) $(VPY) -m pytest $(PYTEST_ARGS) tests
 
 run: stack
-	$(WITH_STACK_ENV) $(VENV)/bin/consent-stream demo $(RUN_ARGS)
+	$(WITH_STACK_ENV) $(VENV)/bin/consent-stream --log-level WARNING demo $(RUN_ARGS)
 
 bench: stack
 	$(WITH_STACK_ENV) $(VPY) bench/run.py $(BENCH_ARGS)
