@@ -51,7 +51,7 @@ def _applied(
     consent_changed: bool = False,
     request: RequestOpening | None = None,
 ) -> Decision:
-    state = replace(state, version=state.version + 1).remember(event.event_id)
+    state = state.remember(event.event_id, version=state.version + 1)
     return Decision(Outcome.APPLIED, state, instructions, request, consent_changed)
 
 

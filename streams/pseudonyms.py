@@ -22,13 +22,21 @@ from schemas.subject_keys import KEY_ID_SEPARATOR, SubjectKeys
 __all__ = ["INSTRUCTION_NAMESPACE", "Pseudonyms", "instruction_id"]
 
 INSTRUCTION_NAMESPACE: Final = uuid.UUID("0f9d6c1a-3b7e-4d52-8c11-7a2e5b9f4c03")
+_NAMESPACE_BYTES: Final = INSTRUCTION_NAMESPACE.bytes
 _REFS_HEX: Final = 32
 _Expected = Callable[[bytes, str], str]  # (key, key id) -> the digest expected under it
 
 
 def instruction_id(*parts: str) -> str:
     """A deterministic UUID: the same cause always yields the same instruction id."""
-    return str(uuid.uuid5(INSTRUCTION_NAMESPACE, "/".join(parts)))
+    # uuid.uuid5 without the UUID object (called for every instruction): SHA-1 of the
+    # namespace and the name, version 5 and the RFC 4122 variant set, canonical text
+    name = _NAMESPACE_BYTES + "/".join(parts).encode()
+    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])  # as uuid5
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _mac(key: bytes, text: str) -> str:

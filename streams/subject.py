@@ -63,9 +63,12 @@ class SubjectState:
     def seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids
 
-    def remember(self, event_id: str) -> SubjectState:
+    def remember(self, event_id: str, *, version: int | None = None) -> SubjectState:
+        """This state with ``event_id`` among the recent ids (and ``version``, if given)."""
         ids = (*self.recent_event_ids, event_id)[-RECENT_EVENT_IDS:]
-        return replace(self, recent_event_ids=ids)
+        if version is None:
+            return replace(self, recent_event_ids=ids)
+        return replace(self, recent_event_ids=ids, version=version)
 
 
 def permission_key(p: PermissionRevocation) -> str:
@@ -93,18 +96,12 @@ def state_to_json(state: SubjectState) -> bytes:
         "r": [[p.permission, p.device_id, p.app_id, p.event_time] for p in state.permissions],
         "c": state.closed_at,
         "cr": state.closed_by_request,
+        # tuples serialize as JSON arrays: the same bytes as lists, without copying them
         "sh": [
-            [
-                s.event_id,
-                s.partner,
-                list(s.categories),
-                [list(r) for r in s.refs],
-                s.shared_at,
-                s.transaction_completed_at,
-            ]
+            (s.event_id, s.partner, s.categories, s.refs, s.shared_at, s.transaction_completed_at)
             for s in state.shares
         ],
-        "e": list(state.recent_event_ids),
+        "e": state.recent_event_ids,
     }
     return orjson.dumps(doc)
 
