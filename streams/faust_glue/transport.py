@@ -45,6 +45,8 @@ from faust.transport import drivers
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import ack_lock
 
+from streams.faust_glue.fetch_loop import drain_messages
+
 __all__ = ["SCHEME", "RedeliveringConsumer", "Transport", "register"]
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ class RedeliveringConsumer(aiokafka_driver.Consumer):
         super().__init__(*args, **kwargs)
         self._reseeking: set[asyncio.Future[None]] = set()
         self._reseek_lock = asyncio.Lock()
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop without four tasks per record (``fetch_loop``)."""
+        await drain_messages(self, fetcher)
 
     async def getmany(
         self,
