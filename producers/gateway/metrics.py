@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["GatewayMetrics", "gateway_metrics"]
+from streams.metrics import HOP_BUCKETS_SECONDS
 
-_DURATION_BUCKETS: Final = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+__all__ = ["GatewayMetrics", "gateway_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +44,7 @@ def gateway_metrics(registry: CollectorRegistry) -> GatewayMetrics:
         request_duration=Histogram(
             "consent_gateway_request_duration_seconds",
             "Time from a POST /v1/events request to its answer (delivery reports included).",
-            buckets=_DURATION_BUCKETS,
+            buckets=HOP_BUCKETS_SECONDS,  # 5 ms .. 300 s, as the worker's hops
             registry=registry,
         ),
     )
