@@ -16,7 +16,13 @@ from typing import Any, Final, Protocol
 from schemas.client_errors import kafka_error
 from schemas.cloudevents import ce_headers
 from schemas.contracts import CONSENT_EVENT
-from schemas.errors import ConfigurationError, ContractError, PublishError, UnknownTopicError
+from schemas.errors import (
+    ConfigurationError,
+    ContractError,
+    PublishError,
+    QueueFullError,
+    UnknownTopicError,
+)
 from schemas.events import ConsentEvent
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
@@ -75,7 +81,7 @@ class ConsentPublisher:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._policy = policy
-        self._producer = producer or make_producer(settings)
+        self._producer = producer if producer is not None else make_producer(settings)
         self._serde = serde or AvroSerde(settings.schema_registry(), settings.max_record_bytes)
         self._topic = topic or settings.topics.events
         self._clock = clock
@@ -120,10 +126,27 @@ class ConsentPublisher:
             raise refused
 
     def publish_async(
-        self, event: ConsentEvent, on_delivery: DeliveryCallback | None = None
+        self,
+        event: ConsentEvent,
+        on_delivery: DeliveryCallback | None = None,
+        *,
+        wait_for_queue: bool = True,
     ) -> None:
-        """Validate and enqueue; ``on_delivery`` runs from ``poll``/``flush`` once acknowledged."""
-        key, value, headers = self.prepare(event)
+        """Validate and enqueue; ``on_delivery`` runs from ``poll``/``flush`` once acknowledged.
+        With ``wait_for_queue=False`` a full local queue raises ``QueueFullError`` at once
+        (nothing enqueued) instead of polling until there is room (an event loop's choice)."""
+        self.enqueue(event, self.prepare(event), on_delivery, wait_for_queue=wait_for_queue)
+
+    def enqueue(
+        self,
+        event: ConsentEvent,
+        prepared: tuple[bytes, bytes, list[tuple[str, bytes]]],
+        on_delivery: DeliveryCallback | None = None,
+        *,
+        wait_for_queue: bool = True,
+    ) -> None:
+        """Enqueue what ``prepare(event)`` returned (``publish_async`` in two steps)."""
+        key, value, headers = prepared
 
         def delivered(err: Any, msg: Any) -> None:
             if on_delivery is None:
@@ -138,9 +161,11 @@ class ConsentPublisher:
                     None,
                 )
 
-        self._produce(key, value, headers, delivered)
+        self._produce(key, value, headers, delivered, wait_for_queue=wait_for_queue)
 
-    def _produce(self, key: bytes, value: bytes, headers: Any, cb: Any) -> None:
+    def _produce(
+        self, key: bytes, value: bytes, headers: Any, cb: Any, *, wait_for_queue: bool = True
+    ) -> None:
         from confluent_kafka import KafkaException
 
         while True:
@@ -150,6 +175,8 @@ class ConsentPublisher:
                 )
                 return
             except BufferError:
+                if not wait_for_queue:
+                    raise QueueFullError("the producer's local queue is full") from None
                 self._producer.poll(0.05)  # local queue full: serve callbacks, then retry
             except KafkaException as exc:  # refused by librdkafka before anything was sent
                 error = kafka_error(exc, f"record of {len(value):,} bytes not sent")

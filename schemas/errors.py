@@ -19,6 +19,7 @@
     │   └── UnknownSubjectKeyError      a ref or digest under a key id not configured here
     └── TransientError                  retriable: the operation may succeed later
         ├── PublishError                the broker did not acknowledge a record
+        ├── QueueFullError              the producer's local queue is full (try again soon)
         ├── BrokerUnavailableError      the Kafka broker did not answer
         └── StoreUnavailableError       the consent store (Redis) did not answer
 
@@ -39,6 +40,7 @@ __all__ = [
     "OversizedRecordError",
     "PolicyError",
     "PublishError",
+    "QueueFullError",
     "SchemaMismatchError",
     "StoreUnavailableError",
     "TransientError",
@@ -166,6 +168,12 @@ class PublishError(TransientError):
     """The broker did not acknowledge a record."""
 
     reason = "publish_failed"
+
+
+class QueueFullError(TransientError):
+    """The producer's local queue is full: nothing was sent; try again in a moment."""
+
+    reason = "queue_full"
 
 
 class BrokerUnavailableError(TransientError):

@@ -30,6 +30,7 @@ __all__ = [
     "Secret",
     "Settings",
     "SubjectKeys",
+    "env_int",
     "parse_tokens",
     "read_credentials",
 ]
@@ -69,6 +70,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise ConfigurationError(f"{ENV_PREFIX}{name} must be positive")
     return value
+
+
+env_int = _int
+"""``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
+``default`` when unset; a ``ConfigurationError`` naming the variable otherwise."""
 
 
 @dataclass(frozen=True)

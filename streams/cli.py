@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace, Settings, Policy], int]
 _KAFKA_COMMANDS = frozenset(
-    {"publish", "worker", "replay", "rebuild-store", "partner", "acl", "demo"}
+    {"publish", "gateway", "worker", "replay", "rebuild-store", "partner", "acl", "demo"}
 )
 
 
@@ -39,6 +39,12 @@ def _publish(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
         f"({report.rejected} rejected, {report.failed} not delivered)"
     )
     return 0 if report.ok else 1
+
+
+def _gateway(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from producers.gateway import GatewaySettings, run_gateway
+
+    return run_gateway(settings, GatewaySettings.from_env(), policy)
 
 
 def _worker(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
@@ -169,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("file")
     publish.add_argument("--quiet", action="store_true", help="no progress lines")
     publish.set_defaults(handler=_publish, principal="publisher")
+    gateway = sub.add_parser(
+        "gateway", help="HTTP gateway: POST /v1/events, JSON events to consent.events.v1"
+    )
+    gateway.set_defaults(handler=_gateway, principal="publisher")
     worker = sub.add_parser("worker", help="run a stream worker (Faust) with its HTTP API")
     worker.set_defaults(handler=_worker)
     _add_commands(sub)

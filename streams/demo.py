@@ -49,6 +49,7 @@ class DemoOptions:
     namespace: str | None = None
     keep_running: bool = False
     keep_data: bool = False
+    via_gateway: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
@@ -64,6 +65,7 @@ class DemoOptions:
             namespace=args.namespace,
             keep_running=args.keep_running,
             keep_data=args.keep_data,
+            via_gateway=args.via_gateway,
         )
 
 
@@ -92,6 +94,8 @@ def _check(options: DemoOptions) -> str | None:
         return "--partner-failure-rate must be between 0 and 1"
     if not 0 <= options.closure_fraction <= 1:
         return "--closure-fraction must be between 0 and 1"
+    if not 0 <= options.via_gateway <= 1:
+        return "--via-gateway must be between 0 and 1"
     return None
 
 
@@ -177,6 +181,14 @@ def add_demo_command(sub: Any) -> None:
         type=float,
         default=d.closure_fraction,
         help="share of subjects closing their account (%(default)s)",
+    )
+    add(
+        "--via-gateway",
+        type=float,
+        default=d.via_gateway,
+        metavar="FRACTION",
+        help="share of the subjects whose events are posted (batched) to a gateway child "
+        "(consent-stream gateway) instead of the SDK (%(default)s)",
     )
     add("--namespace", default=None, help="default: a fresh demo<UTC time>-<pid>")
     add("--keep-running", action="store_true", help="after the summary, run until Ctrl-C")

@@ -17,6 +17,7 @@ from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError
 from schemas.policy import Policy
 from schemas.settings import ENV_PREFIX, Settings
+from streams.demo_gateway import GatewaySender, gateway_env, new_token, routed
 from streams.demo_processes import Child, Children, child_env, free_port, http_get
 from streams.demo_requests import RequestTracker
 from streams.demo_summary import (
@@ -72,6 +73,10 @@ class DemoRun:
         self.process_s: float | None = None
         self.note: str | None = None
         self._progress_stop = threading.Event()
+        self._count_lock = threading.Lock()
+        self.gateway_child: Child | None = None
+        self.gateway_token = new_token()
+        self.gateway: GatewaySender | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -134,6 +139,13 @@ class DemoRun:
             self.workers.append(
                 self.children.start(f"worker-{i}", ["worker"], worker_env, log_path, port)
             )
+        if o.via_gateway > 0:
+            port = free_port()
+            sources = {e.source for e in self.workload.events}
+            gateway = {**env, **gateway_env(port, self.gateway_token, sources)}
+            log_path = self.base_dir / "gateway.log"
+            child = self.children.start("gateway", ["gateway"], gateway, log_path, port)
+            self.gateway_child = child
         pids = ", ".join(f"{c.name} {c.pid}" for c in self.children.items)
         self.say(f"started (pids): {pids}; logs in {self.base_dir}/")
         if o.workers > self.settings.partitions:
@@ -154,6 +166,14 @@ class DemoRun:
         report, failure = warmup.run(self.children_started)
         if report is None:
             return failure
+        if self.gateway_child is not None:
+            port = self.gateway_child.port
+            failure = self.children.wait_until(
+                lambda: http_get(port, "/healthz")[0] == 200, 60.0, "the gateway's /healthz"
+            )
+            if failure is not None:
+                return failure
+            self.gateway = GatewaySender(port, self.gateway_token, self._gateway_delivered)
         self.probes = warmup.events
         self.baseline = self.snapshot(attempts=5)
         rate = self.options.rate
@@ -168,6 +188,10 @@ class DemoRun:
         if error is not None:
             self.delivery_errors.append(error)
         else:
+            self._gateway_delivered(event_type)
+
+    def _gateway_delivered(self, event_type: str) -> None:
+        with self._count_lock:  # the SDK's callbacks and the gateway sender's thread
             self.published += 1
             self.published_by_type[event_type] += 1
 
@@ -181,10 +205,16 @@ class DemoRun:
                 due = start + i / rate
                 while (wait := due - time.monotonic()) > 0.001:
                     publisher.poll(min(wait, 0.1))
-            publisher.publish_async(event, partial(self._delivered, event.type.value))
+            if self.gateway is not None and routed(event.subject_id, self.options.via_gateway):
+                self.gateway.put(event)
+            else:
+                publisher.publish_async(event, partial(self._delivered, event.type.value))
             publisher.poll(0)
             if i % 1000 == 999 and (died := self.children.describe_dead()) is not None:
                 return f"{died} while publishing"
+        if self.gateway is not None:
+            self.gateway.close()
+            self.delivery_errors.extend(PublishError(e) for e in self.gateway.counts.errors)
         left = publisher.flush(60.0)
         self.publish_s = time.monotonic() - start
         if left or self.delivery_errors:
@@ -285,6 +315,8 @@ class DemoRun:
         )
         for line in summary_lines(facts):
             self.say(line)
+        if self.gateway is not None:
+            self.say(self.gateway.counts.line())
         return 1 if failure else 0
 
     def keep_running(self) -> None:

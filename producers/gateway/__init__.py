@@ -1,0 +1,13 @@
+"""The HTTP ingestion gateway (``consent-stream gateway``): JSON events in, the same
+validated, idempotently produced records as the SDK out. See ``docs/gateway.md``."""
+
+from producers.gateway.app import build_app, run_gateway
+from producers.gateway.settings import GatewayCaller, GatewaySettings, parse_gateway_tokens
+
+__all__ = [
+    "GatewayCaller",
+    "GatewaySettings",
+    "build_app",
+    "parse_gateway_tokens",
+    "run_gateway",
+]

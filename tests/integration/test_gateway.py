@@ -1,0 +1,334 @@
+"""``consent-stream gateway`` against the real secured broker, as a caller meets it: a real
+gateway process (logged in as ``publisher`` from the credentials file, under a uuid
+namespace whose ACLs are synced) on a loopback port, real HTTP requests, and the records
+read back from the namespace's consent.events.v1 as ``admin``.
+
+Broker "down" is a loopback port nothing listens on (the shared stack keeps running): at
+start the gateway exits 5 with one line; during a POST (an in-process gateway with a real
+Kafka client aimed at that port) the answer is 503 with Retry-After, never a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from schemas.events import ConsentEvent
+from schemas.kafka_security import security_env
+from schemas.policy import load_policy
+from schemas.settings import ENV_PREFIX, Settings
+from streams.namespace import remove_namespace
+from streams.topics import wait_for_leaders
+
+from .kafka_auth import admin_settings, sync_acls
+from .processes import Metrics, free_port, poll_until, read_all
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = f"orders-{uuid.uuid4().hex}"
+APP_TOKEN = f"app-{uuid.uuid4().hex}"
+TOKENS = f"orders={TOKEN}:order-service|checkout,app={APP_TOKEN}:app-settings"
+METRICS_TOKEN = f"metrics-{uuid.uuid4().hex}"
+START_TIMEOUT_S = 60.0
+
+
+def gateway_command() -> list[str]:
+    """This checkout's ``consent-stream gateway`` (the venv's script may be another's)."""
+    return [sys.executable, "-m", "streams", "--log-level", "INFO", "gateway"]
+
+
+def event(subject: str, source: str = "order-service", **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "consent.changed",
+        "subject_id": subject,
+        "occurred_at": int(time.time() * 1000) - 60_000,
+        "source": source,
+        "payload": {
+            "purpose": "marketing_sms",
+            "decision": "WITHDRAWN",
+            "notice_version": "2023-09-01",
+            "method": "sms_unsubscribe",
+        },
+        **extra,
+    }
+
+
+def post(
+    port: int,
+    body: Any,
+    token: str | None = TOKEN,
+    content_type: str = "application/json",
+    path: str = "/v1/events",
+) -> tuple[int, Any, dict[str, str]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST")
+    request.add_header("Content-Type", content_type)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as resp:  # noqa: S310
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def gateway_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(security_env(os.environ))  # the credentials file: it logs in as `publisher`
+    env.update(
+        {
+            ENV_PREFIX + "BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            ENV_PREFIX + "TOPIC_NAMESPACE": settings.topic_namespace,
+            ENV_PREFIX + "DEV_MODE": "1",
+            ENV_PREFIX + "GATEWAY_PORT": str(port),
+            ENV_PREFIX + "GATEWAY_TOKENS": TOKENS,
+            ENV_PREFIX + "GATEWAY_MAX_BODY_BYTES": "100000",
+            ENV_PREFIX + "METRICS_TOKEN": METRICS_TOKEN,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            **{ENV_PREFIX + k: v for k, v in extra.items()},
+        }
+    )
+    return env
+
+
+@dataclass
+class Gateway:
+    port: int
+    settings: Settings
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def events(self) -> list[ConsentEvent]:
+        return [r.obj for r in read_all(self.settings, self.settings.topics.events)]
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    policy = load_policy()
+    ns = f"gw{uuid.uuid4().hex[:12]}"
+    settings = admin_settings(
+        topic_namespace=ns, app_id=f"consent-stream-{ns}", redis_prefix=ns, policy_path=None
+    )
+    admin = AdminClient(settings.admin_config())
+    topic = settings.topics.events
+    for future in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+        future.result()
+    wait_for_leaders(admin, {topic: 3}, 30.0)
+    sync_acls(settings, policy.partners)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            gateway_command(),
+            cwd=REPO,
+            env=gateway_env(settings, port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    gw = Gateway(port, settings, proc, log_path)
+    try:
+        poll_until(
+            lambda: proc.poll() is not None or get(port, "/healthz")[0] == 200,
+            START_TIMEOUT_S,
+            "the gateway to answer /healthz",
+            interval_s=0.2,
+            explain=gw.log,
+        )
+        assert proc.poll() is None, gw.log()
+        yield gw
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        remove_namespace(settings, policy.partners)
+
+
+def test_the_gateway_logs_in_as_publisher(gateway: Gateway) -> None:
+    assert f"publishing to {gateway.settings.topics.events} as publisher" in gateway.log()
+    assert TOKEN not in gateway.log() and APP_TOKEN not in gateway.log()
+
+
+def test_a_batch_with_good_and_bad_items(gateway: Gateway) -> None:
+    tag = uuid.uuid4().hex[:8]
+    bad = event(f"batch-{tag}-bad")
+    bad["payload"]["purpose"] = "telepathy"
+    batch = [
+        event(f"batch-{tag}-1"),
+        bad,
+        event(f"batch-{tag}-2", source="ads"),
+        event(f"batch-{tag}-3"),
+    ]
+    status, body, _ = post(gateway.port, batch)
+
+    assert status == 400, body
+    assert [i["status"] for i in body["items"]] == ["accepted", "rejected", "rejected", "accepted"]
+    assert [i.get("reason") for i in body["items"]] == [
+        None,
+        "unknown_purpose",
+        "source_not_allowed",
+        None,
+    ]
+    on_topic = {e.event_id for e in gateway.events() if e.subject_id.startswith(f"batch-{tag}")}
+    assert on_topic == {batch[0]["event_id"], batch[3]["event_id"]}
+
+
+def test_a_single_event_and_json_lines(gateway: Gateway) -> None:
+    one = event(f"single-{uuid.uuid4().hex[:8]}", source="checkout")
+    status, body, _ = post(gateway.port, one)
+    assert status == 202, body
+    assert body["items"] == [{"index": 0, "event_id": one["event_id"], "status": "accepted"}]
+
+    lines = [event(f"lines-{n}-{uuid.uuid4().hex[:6]}") for n in range(3)]
+    del lines[2]["event_id"]  # derived from the content, and told in the answer
+    text = "\n".join(json.dumps(e) for e in lines).encode()
+    status, body, _ = post(gateway.port, text, content_type="application/x-ndjson")
+    assert status == 202, body
+    assert [i["line"] for i in body["items"]] == [1, 2, 3]
+    ids = {i["event_id"] for i in body["items"]}
+    assert {one["event_id"]} | ids <= {e.event_id for e in gateway.events()}
+
+
+def test_auth_failures_and_limits_send_nothing(gateway: Gateway) -> None:
+    subject = f"refused-{uuid.uuid4().hex[:8]}"
+    for token in (None, "not-a-token-of-this-gateway"):
+        status, body, headers = post(gateway.port, event(subject), token=token)
+        assert status == 401, body
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    status, body, _ = post(gateway.port, [event(subject)], token=APP_TOKEN)
+    assert status == 403 and body["items"][0]["reason"] == "source_not_allowed"
+    big = [event(subject) for _ in range(600)]  # about 180,000 bytes > 100,000
+    status, body, _ = post(gateway.port, big)
+    assert status == 413, body
+    status, body, _ = post(gateway.port, b"a,b\n", content_type="text/csv")
+    assert status == 415
+    assert all(e.subject_id != subject for e in gateway.events())
+
+
+def test_reposting_the_same_event_id_is_harmless(gateway: Gateway) -> None:
+    """The same id is published again; the worker applies an event id once per subject
+    (``SubjectState.seen``: outcome ``duplicate``, test_worker_consent)."""
+    same = event(f"again-{uuid.uuid4().hex[:8]}")
+    assert post(gateway.port, same)[0] == 202
+    assert post(gateway.port, same)[0] == 202
+    copies = [e for e in gateway.events() if e.event_id == same["event_id"]]
+    assert len(copies) == 2 and copies[0] == copies[1]
+
+
+def test_metrics_per_source_and_outcome(gateway: Gateway) -> None:
+    assert get(gateway.port, "/metrics")[0] == 401
+    post(gateway.port, [event(f"m-{uuid.uuid4().hex[:8]}", source="checkout")])
+    status, page = get(gateway.port, "/metrics", token=METRICS_TOKEN)
+    assert status == 200
+    metrics = Metrics(page.decode())
+    assert metrics.value("consent_gateway_events_total", source="checkout", outcome="accepted") >= 1
+    assert metrics.value("consent_gateway_requests_total", code="401") >= 2
+    assert metrics.value("consent_gateway_request_duration_seconds_count") >= 3
+
+
+def test_with_the_broker_unreachable_at_start_the_gateway_exits_5(tmp_path: Path) -> None:
+    settings = admin_settings(topic_namespace=f"gw{uuid.uuid4().hex[:12]}")
+    port = free_port()  # bound, then closed: nothing listens on it
+    started = time.monotonic()
+    result = subprocess.run(
+        gateway_command(),
+        cwd=REPO,
+        env=gateway_env(replace(settings, bootstrap_servers=f"127.0.0.1:{port}"), free_port()),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 5, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("consent-stream:")]
+    assert len(lines) == 1 and lines[0].startswith("consent-stream: broker_unavailable: ")
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_with_the_broker_unreachable_during_a_post_the_answer_is_503() -> None:
+    """A real Kafka client aimed at a port nothing listens on: the events are accepted,
+    never acknowledged, and the answer says so once the delivery timeout has passed."""
+    from aiohttp import web
+
+    from producers.gateway.app import build_app
+    from producers.gateway.bridge import BrokerState, DeliveryBridge
+    from producers.gateway.settings import GatewaySettings, parse_gateway_tokens
+    from producers.publisher import ConsentPublisher, make_producer
+
+    async def scenario(port: int) -> tuple[int, Any, dict[str, str], float]:
+        config = GatewaySettings(
+            callers=parse_gateway_tokens(TOKENS), delivery_timeout_ms=1500, retry_after_s=3
+        )
+        settings = replace(
+            Settings.from_env().as_principal("publisher"),
+            bootstrap_servers=f"127.0.0.1:{port}",
+        )
+        broker = BrokerState()
+        producer: Any = make_producer(
+            settings, **config.producer_overrides(), error_cb=broker.error_cb, log_level=0
+        )
+        publisher = ConsentPublisher(settings, load_policy(), producer=producer)
+        app = build_app(config, publisher, DeliveryBridge(publisher, producer, broker))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        http_port = runner.addresses[0][1]
+        try:
+            started = time.monotonic()
+            answer = await asyncio.to_thread(post, http_port, [event("down-1"), event("down-2")])
+            took = time.monotonic() - started
+            health = await asyncio.to_thread(get, http_port, "/healthz")
+        finally:
+            await runner.cleanup()
+        status, body, headers = answer
+        assert health[0] == 503 and json.loads(health[1])["broker"] == "down"
+        return status, body, headers, took
+
+    status, body, headers, took = asyncio.run(scenario(free_port()))  # nothing listens
+    assert status == 503, body
+    assert headers["Retry-After"] == "3"
+    assert [i["status"] for i in body["items"]] == ["not_delivered", "not_delivered"]
+    assert body["accepted"] == 0
+    assert 1.0 < took < 10.0

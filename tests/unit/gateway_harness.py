@@ -1,0 +1,184 @@
+"""The gateway's aiohttp app on a loopback port with a fake Kafka producer (unit tests).
+
+``FakeKafka`` behaves like ``confluent_kafka.Producer`` as the gateway uses it: ``produce``
+queues (``BufferError`` past ``capacity``), ``poll`` (the bridge's thread) reports the
+queued records: acknowledged, failed (``down``: _MSG_TIMED_OUT) or held (``hold``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+from confluent_kafka import KafkaError
+from prometheus_client import CollectorRegistry
+
+from producers.gateway.app import build_app
+from producers.gateway.bridge import BrokerState, DeliveryBridge
+from producers.gateway.settings import GatewayCaller, GatewaySettings
+from producers.publisher import ConsentPublisher
+from schemas.policy import load_policy
+from schemas.secrets import Secret
+from schemas.settings import Settings
+
+__all__ = ["APP", "ORDERS", "Client", "FakeKafka", "Served", "event", "serve"]
+
+ORDERS = GatewayCaller(
+    "orders", Secret("orders-" + "x" * 20), frozenset({"order-service", "checkout"})
+)
+APP = GatewayCaller("app", Secret("app-" + "y" * 20), frozenset({"app-settings"}))
+NOW_MS = int(time.time() * 1000)
+
+
+def event(subject: str = "m-1", source: str = "order-service", **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "consent.changed",
+        "subject_id": subject,
+        "occurred_at": NOW_MS - 60_000,
+        "source": source,
+        "payload": {
+            "purpose": "marketing_sms",
+            "decision": "WITHDRAWN",
+            "notice_version": "2023-09-01",
+            "method": "sms_unsubscribe",
+        },
+        **extra,
+    }
+
+
+class _Msg:
+    def __init__(self, topic: str, offset: int) -> None:
+        self._topic, self._offset = topic, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+@dataclass
+class FakeKafka:
+    capacity: int = 1000
+    down: bool = False
+    hold: bool = False
+    sent: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _queue: list[tuple[str, bytes, bytes, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def produce(
+        self, topic: str, *, value: bytes, key: bytes, headers: Any, on_delivery: Any
+    ) -> None:
+        with self._lock:
+            if len(self._queue) >= self.capacity:
+                raise BufferError("Local: Queue full")
+            self._queue.append((topic, key, value, on_delivery))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def poll(self, timeout: float) -> int:
+        with self._lock:
+            if self.hold:
+                ready: list[tuple[str, bytes, bytes, Any]] = []
+            else:
+                ready, self._queue = self._queue, []
+        for topic, key, value, cb in ready:
+            if self.down:
+                cb(KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out"), None)
+            else:
+                self.sent.append((key, value))
+                cb(None, _Msg(topic, len(self.sent)))
+        if not ready:
+            time.sleep(min(timeout, 0.01))
+        return len(ready)
+
+    def flush(self, timeout: float) -> int:
+        if not self.hold:
+            self.poll(0)
+        return len(self)
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        raise NotImplementedError
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session, self.base = session, base
+
+    async def post(
+        self,
+        body: Any,
+        *,
+        token: Secret | None = ORDERS.token,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any, Any]:
+        """(status, JSON answer, headers) of a POST /v1/events."""
+        import json
+
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": content_type}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token.reveal().decode()}"
+        async with self.session.post(self.base + "/v1/events", data=data, headers=headers) as r:
+            return r.status, await r.json(content_type=None), r.headers
+
+    async def get(self, path: str, token: Secret | None = None) -> tuple[int, bytes]:
+        headers = {} if token is None else {"Authorization": f"Bearer {token.reveal().decode()}"}
+        async with self.session.get(self.base + path, headers=headers) as r:
+            return r.status, await r.read()
+
+
+@dataclass
+class Served:
+    client: Client
+    kafka: FakeKafka
+    registry: CollectorRegistry
+    broker: BrokerState
+    app: Any
+
+
+@asynccontextmanager
+async def serve(
+    kafka: FakeKafka | None = None,
+    metrics_token: Secret | None = None,
+    **config: Any,
+) -> AsyncIterator[Served]:
+    """The gateway on 127.0.0.1:<free port> (a real aiohttp server and client)."""
+    from aiohttp import web
+
+    kafka = FakeKafka() if kafka is None else kafka
+    settings = Settings(dev_mode=True)
+    gateway = replace(GatewaySettings(callers={"orders": ORDERS, "app": APP}), **config)
+    publisher = ConsentPublisher(settings, load_policy(), producer=kafka)
+    registry = CollectorRegistry()
+    broker = BrokerState()
+    bridge = DeliveryBridge(publisher, kafka, broker)
+    app = build_app(gateway, publisher, bridge, metrics_token=metrics_token, registry=registry)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, f"http://127.0.0.1:{port}")
+            yield Served(client, kafka, registry, broker, app)
+    finally:
+        await runner.cleanup()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
