@@ -72,7 +72,7 @@ __all__ = ["WebhookBridge", "run_webhook_bridge"]
 
 log = logging.getLogger(__name__)
 
-_POLL_S: Final = 0.2
+_POLL_S: Final = 0.05  # also how long a commit may wait behind a poll
 _BATCH: Final = 100
 
 
