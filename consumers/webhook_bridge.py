@@ -44,6 +44,7 @@ from consumers.dedup import ProcessedInstructions, SentAck, SqliteProcessedInstr
 from consumers.partner_clients import KafkaConsumer, KafkaProducer, make_consumer, make_producer
 from consumers.partner_delivery import commit_points
 from consumers.partner_metrics import partner_metrics
+from consumers.partner_results import failed_ack
 from consumers.partner_sender import AckSender, PendingAck
 from consumers.webhook_delivery import (
     MAX_ANSWER_BYTES,
@@ -56,7 +57,6 @@ from consumers.webhook_delivery import (
     ack_ce_id,
     classify,
     deadline_ack,
-    final_ack,
     instruction_body,
     request_headers,
     transport_retry,
@@ -316,7 +316,7 @@ class WebhookBridge:
                 case Refused(reason=reason):
                     log.warning("instruction %s refused: %s", instruction.instruction_id, reason)
                     return self._finish(
-                        "refused", final_ack(instruction, self.partner, reason, self._now_ms())
+                        "refused", failed_ack(instruction, self.partner, reason, self._now_ms())
                     )
                 case Retry(cause=cause, detail=detail, after_s=after):
                     last = detail

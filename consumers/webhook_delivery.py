@@ -24,12 +24,12 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 from consumers.partner_delivery import backoff_schedule
-from consumers.partner_results import truncate_reason
+from consumers.partner_results import failed_ack, truncate_reason
 from schemas.cloudevents import ce_headers, instruction_event_type
 from schemas.contracts import PARTNER_INSTRUCTION
 from schemas.errors import ValidationError
 from schemas.jsonform import ack_from_json, instruction_to_json
-from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement, PartnerInstruction
+from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.webhook_signing import SIGNATURE_HEADER, signature_header
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "ack_ce_id",
     "classify",
     "deadline_ack",
-    "final_ack",
     "instruction_body",
     "request_headers",
     "retry_after_s",
@@ -233,22 +232,9 @@ def ack_ce_id(instruction_id: str) -> str:
     return str(uuid.uuid5(_ACK_NAMESPACE, instruction_id))
 
 
-def final_ack(
-    instruction: PartnerInstruction, partner: str, reason: str, now_ms: int
-) -> PartnerAcknowledgement:
-    """FAILED, with ``reason``: a final failure of delivery."""
-    return PartnerAcknowledgement(
-        instruction_id=instruction.instruction_id,
-        partner=partner,
-        status=AcknowledgementStatus.FAILED,
-        completed_at=now_ms,
-        reason=truncate_reason(reason),
-    )
-
-
 def deadline_ack(
     instruction: PartnerInstruction, partner: str, last: str | None, now_ms: int
 ) -> PartnerAcknowledgement:
     """FAILED: not delivered before ``due_by``; the reason names the last problem."""
     reason = DEADLINE_REASON + (f" (last attempt: {last})" if last else " (never attempted)")
-    return final_ack(instruction, partner, reason, now_ms)
+    return failed_ack(instruction, partner, reason, now_ms)

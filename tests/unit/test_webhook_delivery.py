@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from consumers.partner_results import MAX_REASON_CHARS
+from consumers.partner_results import MAX_REASON_CHARS, failed_ack
 from consumers.webhook_callback import acknowledgement_from_callback
 from consumers.webhook_delivery import (
     Accepted,
@@ -23,7 +23,6 @@ from consumers.webhook_delivery import (
     ack_ce_id,
     classify,
     deadline_ack,
-    final_ack,
     instruction_body,
     request_headers,
     retry_after_s,
@@ -200,7 +199,7 @@ def test_failed_at_the_deadline_names_the_last_problem() -> None:
     assert ack.completed_at == NOW_MS
     never = deadline_ack(INS, "logistics", None, NOW_MS)
     assert never.reason == "webhook: not delivered before the deadline (never attempted)"
-    assert final_ack(INS, "logistics", "webhook: HTTP 400", NOW_MS).reason == "webhook: HTTP 400"
+    assert failed_ack(INS, "logistics", "webhook: HTTP 400", NOW_MS).reason == "webhook: HTTP 400"
 
 
 def test_the_ack_ce_id_is_derived_from_the_instruction() -> None:
