@@ -15,6 +15,7 @@ __all__ = [
     "Headers",
     "ce_headers",
     "header_map",
+    "instruction_event_type",
     "published_at_ms",
 ]
 
@@ -26,6 +27,12 @@ Headers = list[tuple[str, bytes]]
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def instruction_event_type(action: str) -> str:
+    """``ce_type`` of a partner instruction: ``partner.instruction.<action, lower case>``
+    (the same on Kafka and in webhook deliveries)."""
+    return f"partner.instruction.{action.lower()}"
 
 
 def ce_headers(

@@ -1,5 +1,10 @@
-"""The JSON form of an inbound event (what the CLI and HTTP gateway accept).
+"""JSON forms of the contracts: inbound events (what the CLI and HTTP gateway accept), and
+partner instructions and acknowledgements (what webhook delivery sends and reads).
 
+Instructions and acknowledgements mirror their Avro records exactly (times in ms since the
+epoch, ``null`` for absent optionals), built by the one converter ``schemas.records``.
+
+The event form:
 It mirrors the Avro record: ``{"event_id", "type", "subject_id", "occurred_at", "source",
 "payload": {...}}``; ``occurred_at`` (and ``transaction_completed_at``) may be ms since the
 epoch or an ISO-8601 string with a zone. ``event_id`` may be omitted: it is then derived
@@ -13,11 +18,20 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from schemas.errors import ValidationError
+from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
+from schemas.errors import SchemaMismatchError, ValidationError
 from schemas.events import ConsentEvent, EventType
-from schemas.records import payload_from_record, to_record
+from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement, PartnerInstruction
+from schemas.records import from_record, payload_from_record, to_record
 
-__all__ = ["event_from_json", "event_to_json", "parse_event_line"]
+__all__ = [
+    "ack_from_json",
+    "ack_to_json",
+    "event_from_json",
+    "event_to_json",
+    "instruction_to_json",
+    "parse_event_line",
+]
 
 _EVENT_NAMESPACE = uuid.UUID("5d1f3c1e-2f0b-4c39-9a43-6b1f3f0c0a11")
 _FIELDS = ("event_id", "type", "subject_id", "occurred_at", "source", "payload")
@@ -104,3 +118,69 @@ def event_to_json(event: ConsentEvent) -> dict[str, Any]:
     rec = to_record(event)
     rec["payload"] = rec["payload"][1]
     return rec
+
+
+# ---- partner instructions and acknowledgements ----------------------------------------
+
+_ACK_FIELDS = ("instruction_id", "partner", "status", "retain_until", "reason", "completed_at")
+
+
+def instruction_to_json(instruction: PartnerInstruction) -> dict[str, Any]:
+    """The JSON form of an instruction: its Avro record (every field, ms times)."""
+    return to_record(instruction)
+
+
+def ack_to_json(ack: PartnerAcknowledgement) -> dict[str, Any]:
+    return to_record(ack)
+
+
+def ack_from_json(
+    obj: Any, *, partner: str, now_ms: int, instruction_id: str | None = None
+) -> PartnerAcknowledgement:
+    """An acknowledgement from its JSON form, as a partner sends it.
+
+    ``{"status": "DONE" | "RESTRICTED" | "REJECTED" | "FAILED", "retain_until": ...,
+    "reason": ..., "completed_at": ..., "instruction_id": ..., "partner": ...}``: times are
+    ms since the epoch or ISO-8601 with a zone; ``completed_at`` defaults to ``now_ms``;
+    ``partner`` defaults to (and must equal) the partner answering; ``instruction_id`` is
+    required unless given (a webhook answer is for the instruction just sent, and must not
+    name another one). RESTRICTED needs ``retain_until``, REJECTED and FAILED a ``reason``.
+    Anything else raises ``ValidationError`` naming the field."""
+    if not isinstance(obj, dict):
+        raise ValidationError("an acknowledgement is a JSON object", field="(root)")
+    unknown = sorted(set(obj) - set(_ACK_FIELDS))
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r}", field=unknown[0])
+    rec = dict(obj)
+    given_id = rec.get("instruction_id")
+    if instruction_id is not None:
+        if given_id is not None and str(given_id) != instruction_id:
+            raise ValidationError("instruction_id is not the one delivered", field="instruction_id")
+        rec["instruction_id"] = instruction_id
+    elif not isinstance(given_id, str):
+        raise ValidationError("missing field 'instruction_id'", field="instruction_id")
+    if rec.setdefault("partner", partner) != partner:
+        raise ValidationError("partner is not the partner answering", field="partner")
+    status = rec.get("status")
+    if status not in {s.value for s in AcknowledgementStatus}:
+        raise ValidationError(
+            f"status must be one of {', '.join(s.value for s in AcknowledgementStatus)}",
+            field="status",
+        )
+    for name in ("completed_at", "retain_until"):
+        if rec.get(name) is not None:
+            rec[name] = _time_ms(rec[name], name)
+    rec["completed_at"] = rec.get("completed_at") or now_ms
+    if status == AcknowledgementStatus.RESTRICTED and rec.get("retain_until") is None:
+        raise ValidationError("RESTRICTED needs retain_until", field="retain_until")
+    reason = rec.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationError("reason must be a string", field="reason")
+    if status in ("REJECTED", "FAILED") and not reason:
+        raise ValidationError(f"{status} needs a reason", field="reason")
+    try:
+        ack = from_record(PARTNER_ACKNOWLEDGEMENT, rec)
+    except SchemaMismatchError as exc:
+        raise ValidationError(f"invalid acknowledgement: {exc}", field="(root)") from None
+    assert isinstance(ack, PartnerAcknowledgement)  # noqa: S101 - from_record's contract
+    return ack

@@ -6,6 +6,7 @@ the offending key (``partners.ads.receives[1]``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -14,12 +15,14 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from schemas.errors import PolicyError
 from schemas.partner import InstructionAction
 
 __all__ = [
     "DEFAULT_POLICY",
+    "DELIVERIES",
     "Partner",
     "Policy",
     "Purpose",
@@ -32,6 +35,10 @@ DEFAULT_POLICY: Final = "policy.v1.toml"
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+DELIVERIES: Final = ("kafka", "webhook")
+"""How a partner gets its instructions: its own Kafka consumer (the partner SDK), or a
+webhook bridge that POSTs them to ``webhook_url`` (docs/webhooks.md)."""
+_LOOPBACK_NAMES: Final = frozenset({"localhost"})
 
 
 def parse_duration_ms(text: str, key: str) -> int:
@@ -74,6 +81,15 @@ class Partner:
     retention: str | None
     apps: frozenset[str]
     deadlines_ms: Mapping[InstructionAction, int]
+    delivery: str = "kafka"
+    """``kafka`` (default) or ``webhook``."""
+    webhook_url: str | None = None
+    """Where the webhook bridge POSTs instructions (``delivery = "webhook"`` only). The
+    signing secret is a setting (``CONSENT_STREAM_WEBHOOK_SECRETS``), never in this file."""
+
+    @property
+    def webhook(self) -> bool:
+        return self.delivery == "webhook"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +223,45 @@ def _deadlines(
     return out
 
 
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _webhook_url(t: _Reader, delivery: str) -> str | None:
+    """The partner's ``webhook_url``: required for webhook delivery, refused otherwise;
+    https, or plain http to a loopback host only (tests, the demo)."""
+    key = t.path("webhook_url")
+    if "webhook_url" not in t.raw:
+        if delivery == "webhook":
+            raise PolicyError(key, 'missing: delivery = "webhook" needs a webhook_url')
+        return None
+    url = t.string("webhook_url")
+    if delivery != "webhook":
+        raise PolicyError(key, 'only for delivery = "webhook"')
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PolicyError(key, f"not an http(s) URL: {url!r}")
+    if parts.username or parts.password:
+        raise PolicyError(key, "credentials do not belong in the URL (the secret is a setting)")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise PolicyError(key, "plain http only to a loopback host; use https")
+    return url
+
+
+def _delivery(t: _Reader) -> str:
+    delivery = t.string("delivery", "kafka")
+    if delivery not in DELIVERIES:
+        raise PolicyError(
+            t.path("delivery"), f"must be one of {', '.join(DELIVERIES)}, not {delivery!r}"
+        )
+    return delivery
+
+
 def _partners(r: _Reader, policy: dict[str, Any]) -> dict[str, Partner]:
     out = {}
     for name in r.names():
@@ -218,11 +273,14 @@ def _partners(r: _Reader, policy: dict[str, Any]) -> dict[str, Partner]:
             "retention",
             "apps",
             "deadlines",
+            "delivery",
+            "webhook_url",
         )
         # a string when present (a list here once made a TypeError: found by fuzzing)
         retention = t.string("retention") if "retention" in t.raw else None
         if retention is not None and retention not in policy["retention"]:
             raise PolicyError(t.path("retention"), f"unknown retention rule {retention!r}")
+        delivery = _delivery(t)
         out[name] = Partner(
             name=name,
             description=t.string("description", name),
@@ -234,6 +292,8 @@ def _partners(r: _Reader, policy: dict[str, Any]) -> dict[str, Partner]:
             deadlines_ms=MappingProxyType(
                 _deadlines(t.table("deadlines", required=False), policy["deadlines"])
             ),
+            delivery=delivery,
+            webhook_url=_webhook_url(t, delivery),
         )
     return out
 

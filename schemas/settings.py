@@ -123,6 +123,14 @@ class Settings:
     """A credentials file's principals (the local stack's): each command takes its own
     (``as_principal``) unless ``CONSENT_STREAM_SASL_USERNAME`` names one."""
     credentials_file: str | None = None
+    webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
+    """Per-partner HMAC secrets of webhook delivery (``CONSENT_STREAM_WEBHOOK_SECRETS``,
+    ``partner=secret,...``, 16+ characters each): the bridge signs with them, and a
+    partner's callback (``POST /v1/acks``) is verified with them (docs/webhooks.md)."""
+    webhook_concurrency: int = 8
+    """Instructions the webhook bridge has in flight at once, per partner."""
+    webhook_timeout_s: int = 10
+    """Timeout of one webhook request (connect + answer), seconds."""
     failpoint: str = ""
     """Tests only: where the worker stops for a crash test (``streams.failpoint``)."""
 
@@ -161,9 +169,27 @@ class Settings:
                 env, "SETTLED_TICKET_GRACE_S", _DEFAULT.settled_ticket_grace_s
             ),
             kafka_extra=extra,
+            webhook_secrets=parse_named_secrets(
+                env.get(ENV_PREFIX + "WEBHOOK_SECRETS", ""),
+                ENV_PREFIX + "WEBHOOK_SECRETS",
+                name="partner",
+                value="secret",
+            ),
+            webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", _DEFAULT.webhook_concurrency),
+            webhook_timeout_s=_int(env, "WEBHOOK_TIMEOUT_S", _DEFAULT.webhook_timeout_s),
             failpoint=get("FAILPOINT", ""),
             **kafka_security(env),
         )
+
+    def webhook_secret(self, partner: str) -> Secret:
+        """The signing secret of ``partner``'s webhook; a clear error when there is none."""
+        secret = self.webhook_secrets.get(partner)
+        if secret is None:
+            raise ConfigurationError(
+                f"no webhook secret for partner {partner!r}: set "
+                f"{ENV_PREFIX}WEBHOOK_SECRETS={partner}=<16+ characters>"
+            )
+        return secret
 
     def as_principal(self, name: str) -> Settings:
         """These settings authenticated as ``name`` from the credentials file; unchanged

@@ -19,7 +19,17 @@ log = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace, Settings, Policy], int]
 _KAFKA_COMMANDS = frozenset(
-    {"publish", "gateway", "worker", "replay", "rebuild-store", "partner", "acl", "demo"}
+    {
+        "publish",
+        "gateway",
+        "worker",
+        "replay",
+        "rebuild-store",
+        "partner",
+        "webhook-bridge",
+        "acl",
+        "demo",
+    }
 )
 
 
@@ -103,6 +113,25 @@ def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
     )
 
 
+def _webhook_bridge(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from consumers.webhook_bridge import run_webhook_bridge
+
+    partner = policy.partners.get(args.partner)
+    if partner is None:
+        raise ConfigurationError(f"partner {args.partner!r} is not in the policy")
+    if not partner.webhook or partner.webhook_url is None:
+        raise ConfigurationError(
+            f'partner {args.partner!r} is not delivered by webhook (policy: delivery = "webhook")'
+        )
+    return run_webhook_bridge(
+        settings,
+        partner.name,
+        partner.webhook_url,
+        state_dir=args.state_dir,
+        metrics_port=args.metrics_port,
+    )
+
+
 def _retention_days(policy: Policy, partner: str) -> int:
     """The partner-wide retention of the policy, for the simulated partner's answers."""
     from consumers.simulated import RETENTION_DAYS
@@ -133,6 +162,8 @@ def _principal(args: argparse.Namespace) -> str:
     """The Kafka principal a command authenticates as (from the credentials file)."""
     if args.command == "partner":
         return f"partner-{args.name}"
+    if args.command == "webhook-bridge":
+        return f"partner-{args.partner}"  # it acts for the partner
     return str(getattr(args, "principal", "worker"))
 
 
@@ -161,6 +192,13 @@ def _add_commands(sub: Any) -> None:
     partner.add_argument("--state-dir", default=".stack/partners", help="de-duplication state")
     partner.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     partner.set_defaults(handler=_partner)
+    bridge = sub.add_parser(
+        "webhook-bridge", help="deliver a webhook partner's instructions (docs/webhooks.md)"
+    )
+    bridge.add_argument("--partner", required=True)
+    bridge.add_argument("--state-dir", default=None, help="answers remembered across restarts")
+    bridge.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    bridge.set_defaults(handler=_webhook_bridge)
     _add_acl_command(sub)
     from streams.demo import add_demo_command
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.cloudevents import Headers, ce_headers
+from schemas.cloudevents import Headers, ce_headers, instruction_event_type
 from schemas.partner import PartnerInstruction
 from schemas.records import Contracted
 from schemas.serde import AvroSerde
@@ -20,7 +20,7 @@ __all__ = ["RecordSender", "instruction_headers"]
 def instruction_headers(ins: PartnerInstruction, data_schema: str) -> Headers:
     return ce_headers(
         event_id=ins.instruction_id,
-        event_type=f"partner.instruction.{ins.action.value.lower()}",
+        event_type=instruction_event_type(ins.action.value),
         source="consent-stream",
         time_ms=ins.issued_at,
         subject=ins.subject_ref,

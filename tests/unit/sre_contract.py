@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from consumers.partner_metrics import partner_metrics
+from consumers.webhook_metrics import webhook_metrics
 from producers.gateway.metrics import gateway_metrics
 from streams.metrics import stream_metrics
 
@@ -75,14 +76,25 @@ def documented_metrics(path: Path = METRICS_DOC) -> dict[str, DocumentedMetric]:
 
 def _factory_metrics() -> list[Any]:
     registry = CollectorRegistry()
-    groups = (stream_metrics(registry), partner_metrics(registry), gateway_metrics(registry))
+    groups = (
+        stream_metrics(registry),
+        partner_metrics(registry),
+        gateway_metrics(registry),
+        webhook_metrics(registry),
+    )
     return [getattr(group, f.name) for group in groups for f in fields(group)]
 
 
 def registry_with_every_series() -> CollectorRegistry:
     """A registry where each factory metric has one labelled child (so samples exist)."""
     registry = CollectorRegistry()
-    for group in (stream_metrics(registry), partner_metrics(registry), gateway_metrics(registry)):
+    groups = (
+        stream_metrics(registry),
+        partner_metrics(registry),
+        gateway_metrics(registry),
+        webhook_metrics(registry),
+    )
+    for group in groups:
         for f in fields(group):
             metric = getattr(group, f.name)
             names = metric._labelnames

@@ -369,3 +369,102 @@ def test_a_misspelt_key_is_rejected_not_ignored(old: str, new: str, key: str) ->
         parse_policy(tomllib.loads(text.replace(old, new, 1)))
     assert err.value.key == key
     assert "unknown key" in str(err.value)
+
+
+# ---- delivery: kafka (default) or webhook ---------------------------------------------
+
+
+def _with_logistics(extra: str) -> str:
+    anchor = 'apps = ["carrier-tracking"]\n'
+    assert anchor in DEFAULT_TEXT
+    return DEFAULT_TEXT.replace(anchor, anchor + extra, 1)
+
+
+def test_every_default_partner_is_delivered_over_kafka(policy: Policy) -> None:
+    for partner in policy.partners.values():
+        assert partner.delivery == "kafka"
+        assert partner.webhook is False
+        assert partner.webhook_url is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://carrier.example/consent/hook",
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "http://[::1]:9/hook",
+    ],
+)
+def test_a_webhook_partner(url: str) -> None:
+    from schemas.policy import parse_policy
+
+    text = _with_logistics(f'delivery = "webhook"\nwebhook_url = "{url}"\n')
+    partner = parse_policy(tomllib.loads(text)).partners["logistics"]
+    assert partner.delivery == "webhook"
+    assert partner.webhook is True
+    assert partner.webhook_url == url
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "problem"),
+    [
+        ('delivery = "email"\n', "partners.logistics.delivery", "must be one of kafka, webhook"),
+        ("delivery = 1\n", "partners.logistics.delivery", "non-empty string"),
+        ('delivery = "webhook"\n', "partners.logistics.webhook_url", "needs a webhook_url"),
+        (
+            'webhook_url = "https://x.example/h"\n',
+            "partners.logistics.webhook_url",
+            'only for delivery = "webhook"',
+        ),
+        (
+            'delivery = "webhook"\nwebhook_url = "ftp://x.example/h"\n',
+            "partners.logistics.webhook_url",
+            "not an http(s) URL",
+        ),
+        (
+            'delivery = "webhook"\nwebhook_url = "https:///nohost"\n',
+            "partners.logistics.webhook_url",
+            "not an http(s) URL",
+        ),
+        (
+            'delivery = "webhook"\nwebhook_url = "http://carrier.example/h"\n',
+            "partners.logistics.webhook_url",
+            "plain http only to a loopback host",
+        ),
+        (
+            'delivery = "webhook"\nwebhook_url = "https://u:pw@carrier.example/h"\n',
+            "partners.logistics.webhook_url",
+            "credentials do not belong",
+        ),
+        (
+            'delivery = "webhook"\nwebhook_url = ""\n',
+            "partners.logistics.webhook_url",
+            "non-empty string",
+        ),
+        (
+            'delivery = "webhook"\nwebhook_secret = "0123456789abcdef0"\n',
+            "partners.logistics.webhook_secret",
+            "unknown key",
+        ),
+    ],
+    ids=[
+        "unknown delivery",
+        "delivery not a string",
+        "webhook without url",
+        "url without webhook",
+        "not http",
+        "no host",
+        "plain http to a remote host",
+        "credentials in url",
+        "empty url",
+        "a secret in the policy",
+    ],
+)
+def test_bad_delivery_names_the_key(extra: str, key: str, problem: str) -> None:
+    from schemas.policy import parse_policy
+
+    with pytest.raises(PolicyError) as err:
+        parse_policy(tomllib.loads(_with_logistics(extra)))
+    assert err.value.key == key
+    assert problem in str(err.value)
