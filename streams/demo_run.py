@@ -162,6 +162,7 @@ class DemoRun:
             self.publisher,
             self.redis,
             self.snapshot,
+            load_rate=self.options.rate,
         )
         report, failure = warmup.run(self.children_started)
         if report is None:

@@ -10,8 +10,9 @@ metadata, connection and producer id): per subject a consent change, data shared
 every partner and an account closure, so store writes, an instruction to every partner,
 its acknowledgement and a final request status. Another round runs while a partition
 that a worker or partner reads has carried no record yet (a worker's first record of a
-partition looks up where to start). The summary counts from the workers' metrics at the
-end of the warm-up (``Samples.since``).
+partition looks up where to start). Last, ``LOAD_S`` of probe subjects at the workload's
+rate: a cold broker and fresh workers are slow for their first seconds under load. The
+summary counts from the workers' metrics at the end of the warm-up (``Samples.since``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ STEP_TIMEOUT_S: Final = 120.0
 MAX_ROUNDS: Final = 4
 SUBJECTS_PER_PARTITION: Final = 4  # per round: a topic misses a partition at ~2 % (3 of them)
 _ADMIN_TIMEOUT_S: Final = 10.0
+LOAD_S: Final = 3.0
+"""How long the warm-up load runs at the workload's rate."""
+_LOAD_TICKS_PER_S: Final = 20
 
 Partition = tuple[str, int]
 
@@ -108,6 +112,7 @@ class Warmup:
         publisher: ConsentPublisher,
         redis: Any,
         snapshot: Callable[[], Samples],
+        load_rate: float = 0.0,
     ) -> None:
         self.settings, self.policy, self.children = settings, policy, children
         self.workers, self.publisher, self.snapshot = workers, publisher, snapshot
@@ -118,6 +123,7 @@ class Warmup:
         self.events: Counter[str] = Counter()
         self.subjects = 0
         self._token = uuid.uuid4().hex[:8]
+        self.load_rate = load_rate
 
     def run(self, started: float) -> tuple[WarmupReport | None, str | None]:
         wait = self.children.wait_until
@@ -129,6 +135,7 @@ class Warmup:
         if failure is not None:
             return None, failure
         rounds, empty, failure = self._probe()
+        failure = failure or self._load()
         if failure is not None:
             return None, failure
         report = WarmupReport(
@@ -154,6 +161,23 @@ class Warmup:
             empty = self._empty(empty)
             log.debug("warm-up round %d: %d partitions without a record", rounds, len(empty))
         return rounds, empty, None
+
+    def _load(self) -> str | None:
+        """``LOAD_S`` of probe subjects at the workload's rate (none unpaced): the cold
+        broker's and workers' first seconds under load (JIT, caches, batch sizes) pass
+        before the measured workload, not in it."""
+        if self.load_rate <= 0:
+            return None
+        per_subject = len(probe_events(self.policy, "size", 0)[0])
+        subjects = max(1, round(self.load_rate * LOAD_S / per_subject))
+        chunk = max(1, round(subjects / (LOAD_S * _LOAD_TICKS_PER_S)))
+        start = time.monotonic()
+        for i, first in enumerate(range(0, subjects, chunk)):
+            time.sleep(max(0.0, start + i / _LOAD_TICKS_PER_S - time.monotonic()))
+            failure = self._publish_probes(min(chunk, subjects - first))
+            if failure is not None:
+                return failure
+        return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up load")
 
     def _answering(self) -> bool:
         answers = (
@@ -212,6 +236,12 @@ class Warmup:
             return False
 
     def _round(self, subjects: int) -> str | None:
+        failure = self._publish_probes(subjects)
+        if failure is not None:
+            return failure
+        return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up probes")
+
+    def _publish_probes(self, subjects: int) -> str | None:
         now = int(time.time() * 1000)
         events: list[ConsentEvent] = []
         requests: list[str] = []
@@ -228,7 +258,7 @@ class Warmup:
         self.events.update(e.type.value for e in events)
         followed = [*self.tracker.ids, *requests]
         self.tracker = RequestTracker(self.redis, self.settings.redis_prefix, followed)
-        return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up probes")
+        return None
 
     def _through(self) -> bool:
         """Every probe processed, every instruction acknowledged, every request final."""
