@@ -95,6 +95,9 @@ def processing_rate(
     if first is not None and done is not None and done[0] > first[0]:
         out["first_to_last_s"] = done[0] - first[0]
         out["end_to_end_events_per_s"] = (target - baseline) / (done[0] - first[0])
+        if "rate_events_per_s" not in out:  # a round shorter than two sampling intervals
+            out["rate_events_per_s"] = out["end_to_end_events_per_s"]
+            out["rate_from_end_to_end"] = 1.0
     return out
 
 

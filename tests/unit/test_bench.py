@@ -160,3 +160,19 @@ def test_latency_table_rows_without_noop_or_skipped() -> None:
     assert failed[5].strip() == "not measured: RuntimeError: gone"
     assert "not measured: budget" in skipped[2]
     assert len(skipped) == len(no_noop)
+
+
+def test_a_round_shorter_than_two_samples_still_gets_a_rate() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from pipeline import processing_rate
+
+    # baseline 100, target 2,100: the worker went from 100 to all done within one interval
+    samples = [(0.0, 100.0), (0.25, 1_400.0), (0.5, 2_100.0)]
+    rate = processing_rate(samples, 100.0, 2_100.0)
+    assert rate["rate_events_per_s"] == rate["end_to_end_events_per_s"] == 2_000 / 0.25
+    assert rate["rate_from_end_to_end"] == 1.0
+    long = [(0.0, 100.0), (0.25, 600.0), (0.5, 1_100.0), (0.75, 1_600.0), (1.0, 2_100.0)]
+    assert processing_rate(long, 100.0, 2_100.0)["rate_events_per_s"] == 1_000 / 0.5
