@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
+from schemas.contracts import PARTNER_ACKNOWLEDGEMENT, PARTNER_INSTRUCTION
 from schemas.errors import SchemaMismatchError, ValidationError
 from schemas.events import ConsentEvent, EventType
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement, PartnerInstruction
@@ -29,6 +29,7 @@ __all__ = [
     "ack_to_json",
     "event_from_json",
     "event_to_json",
+    "instruction_from_json",
     "instruction_to_json",
     "parse_event_line",
 ]
@@ -128,6 +129,19 @@ _ACK_FIELDS = ("instruction_id", "partner", "status", "retain_until", "reason", 
 def instruction_to_json(instruction: PartnerInstruction) -> dict[str, Any]:
     """The JSON form of an instruction: its Avro record (every field, ms times)."""
     return to_record(instruction)
+
+
+def instruction_from_json(obj: Any) -> PartnerInstruction:
+    """An instruction from its JSON form (a webhook delivery's body, as a partner reads it);
+    ``ValidationError`` when it does not fit the contract."""
+    if not isinstance(obj, dict):
+        raise ValidationError("an instruction is a JSON object", field="(root)")
+    try:
+        instruction = from_record(PARTNER_INSTRUCTION, obj)
+    except SchemaMismatchError as exc:
+        raise ValidationError(f"invalid instruction: {exc}", field="(root)") from None
+    assert isinstance(instruction, PartnerInstruction)  # noqa: S101 - from_record's contract
+    return instruction
 
 
 def ack_to_json(ack: PartnerAcknowledgement) -> dict[str, Any]:

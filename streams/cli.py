@@ -98,6 +98,8 @@ def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
 
     if args.name not in policy.partners:
         raise ConfigurationError(f"partner {args.name!r} is not in the policy")
+    if policy.partners[args.name].webhook:
+        return _webhook_partner(args, settings, policy)
     return run_partner(
         settings,
         args.name,
@@ -111,6 +113,30 @@ def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
         acks_topic=settings.topics.acks(args.name),
         retention_days=_retention_days(policy, args.name),
     )
+
+
+def _webhook_partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    """The simulated partner of a webhook partner: an HTTP receiver at its webhook URL."""
+    from consumers.simulated_webhook import WebhookPartnerOptions, run_webhook_partner
+
+    url = policy.partners[args.name].webhook_url
+    assert url is not None  # noqa: S101 - the policy requires it for webhook delivery
+    options = WebhookPartnerOptions(
+        partner=args.name,
+        url=url,
+        secret=settings.webhook_secret(args.name).reveal(),
+        delay_ms=args.delay_ms,
+        failure_rate=args.failure_rate,
+        callback_fraction=args.callback_fraction,
+        callback_url=args.callback_url,
+        seed=args.seed,
+        retention_days=_retention_days(policy, args.name),
+    )
+    try:
+        options.check()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return run_webhook_partner(options, metrics_port=args.metrics_port)
 
 
 def _webhook_bridge(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
@@ -191,6 +217,15 @@ def _add_commands(sub: Any) -> None:
     partner.add_argument("--seed", type=int, default=None)
     partner.add_argument("--state-dir", default=".stack/partners", help="de-duplication state")
     partner.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    partner.add_argument(
+        "--callback-fraction",
+        type=float,
+        default=0.0,
+        help="webhook partners: 0..1, share answered 202 with a callback later",
+    )
+    partner.add_argument(
+        "--callback-url", default=None, help="webhook partners: the gateway's POST /v1/acks URL"
+    )
     partner.set_defaults(handler=_partner)
     bridge = sub.add_parser(
         "webhook-bridge", help="deliver a webhook partner's instructions (docs/webhooks.md)"

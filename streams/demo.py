@@ -26,6 +26,7 @@ from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.demo_processes import Children
 from streams.demo_run import DemoRun
+from streams.demo_webhook import with_webhook_partners
 from streams.namespace import remove_namespace
 from streams.workload import WorkloadSpec, build_workload
 
@@ -50,6 +51,9 @@ class DemoOptions:
     keep_running: bool = False
     keep_data: bool = False
     via_gateway: float = 0.0
+    webhook_partners: tuple[str, ...] = ("logistics",)
+    webhook_failure_rate: float = 0.05
+    webhook_callback_fraction: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:
@@ -66,6 +70,9 @@ class DemoOptions:
             keep_running=args.keep_running,
             keep_data=args.keep_data,
             via_gateway=args.via_gateway,
+            webhook_partners=tuple(p for p in args.webhook_partners.split(",") if p),
+            webhook_failure_rate=args.webhook_failure_rate,
+            webhook_callback_fraction=args.webhook_callback_fraction,
         )
 
 
@@ -96,6 +103,10 @@ def _check(options: DemoOptions) -> str | None:
         return "--closure-fraction must be between 0 and 1"
     if not 0 <= options.via_gateway <= 1:
         return "--via-gateway must be between 0 and 1"
+    if not 0 <= options.webhook_failure_rate <= 1:
+        return "--webhook-failure-rate must be between 0 and 1"
+    if not 0 <= options.webhook_callback_fraction <= 1:
+        return "--webhook-callback-fraction must be between 0 and 1"
     return None
 
 
@@ -104,14 +115,25 @@ def run_demo(options: DemoOptions, settings: Settings, policy: Policy, out: Text
     if invalid is not None:
         print(f"consent-stream demo: {invalid}", file=sys.stderr)
         return 2
+    unknown = sorted(set(options.webhook_partners) - set(policy.partners))
+    if unknown:
+        print(
+            f"consent-stream demo: --webhook-partners: {unknown[0]!r} is not in the policy",
+            file=sys.stderr,
+        )
+        return 2
     namespace = options.namespace or default_namespace()
     scoped = demo_settings(settings, namespace)
+    base_dir = DEMO_DIR / namespace
+    urls: dict[str, str] = {}
+    if options.webhook_partners:
+        scoped, policy, urls = with_webhook_partners(scoped, options.webhook_partners, base_dir)
     spec = WorkloadSpec(
         options.subjects, options.seed, int(time.time() * 1000), options.closure_fraction
     )
     workload = build_workload(policy, spec)
     children = Children(Path.cwd())
-    run = DemoRun(options, scoped, policy, workload, children, DEMO_DIR / namespace, out)
+    run = DemoRun(options, scoped, policy, workload, children, base_dir, out, urls)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         code = run.execute()
@@ -189,6 +211,26 @@ def add_demo_command(sub: Any) -> None:
         metavar="FRACTION",
         help="share of the subjects whose events are posted (batched) to a gateway child "
         "(consent-stream gateway) instead of the SDK (%(default)s)",
+    )
+    add(
+        "--webhook-partners",
+        default=",".join(d.webhook_partners),
+        metavar="NAMES",
+        help="partners reached over a signed webhook (a webhook bridge and a simulated "
+        "receiver each), comma-separated, '' for none (%(default)s)",
+    )
+    add(
+        "--webhook-failure-rate",
+        type=float,
+        default=d.webhook_failure_rate,
+        help="0..1, share of webhook attempts the simulated receiver answers 503 (%(default)s)",
+    )
+    add(
+        "--webhook-callback-fraction",
+        type=float,
+        default=d.webhook_callback_fraction,
+        help="0..1, share of webhook instructions answered 202 and acknowledged later by a "
+        "signed callback to the gateway child's POST /v1/acks (%(default)s)",
     )
     add("--namespace", default=None, help="default: a fresh demo<UTC time>-<pid>")
     add("--keep-running", action="store_true", help="after the summary, run until Ctrl-C")

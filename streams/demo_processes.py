@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,6 +29,9 @@ __all__ = ["Child", "Children", "child_env", "command", "free_port", "http_get"]
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S: Final = 20.0
+_PORTS_FROM: Final = 20000  # below Linux's default ephemeral range (32768-60999)
+_PORTS_TO: Final = 32000
+_EPHEMERAL_RANGE: Final = "/proc/sys/net/ipv4/ip_local_port_range"
 
 
 def command(*args: str) -> list[str]:
@@ -51,14 +55,42 @@ def child_env(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.policy_path is not None:
+        env[f"{ENV_PREFIX}POLICY"] = settings.policy_path
+    if settings.webhook_secrets:
+        env[f"{ENV_PREFIX}WEBHOOK_SECRETS"] = ",".join(
+            f"{p}={s.reveal().decode()}" for p, s in sorted(settings.webhook_secrets.items())
+        )
     return env
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(rng: random.Random | None = None) -> int:
+    """A loopback TCP port free now, outside the kernel's ephemeral range.
+
+    Not one the kernel hands out: between this call and the child's bind, a connection
+    of any process on the machine (Kafka clients open many) may take an ephemeral port,
+    which once made a worker fail with EADDRINUSE in CI."""
+    low, high = _ephemeral_range()
+    draw = rng or random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(_PORTS_FROM, _PORTS_TO)
+        if low <= port <= high:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free loopback port in {_PORTS_FROM}-{_PORTS_TO} outside {low}-{high}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path(_EPHEMERAL_RANGE).read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def http_get(

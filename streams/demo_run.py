@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -31,6 +32,7 @@ from streams.demo_summary import (
     warmup_line,
 )
 from streams.demo_warmup import Warmup
+from streams.demo_webhook import WebhookChildren
 from streams.latency import Samples
 from streams.topics import ensure_topics
 from streams.workload import Workload
@@ -53,6 +55,7 @@ class DemoRun:
         children: Children,
         base_dir: Path,
         out: TextIO,
+        webhook_urls: Mapping[str, str] | None = None,
     ) -> None:
         self.options, self.settings, self.policy = options, settings, policy
         self.workload, self.children, self.base_dir, self.out = workload, children, base_dir, out
@@ -77,6 +80,7 @@ class DemoRun:
         self.gateway_child: Child | None = None
         self.gateway_token = new_token()
         self.gateway: GatewaySender | None = None
+        self.webhook = WebhookChildren(webhook_urls or {}, base_dir)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -119,7 +123,12 @@ class DemoRun:
         env = child_env(self.settings)
         o = self.options
         self.children_started = time.monotonic()
+        gateway_port = free_port() if self._wants_gateway() else None
+        callback_url = f"http://127.0.0.1:{gateway_port}/v1/acks" if gateway_port else None
+        self.webhook.start(self.children, env, o, callback_url, o.seed + len(self.partner_names))
         for i, name in enumerate(self.partner_names):
+            if name in self.webhook.urls:
+                continue
             port = free_port()
             args = ["partner", "--name", name, "--metrics-port", str(port)]
             args += ["--delay-ms", str(o.partner_delay_ms)]
@@ -139,8 +148,8 @@ class DemoRun:
             self.workers.append(
                 self.children.start(f"worker-{i}", ["worker"], worker_env, log_path, port)
             )
-        if o.via_gateway > 0:
-            port = free_port()
+        if gateway_port is not None:
+            port = gateway_port
             sources = {e.source for e in self.workload.events}
             gateway = {**env, **gateway_env(port, self.gateway_token, sources)}
             log_path = self.base_dir / "gateway.log"
@@ -150,6 +159,11 @@ class DemoRun:
         self.say(f"started (pids): {pids}; logs in {self.base_dir}/")
         if o.workers > self.settings.partitions:
             self.say(f"note: {o.workers} workers share {self.settings.partitions} partitions")
+
+    def _wants_gateway(self) -> bool:
+        """A gateway child: for a share of the events, or for the webhook callbacks."""
+        o = self.options
+        return o.via_gateway > 0 or (bool(self.webhook.urls) and o.webhook_callback_fraction > 0)
 
     def _warm_up(self) -> str | None:
         """Warm everything up, then take the workers' metrics as the baseline."""
@@ -167,7 +181,7 @@ class DemoRun:
         report, failure = warmup.run(self.children_started)
         if report is None:
             return failure
-        if self.gateway_child is not None:
+        if self.gateway_child is not None and self.options.via_gateway > 0:
             port = self.gateway_child.port
             failure = self.children.wait_until(
                 lambda: http_get(port, "/healthz")[0] == 200, 60.0, "the gateway's /healthz"
@@ -177,6 +191,7 @@ class DemoRun:
             self.gateway = GatewaySender(port, self.gateway_token, self._gateway_delivered)
         self.probes = warmup.events
         self.baseline = self.snapshot(attempts=5)
+        self.webhook.baseline = self.webhook.snapshot()
         rate = self.options.rate
         pace = f"at {rate:.0f} events/s" if rate > 0 else "as fast as possible"
         self.say(warmup_line(report))
@@ -313,6 +328,7 @@ class DemoRun:
             failure=failure,
             note=self.note,
             baseline=self.baseline,
+            webhook=self.webhook.summary(),
         )
         for line in summary_lines(facts):
             self.say(line)

@@ -100,6 +100,7 @@ class RunFacts:
     failure: str | None = None
     note: str | None = None
     baseline: Samples = field(default_factory=Samples)  # the workers' metrics after warm-up
+    webhook: Sequence[str] = ()  # the webhook section (``streams.demo_webhook``), if any
 
 
 def format_seconds(value: float) -> str:
@@ -151,6 +152,13 @@ def _partners(f: RunFacts, s: Samples) -> list[str]:
     if any(warm):
         lines.append(f"  not counted above: {warm[0]} warm-up instructions, {warm[1]} acks")
     return lines
+
+
+def _webhook(f: RunFacts) -> list[str]:
+    if not f.webhook:
+        return []
+    title = "webhook delivery (the bridges' and the simulated receivers' metrics, after warm-up)"
+    return [title, *f.webhook, ""]
 
 
 def _requests(f: RunFacts) -> list[str]:
@@ -213,6 +221,7 @@ def summary_lines(f: RunFacts) -> list[str]:
         "partner instructions (by action) and acknowledgements (by status)",
         *_partners(f, s),
         "",
+        *_webhook(f),
         "deletion requests",
         *_requests(f),
         "",

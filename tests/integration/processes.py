@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,7 +49,7 @@ from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings
 from streams.acl_sync import remove_namespace_acls
-from streams.demo_processes import http_get
+from streams.demo_processes import free_port, http_get
 
 from .kafka_auth import admin_config, admin_settings, sync_acls
 
@@ -82,13 +81,6 @@ def worker_command() -> list[str]:
     beside = Path(sys.executable).parent / "consent-stream"
     script = beside if beside.exists() else REPO_ROOT / ".venv" / "bin" / "consent-stream"
     return [str(script), "worker"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def poll_until(

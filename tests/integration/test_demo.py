@@ -124,6 +124,7 @@ def test_a_short_run_settles_every_request(
         namespace,
         tmp_path,
         *("--subjects", "150", "--rate", "0", "--timeout-s", "120"),
+        *("--webhook-failure-rate", "0.3"),
     )
     detail = explain(result, tmp_path, namespace)
     assert result.returncode == 0, detail
@@ -138,6 +139,7 @@ def test_a_short_run_settles_every_request(
     assert sum(counted.values()) == requests > 0
     for partner in ("payment", "logistics", "ads", "research"):
         assert re.search(rf"  {partner}\s+instructions\s+[1-9]", out), detail
+    assert_webhook_partner(out, detail)
 
     client = redis.Redis.from_url(redis_url)  # what the workers wrote, read independently
     try:
@@ -150,6 +152,17 @@ def test_a_short_run_settles_every_request(
     assert all(v.status in FINAL_REQUEST_STATES for v in views)
     assert (tmp_path / ".stack" / "demo" / namespace / "worker-1.log").exists()
     assert_stopped(child_pids(out))
+
+
+def assert_webhook_partner(out: str, detail: str) -> None:
+    """logistics is reached over the webhook: every instruction of it delivered, retries."""
+    assert "webhook delivery (" in out, detail
+    found(r"  logistics\s+(http://127\.0\.0\.1:\d+/consent/hook)", out)
+    instructions = int(found(r"  logistics\s+instructions\s+(\d+)", out))
+    assert int(found(r"deliveries\s+(\d+) \(", out)) == instructions, detail
+    assert int(found(r"retries\s+(\d+) \(", out)) > 0, detail
+    assert "p99 -" not in found(r"(round trip p50 .*)", out), detail
+    assert "webhook-bridge-logistics" in found(r"(started \(pids\): .*)", out)
 
 
 def test_requests_not_settled_in_time_fail_the_run(

@@ -20,9 +20,7 @@ BASE = {"CONSENT_STREAM_DEV_MODE": "1"}
 
 
 def _stack_auth() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "stack_auth", REPO / "deploy/local/stack_auth.py"
-    )
+    spec = importlib.util.spec_from_file_location("stack_auth", REPO / "deploy/local/stack_auth.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["stack_auth"] = module
@@ -130,6 +128,9 @@ def test_stack_credentials_are_generated_once_and_owner_only(tmp_path: Path) -> 
     again, added = auth.ensure_credentials(path, ["admin", "worker", "partner-ads"])
     assert added == ["partner-ads"]
     assert again["admin"] == first["admin"] and again["worker"] == first["worker"]
-    assert Settings.from_env(
-        {**BASE, "CONSENT_STREAM_CREDENTIALS_FILE": str(path)}
-    ).as_principal("partner-ads").sasl_username == "partner-ads"
+    assert (
+        Settings.from_env({**BASE, "CONSENT_STREAM_CREDENTIALS_FILE": str(path)})
+        .as_principal("partner-ads")
+        .sasl_username
+        == "partner-ads"
+    )

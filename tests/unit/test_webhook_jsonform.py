@@ -106,3 +106,19 @@ def test_a_callback_without_an_instruction_id_is_refused() -> None:
     with pytest.raises(ValidationError) as err:
         ack({"status": "DONE", "instruction_id": "not-a-uuid"}, None)
     assert err.value.field == "(root)"
+
+
+def test_an_instruction_comes_back_from_its_json_form() -> None:
+    from schemas.jsonform import instruction_from_json
+
+    assert instruction_from_json(json.loads(json.dumps(instruction_to_json(INSTRUCTION)))) == (
+        INSTRUCTION
+    )
+
+
+@pytest.mark.parametrize("obj", [[], {"instruction_id": IID}, "x"])
+def test_what_is_not_an_instruction_is_refused(obj: Any) -> None:
+    from schemas.jsonform import instruction_from_json
+
+    with pytest.raises(ValidationError):
+        instruction_from_json(obj)
