@@ -58,6 +58,9 @@ SUBJECTS_PER_PARTITION: Final = 4  # per round: a topic misses a partition at ~2
 _ADMIN_TIMEOUT_S: Final = 10.0
 LOAD_S: Final = 3.0
 """How long the warm-up load runs at the workload's rate."""
+LOAD_CLOSING_EVERY: Final = 10
+"""In the load, one subject in this many closes its account (the workload's 10 %): the
+load's instructions, and the wait for their acks, stay in the workload's proportion."""
 _LOAD_TICKS_PER_S: Final = 20
 
 Partition = tuple[str, int]
@@ -68,18 +71,25 @@ def _new_id() -> str:
 
 
 def probe_events(
-    policy: Policy, subject: str, now_ms: int, new_id: Callable[[], str] = _new_id
-) -> tuple[list[ConsentEvent], str]:
-    """One probe subject's events, in event-time order, and its deletion request id."""
-    request_id = new_id()
+    policy: Policy,
+    subject: str,
+    now_ms: int,
+    new_id: Callable[[], str] = _new_id,
+    *,
+    closes: bool = True,
+) -> tuple[list[ConsentEvent], str | None]:
+    """One probe subject's events, in event-time order, and its deletion request id (the
+    subject closes its account, an instruction to every partner, unless not ``closes``)."""
+    request_id = new_id() if closes else None
     payloads: list[Payload] = [
         ConsentChanged(PROBE_PURPOSE, ConsentDecision.GRANTED, policy.notice_version, "demo-probe"),
         *(
             DataShared(name, tuple(sorted(p.receives)), MappingProxyType({"probe_ref": name}))
             for name, p in sorted(policy.partners.items())
         ),
-        DeletionRequested(request_id, DeletionScope.ACCOUNT, "demo warm-up probe"),
     ]
+    if request_id is not None:
+        payloads.append(DeletionRequested(request_id, DeletionScope.ACCOUNT, "demo warm-up probe"))
     start = now_ms - len(payloads)
     events = [
         ConsentEvent(new_id(), subject, start + i, PROBE_SOURCE, payload)
@@ -168,13 +178,13 @@ class Warmup:
         before the measured workload, not in it."""
         if self.load_rate <= 0:
             return None
-        per_subject = len(probe_events(self.policy, "size", 0)[0])
+        per_subject = len(probe_events(self.policy, "size", 0, closes=False)[0])
         subjects = max(1, round(self.load_rate * LOAD_S / per_subject))
         chunk = max(1, round(subjects / (LOAD_S * _LOAD_TICKS_PER_S)))
         start = time.monotonic()
         for i, first in enumerate(range(0, subjects, chunk)):
             time.sleep(max(0.0, start + i / _LOAD_TICKS_PER_S - time.monotonic()))
-            failure = self._publish_probes(min(chunk, subjects - first))
+            failure = self._publish_probes(min(chunk, subjects - first), LOAD_CLOSING_EVERY)
             if failure is not None:
                 return failure
         return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up load")
@@ -241,16 +251,18 @@ class Warmup:
             return failure
         return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up probes")
 
-    def _publish_probes(self, subjects: int) -> str | None:
+    def _publish_probes(self, subjects: int, closing_every: int = 1) -> str | None:
         now = int(time.time() * 1000)
         events: list[ConsentEvent] = []
         requests: list[str] = []
         for _ in range(subjects):
             self.subjects += 1
             subject = f"demo-probe-{self._token}-{self.subjects}"
-            more, request_id = probe_events(self.policy, subject, now)
+            closes = self.subjects % closing_every == 0
+            more, request_id = probe_events(self.policy, subject, now, closes=closes)
             events += more
-            requests.append(request_id)
+            if request_id is not None:
+                requests.append(request_id)
         try:
             self.publisher.publish_many(events)
         except PublishError as exc:

@@ -39,6 +39,15 @@ def test_a_probe_subject_reaches_every_partner_and_closes_its_account() -> None:
     assert len({e.event_id for e in events} | {request_id}) == len(events) + 1
 
 
+def test_a_load_subject_that_does_not_close_sends_no_instruction() -> None:
+    events, request_id = probe_events(POLICY, "probe-2", NOW, closes=False)
+    assert request_id is None
+    assert not any(isinstance(e.payload, DeletionRequested) for e in events)
+    assert len(events) == 1 + len(POLICY.partners)
+    for event in events:
+        validate_event(event, POLICY, NOW)
+
+
 def group(state: ConsumerGroupState, *members: list[tuple[str, int]]) -> SimpleNamespace:
     return SimpleNamespace(
         state=state,
