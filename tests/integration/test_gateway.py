@@ -1,5 +1,5 @@
 """``consent-stream gateway`` against the real secured broker, as a caller meets it: a real
-gateway process (logged in as ``publisher`` from the credentials file, under a uuid
+gateway process (logged in as ``gateway`` from a credentials file, under a uuid
 namespace whose ACLs are synced) on a loopback port, real HTTP requests, and the records
 read back from the namespace's consent.events.v1 as ``admin``.
 
@@ -35,7 +35,7 @@ from schemas.settings import ENV_PREFIX, Settings
 from streams.namespace import remove_namespace
 from streams.topics import wait_for_leaders
 
-from .kafka_auth import admin_settings, sync_acls
+from .kafka_auth import admin_settings, principal_credentials, sync_acls
 from .processes import Metrics, free_port, poll_until, read_all
 
 pytestmark = pytest.mark.integration
@@ -102,9 +102,13 @@ def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
         return 0, b""
 
 
-def gateway_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
+def gateway_env(
+    settings: Settings, port: int, credentials: Path | None = None, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update(security_env(os.environ))  # the credentials file: it logs in as `publisher`
+    env.update(security_env(os.environ))  # the credentials file: it logs in as `gateway`
+    if credentials is not None:
+        env[ENV_PREFIX + "CREDENTIALS_FILE"] = str(credentials)
     env.update(
         {
             ENV_PREFIX + "BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -137,7 +141,14 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def credentials(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A credentials file with the ``gateway`` principal, which the broker knows (a stack
+    started before the principal existed gets it upserted here, kafka_auth)."""
+    return principal_credentials("gateway", tmp_path_factory.mktemp("credentials"))
+
+
+@pytest.fixture(scope="module")
+def gateway(credentials: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     policy = load_policy()
     ns = f"gw{uuid.uuid4().hex[:12]}"
     settings = admin_settings(
@@ -155,7 +166,7 @@ def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         proc = subprocess.Popen(
             gateway_command(),
             cwd=REPO,
-            env=gateway_env(settings, port),
+            env=gateway_env(settings, port, credentials),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -183,8 +194,8 @@ def gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ga
         remove_namespace(settings, policy.partners)
 
 
-def test_the_gateway_logs_in_as_publisher(gateway: Gateway) -> None:
-    assert f"publishing to {gateway.settings.topics.events} as publisher" in gateway.log()
+def test_the_gateway_logs_in_as_gateway(gateway: Gateway) -> None:
+    assert f"publishing to {gateway.settings.topics.events} as gateway" in gateway.log()
     assert TOKEN not in gateway.log() and APP_TOKEN not in gateway.log()
 
 
@@ -265,14 +276,16 @@ def test_metrics_per_source_and_outcome(gateway: Gateway) -> None:
     assert metrics.value("consent_gateway_request_duration_seconds_count") >= 3
 
 
-def test_with_the_broker_unreachable_at_start_the_gateway_exits_5(tmp_path: Path) -> None:
+def test_with_the_broker_unreachable_at_start_the_gateway_exits_5(credentials: Path) -> None:
     settings = admin_settings(topic_namespace=f"gw{uuid.uuid4().hex[:12]}")
     port = free_port()  # bound, then closed: nothing listens on it
     started = time.monotonic()
     result = subprocess.run(
         gateway_command(),
         cwd=REPO,
-        env=gateway_env(replace(settings, bootstrap_servers=f"127.0.0.1:{port}"), free_port()),
+        env=gateway_env(
+            replace(settings, bootstrap_servers=f"127.0.0.1:{port}"), free_port(), credentials
+        ),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
