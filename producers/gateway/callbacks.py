@@ -2,7 +2,7 @@
 
 ``Callbacks.of`` takes the policy's partners with ``delivery = "webhook"`` that have a
 secret in ``CONSENT_STREAM_WEBHOOK_SECRETS`` (a webhook partner without one is logged,
-and refused); a kafka-delivery partner never may, whatever the secrets say. ``Guards``
+and refused); a kafka-delivery partner never may, whatever the secrets say. The route
 keeps one ``ReplayGuard`` a partner; a request's ``Claim`` on it gives its signature back
 when the ack was not produced (a 429 or 503 invites the same request again).
 """
