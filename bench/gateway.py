@@ -2,7 +2,7 @@
 """Accepted events/s through ``consent-stream gateway`` on the local stack.
 
 Under a fresh namespace (its consent.events.v1, its ACLs), starts one gateway process (as
-the ``publisher`` principal, stopped by pid), posts batches and single events from client
+the ``gateway`` principal, stopped by pid), posts batches and single events from client
 threads over keep-alive HTTP connections, and prints accepted events/s and answer times.
 The namespace is removed afterwards. Settings from ``CONSENT_STREAM_*`` (``make env``).
 

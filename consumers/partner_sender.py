@@ -1,4 +1,9 @@
-"""Sends acknowledgements and waits until the broker has them (acks=all, idempotent)."""
+"""Sends acknowledgements and waits until the broker has them (acks=all, idempotent).
+
+``ack_record`` is the one definition of an ack's Kafka record (key ``ack_key``, Avro
+value, CloudEvents headers), which the partner SDK and the webhook bridge (both through
+``AckSender``) produce.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from consumers.dedup import SentAck
 from consumers.partner_clients import KafkaProducer
 from consumers.partner_delivery import ack_headers
 from consumers.partner_metrics import PartnerMetrics
+from schemas.cloudevents import Headers
 from schemas.serde import AvroSerde
 
-__all__ = ["AckSender", "PendingAck"]
+__all__ = ["AckRecord", "AckSender", "PendingAck", "ack_record"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,26 @@ class PendingAck:
     subject_ref: str
     delivered: bool = False
     error: str | None = None
+
+
+AckRecord = tuple[bytes, bytes, Headers]
+"""(key, value, headers) of an ack's record."""
+
+
+def ack_record(
+    item: PendingAck, serde: AvroSerde, *, topic: str, data_schema: str, published_at_ms: int
+) -> AckRecord:
+    """The record of ``item`` on ``topic`` (``partner.<p>.acks.v1``): keyed by its
+    ``ack_key``, the Avro acknowledgement, CloudEvents headers with its ``ce_id``."""
+    value = serde.encode(item.sent.ack, topic)
+    headers = ack_headers(
+        item.sent.ack,
+        ce_id=item.sent.ce_id,
+        subject_ref=item.subject_ref,
+        data_schema=data_schema,
+        published_at_ms=published_at_ms,
+    )
+    return item.ack_key.encode("utf-8"), value, headers
 
 
 class AckSender:
@@ -85,11 +111,10 @@ class AckSender:
             self._produce(item)
 
     def _produce(self, item: PendingAck) -> None:
-        value = self._serde.encode(item.sent.ack, self._topic)
-        headers = ack_headers(
-            item.sent.ack,
-            ce_id=item.sent.ce_id,
-            subject_ref=item.subject_ref,
+        key, value, headers = ack_record(
+            item,
+            self._serde,
+            topic=self._topic,
             data_schema=self._data_schema,
             published_at_ms=self._now_ms(),
         )
@@ -105,7 +130,7 @@ class AckSender:
                 self._producer.produce(
                     self._topic,
                     value=value,
-                    key=item.ack_key.encode("utf-8"),
+                    key=key,
                     headers=headers,
                     on_delivery=delivered,
                 )

@@ -11,8 +11,8 @@ route it (both copied from the instruction it got)::
 ``acknowledgement_from_callback`` verifies and parses it into the ``PendingAck`` that
 ``consumers.partner_sender.AckSender`` produces to ``partner.<p>.acks.v1`` (key
 ``ack_key``, CloudEvents headers, ce_id derived from the instruction id, as the bridge
-does). The gateway wires it: answer 401 for a ``SignatureError``, 400 for a
-``ValidationError``, 202 once the ack is produced.
+does). The gateway wires it (``producers.gateway.acks``): answer 401 for a
+``SignatureError``, 400 for a ``ValidationError``, 202 once the ack is produced.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from consumers.partner_sender import PendingAck
 from consumers.webhook_delivery import MAX_ANSWER_BYTES, ack_ce_id, with_short_reason
 from schemas.errors import ValidationError
 from schemas.jsonform import ack_from_json
-from schemas.webhook_signing import DEFAULT_TOLERANCE_S, ReplayGuard, verify
+from schemas.webhook_signing import DEFAULT_TOLERANCE_S, SignatureGuard, verify
 
 __all__ = ["acknowledgement_from_callback"]
 
@@ -39,7 +39,7 @@ def acknowledgement_from_callback(
     partner: str,
     secrets: bytes | Iterable[bytes],
     now_s: float,
-    guard: ReplayGuard | None = None,
+    guard: SignatureGuard | None = None,
     tolerance_s: int = DEFAULT_TOLERANCE_S,
 ) -> PendingAck:
     """The acknowledgement a verified callback of ``partner`` carries, ready to produce.

@@ -30,7 +30,14 @@ from schemas.settings import Settings
 from schemas.topics import TopicNames
 from schemas.validation import validate_event
 
-__all__ = ["EVENTS_TOPIC", "ConsentPublisher", "DeliveryReceipt", "KafkaProducer", "make_producer"]
+__all__ = [
+    "EVENTS_TOPIC",
+    "ConsentPublisher",
+    "DeliveryReceipt",
+    "KafkaProducer",
+    "make_producer",
+    "produce_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -166,23 +173,9 @@ class ConsentPublisher:
     def _produce(
         self, key: bytes, value: bytes, headers: Any, cb: Any, *, wait_for_queue: bool = True
     ) -> None:
-        from confluent_kafka import KafkaException
-
-        while True:
-            try:
-                self._producer.produce(
-                    self._topic, value=value, key=key, headers=headers, on_delivery=cb
-                )
-                return
-            except BufferError:
-                if not wait_for_queue:
-                    raise QueueFullError("the producer's local queue is full") from None
-                self._producer.poll(0.05)  # local queue full: serve callbacks, then retry
-            except KafkaException as exc:  # refused by librdkafka before anything was sent
-                error = kafka_error(exc, f"record of {len(value):,} bytes not sent")
-                if isinstance(error, ContractError | ConfigurationError):
-                    raise error from exc
-                raise PublishError(str(error)) from exc
+        produce_record(
+            self._producer, self._topic, key, value, headers, cb, wait_for_queue=wait_for_queue
+        )
 
     def publish(self, event: ConsentEvent, timeout_s: float = 30.0) -> DeliveryReceipt:
         """Validate, send, and return once the broker acknowledged (or raise PublishError)."""
@@ -233,6 +226,37 @@ class ConsentPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def produce_record(
+    producer: KafkaProducer,
+    topic: str,
+    key: bytes,
+    value: bytes,
+    headers: Any,
+    on_delivery: Any,
+    *,
+    wait_for_queue: bool = True,
+) -> None:
+    """Enqueue one record; ``on_delivery(err, msg)`` runs from ``poll``/``flush``. A full
+    local queue: poll until there is room, or with ``wait_for_queue=False`` raise
+    ``QueueFullError`` at once. A record librdkafka refuses (size, configuration) raises
+    the ``ContractError``/``ConfigurationError``, anything else ``PublishError``."""
+    from confluent_kafka import KafkaException
+
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            if not wait_for_queue:
+                raise QueueFullError("the producer's local queue is full") from None
+            producer.poll(0.05)  # local queue full: serve callbacks, then retry
+        except KafkaException as exc:  # refused by librdkafka before anything was sent
+            error = kafka_error(exc, f"record of {len(value):,} bytes not sent")
+            if isinstance(error, ContractError | ConfigurationError):
+                raise error from exc
+            raise PublishError(str(error)) from exc
 
 
 def _collector(event_id: str, receipts: list[DeliveryReceipt], errors: list[PublishError]) -> Any:

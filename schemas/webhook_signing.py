@@ -12,7 +12,9 @@ rotation: one signature per secret); one match is enough.
 
 A verifier refuses a signature whose ``t`` is more than the tolerance (default 300 s) away
 from its clock, compares in constant time, and with a ``ReplayGuard`` also refuses a
-signature it has already accepted inside the window. Pure: the clock is passed in.
+signature it has already accepted inside the window (``forget`` gives one back: a
+receiver that could not act on a request lets the same request come again). Pure: the
+clock is passed in.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hmac
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, Protocol
 
 from schemas.errors import ContractError
 
@@ -32,6 +34,7 @@ __all__ = [
     "SIGNATURE_VERSION",
     "ReplayGuard",
     "SignatureError",
+    "SignatureGuard",
     "sign",
     "signature_header",
     "verify",
@@ -50,6 +53,12 @@ class SignatureError(ContractError):
     ``bad_signature``, ``replayed_signature``. Answer it with 401; never say more."""
 
     reason = "bad_signature"
+
+
+class SignatureGuard(Protocol):
+    """What ``verify`` asks of a replay guard (``ReplayGuard``, or a wrapper of one)."""
+
+    def first_use(self, timestamp: int, signature: str, now_s: float) -> bool: ...
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -94,7 +103,7 @@ def verify(
     *,
     now_s: float,
     tolerance_s: int = DEFAULT_TOLERANCE_S,
-    guard: ReplayGuard | None = None,
+    guard: SignatureGuard | None = None,
 ) -> int:
     """Check a ``Consent-Stream-Signature`` header against ``body``; return its timestamp.
 
@@ -141,6 +150,11 @@ class ReplayGuard:
             while len(self._seen) > self._max:
                 self._seen.popitem(last=False)
             return True
+
+    def forget(self, signature: str) -> None:
+        """Drop a recorded ``signature``: its request had no effect, it may come again."""
+        with self._lock:
+            self._seen.pop(signature, None)
 
     def _expire(self, now_s: float) -> None:
         # insertion order is close to timestamp order; stop at the first live entry

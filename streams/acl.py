@@ -6,6 +6,9 @@ policy adds its principal's ACLs, nothing else changes:
     partner-<p>  reads  [ns.]partner.<p>.instructions.v1, writes [ns.]partner.<p>.acks.v1,
                  consumes as group [ns.]partner.<p> (or one starting [ns.]partner.<p>.)
     publisher    writes [ns.]consent.events.v1
+    gateway      writes [ns.]consent.events.v1 and, for each partner whose policy says
+                 ``delivery = "webhook"``, [ns.]partner.<p>.acks.v1 (the partner's signed
+                 callbacks, ``POST /v1/acks``); never a kafka-delivery partner's acks
     worker       everything under [ns.]consent. and [ns.]partner., its Faust topics
                  (<app id>-...) and its consumer groups (<app id>...)
     admin        the super user (broker setting ``super.users``), no ACL needed
@@ -19,20 +22,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from schemas.policy import Policy
 from schemas.topics import TopicNames
 
 __all__ = [
     "ADMIN",
+    "GATEWAY",
     "PUBLISHER",
     "WORKER",
     "Acl",
     "partner_principal",
     "wanted_acls",
+    "webhook_partners",
 ]
 
 ADMIN: Final = "admin"
 WORKER: Final = "worker"
 PUBLISHER: Final = "publisher"
+GATEWAY: Final = "gateway"
 PARTNER_PREFIX: Final = "partner-"
 
 
@@ -82,11 +89,33 @@ def _worker(names: TopicNames, app_id: str) -> list[Acl]:
     ]
 
 
-def wanted_acls(partners: Iterable[str], names: TopicNames, app_id: str) -> list[Acl]:
-    """Every ACL of the service for one topic namespace and worker app id, sorted."""
+def _gateway(names: TopicNames, webhook: Iterable[str]) -> list[Acl]:
+    acks = [names.acks(p) for p in sorted(webhook)]
+    return [
+        *_topic(GATEWAY, names.events, "write", "describe"),
+        *(acl for topic in acks for acl in _topic(GATEWAY, topic, "write", "describe")),
+    ]
+
+
+def webhook_partners(policy: Policy, partners: Iterable[str] | None = None) -> list[str]:
+    """The partners (of ``partners``, default all) whose policy says ``delivery =
+    "webhook"``: the ones whose acks the gateway may write, sorted."""
+    chosen = policy.partners if partners is None else partners
+    return sorted(p for p in chosen if p in policy.partners and policy.partners[p].webhook)
+
+
+def wanted_acls(
+    partners: Iterable[str], names: TopicNames, app_id: str, webhook: Iterable[str] = ()
+) -> list[Acl]:
+    """Every ACL of the service for one topic namespace and worker app id, sorted.
+    ``webhook``: the partners (among ``partners``) delivered by webhook."""
+    partners, webhook = sorted(partners), sorted(webhook)
+    if not set(webhook) <= set(partners):
+        raise ValueError(f"webhook partners {sorted(set(webhook) - set(partners))} not in partners")
     acls = [
         *_worker(names, app_id),
         *_topic(PUBLISHER, names.events, "write", "describe"),
-        *(acl for p in sorted(partners) for acl in _partner(names, p)),
+        *_gateway(names, webhook),
+        *(acl for p in partners for acl in _partner(names, p)),
     ]
     return sorted(set(acls))

@@ -2,7 +2,8 @@
 
 Idempotent: creates the missing ACLs of ``streams.acl.wanted_acls``; ACLs of the
 service's principals that the policy does not give are listed and, with ``prune``,
-deleted (principals: worker, publisher and every ``partner-*``). ``dry_run`` only shows
+deleted (principals: worker, publisher, gateway and every ``partner-*``; so a partner
+moved from webhook to kafka delivery loses the gateway's write on its acks). ``dry_run`` only shows
 the difference.
 """
 
@@ -17,11 +18,20 @@ from schemas.client_errors import kafka_error
 from schemas.errors import BrokerUnavailableError
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.acl import ADMIN, PARTNER_PREFIX, PUBLISHER, WORKER, Acl, wanted_acls
+from streams.acl import (
+    ADMIN,
+    GATEWAY,
+    PARTNER_PREFIX,
+    PUBLISHER,
+    WORKER,
+    Acl,
+    wanted_acls,
+    webhook_partners,
+)
 
 __all__ = ["AclDiff", "acl_diff", "remove_namespace_acls", "run_acl_sync"]
 
-_MANAGED = (WORKER, PUBLISHER)
+_MANAGED = (WORKER, PUBLISHER, GATEWAY)
 _ENFORCED_WITHIN_S = 30.0
 
 
@@ -137,14 +147,15 @@ def _report(diff: AclDiff, dry_run: bool, prune: bool, out: TextIO) -> None:
 
 def remove_namespace_acls(settings: Settings, partners: Sequence[str]) -> int:
     """Delete the ACLs ``acl sync`` gave a (non-empty) namespace and its app id; returns
-    how many existed (a test's or a demo run's, when its topics go)."""
+    how many existed (a test's or a demo run's, when its topics go). The gateway's on the
+    acks of every one of ``partners`` go too (whichever of them a policy said webhook)."""
     from confluent_kafka import KafkaException
     from confluent_kafka import admin as mod
 
     if not settings.topic_namespace:
         raise ValueError("the ACLs of the production namespace are never removed here")
     admin = mod.AdminClient({**settings.as_principal(ADMIN).admin_config(), "log_level": 4})
-    wanted = wanted_acls(partners, settings.topics, settings.app_id)
+    wanted = wanted_acls(partners, settings.topics, settings.app_id, webhook=partners)
     try:
         filters = [_binding(mod, a, "AclBindingFilter") for a in wanted]
         deleted = admin.delete_acls(filters, request_timeout=30)
@@ -167,7 +178,9 @@ def run_acl_sync(
     from confluent_kafka import admin as mod
 
     admin = mod.AdminClient({**settings.as_principal(ADMIN).admin_config(), "log_level": 4})
-    wanted = wanted_acls(partners or policy.partners, settings.topics, settings.app_id)
+    chosen = sorted(partners or policy.partners)
+    webhook = webhook_partners(policy, chosen)
+    wanted = wanted_acls(chosen, settings.topics, settings.app_id, webhook=webhook)
     try:
         diff = acl_diff(wanted, _existing(mod, admin))
         if not dry_run:

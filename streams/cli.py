@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser(
         "gateway", help="HTTP gateway: POST /v1/events, JSON events to consent.events.v1"
     )
-    gateway.set_defaults(handler=_gateway, principal="publisher")
+    gateway.set_defaults(handler=_gateway, principal="gateway")
     worker = sub.add_parser("worker", help="run a stream worker (Faust) with its HTTP API")
     worker.set_defaults(handler=_worker)
     _add_commands(sub)

@@ -7,6 +7,7 @@ SASL/SCRAM-SHA-512, the KRaft ``StandardAuthorizer`` refuses whatever no ACL all
     admin               super user: topics, principals, ACLs (``consent-stream acl sync``)
     worker              the stream workers (consent.*, partner.*, their Faust topics)
     publisher           platform services publishing consent.events.v1
+    gateway             the HTTP gateway: consent.events.v1, webhook partners' acks
     partner-<name>      one per partner of the policy
 
 Their passwords are generated once into ``<state_dir>/credentials.toml`` (mode 0600, kept
@@ -55,7 +56,7 @@ class CredentialsError(Exception):
 
 def principals(partners: Iterable[str]) -> list[str]:
     """Every principal of the local stack, admin first."""
-    return [ADMIN, "worker", "publisher", *(f"partner-{p}" for p in partners)]
+    return [ADMIN, "worker", "publisher", "gateway", *(f"partner-{p}" for p in partners)]
 
 
 def read_credentials(path: Path) -> dict[str, str]:

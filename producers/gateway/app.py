@@ -1,6 +1,7 @@
 """``consent-stream gateway``: the HTTP routes (aiohttp) and the server's life.
 
-``POST /v1/events`` (bearer token), ``GET /v1/openapi.json``, ``GET /healthz``,
+``POST /v1/events`` (bearer token), ``POST /v1/acks`` (a webhook partner's signed
+callback, ``producers.gateway.acks``), ``GET /v1/openapi.json``, ``GET /healthz``,
 ``GET /metrics`` (``CONSENT_STREAM_METRICS_TOKEN`` when one is set). The answer to a post
 comes once every accepted event has its delivery report: 202 only if the broker
 acknowledged all of them (``producers.gateway.batch`` decides the status).
@@ -19,6 +20,7 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from producers.gateway.acks import ACKS_PATH, AckRoute
 from producers.gateway.auth import Callers, optional_token
 from producers.gateway.batch import (
     Item,
@@ -30,12 +32,14 @@ from producers.gateway.batch import (
     parse_body,
 )
 from producers.gateway.bridge import BrokerState, DeliveryBridge
+from producers.gateway.callbacks import Callbacks
 from producers.gateway.metrics import GatewayMetrics, gateway_metrics
-from producers.gateway.settings import GatewaySettings
+from producers.gateway.settings import QUEUE_FULL_RETRY_S, GatewaySettings
 from producers.publisher import ConsentPublisher, make_producer
 from schemas.errors import ConfigurationError, ConsentStreamError, ContractError, QueueFullError
 from schemas.policy import Policy
 from schemas.secrets import Secret
+from schemas.serde import AvroSerde
 from schemas.settings import Settings
 
 __all__ = ["EVENTS_PATH", "OPENAPI_PATH", "build_app", "openapi_document", "run_gateway"]
@@ -45,7 +49,6 @@ access_log = logging.getLogger("producers.gateway.access")
 
 EVENTS_PATH: Final = "/v1/events"
 OPENAPI_PATH: Final = "/v1/openapi.json"
-_QUEUE_FULL_RETRY_S: Final = 1
 _BEARER: Final = {"WWW-Authenticate": 'Bearer realm="consent-stream-gateway"'}
 
 
@@ -80,12 +83,12 @@ class _Events:
             )
             await self._send(items)
         except RequestError as exc:
-            headers = {"Retry-After": str(_QUEUE_FULL_RETRY_S)} if exc.status == 429 else None
+            headers = {"Retry-After": str(QUEUE_FULL_RETRY_S)} if exc.status == 429 else None
             return self._answer(started, caller.name, exc.status, str(exc), headers)
         status = answer_status(items)
         for item in items:
             self._count(item, caller.sources)
-        retry = {429: _QUEUE_FULL_RETRY_S, 503: self.config.retry_after_s}.get(status)
+        retry = {429: QUEUE_FULL_RETRY_S, 503: self.config.retry_after_s}.get(status)
         body = answer_body(status, items)
         access_log.info(
             "POST %s %d by %s: %d accepted, %d rejected, %d not delivered, %d not sent",
@@ -158,12 +161,16 @@ def build_app(
     publisher: ConsentPublisher,
     bridge: DeliveryBridge,
     *,
+    callbacks: Callbacks | None = None,
     metrics_token: Secret | None = None,
     registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """The gateway's aiohttp application; the bridge starts and stops with it."""
+    """The gateway's aiohttp application; the bridge starts and stops with it. Without
+    ``callbacks`` no partner may call back (every ``POST /v1/acks`` is 401)."""
     registry = registry or CollectorRegistry()
-    events = _Events(config, publisher, bridge, gateway_metrics(registry))
+    meters = gateway_metrics(registry)
+    events = _Events(config, publisher, bridge, meters)
+    acks = AckRoute(callbacks or Callbacks(), config, bridge, meters)
     document = json.loads(openapi_document())
 
     async def healthz(request: web.Request) -> web.Response:
@@ -189,6 +196,7 @@ def build_app(
 
     app = web.Application(client_max_size=config.max_body_bytes)
     app.router.add_post(EVENTS_PATH, events.post)
+    app.router.add_post(ACKS_PATH, acks.post)
     app.router.add_get(OPENAPI_PATH, openapi)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -207,10 +215,17 @@ def run_gateway(settings: Settings, config: GatewaySettings, policy: Policy) -> 
     producer: Any = make_producer(  # a confluent_kafka.Producer: len() is its queue
         settings, **config.producer_overrides(), error_cb=broker.error_cb
     )
-    publisher = ConsentPublisher(settings, policy, producer=producer)
+    serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
+    publisher = ConsentPublisher(settings, policy, producer=producer, serde=serde)
     publisher.check_topic()
     bridge = DeliveryBridge(publisher, producer, broker)
-    app = build_app(config, publisher, bridge, metrics_token=settings.metrics_token)
+    callbacks = Callbacks.of(settings, policy, serde)
+    app = build_app(
+        config, publisher, bridge, callbacks=callbacks, metrics_token=settings.metrics_token
+    )
+    log.info(
+        "callbacks (POST %s) from: %s", ACKS_PATH, ", ".join(sorted(callbacks.secrets)) or "none"
+    )
     asyncio.run(_serve(app, config, settings))
     return 0
 

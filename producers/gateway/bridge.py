@@ -4,7 +4,8 @@
 called on the event loop; ``poll``, which serves the delivery reports and blocks, runs in
 a thread of its own, and each report resolves its event's future through
 ``loop.call_soon_threadsafe``. The bridge also keeps what the client last said of the
-broker (``/healthz``).
+broker (``/healthz``). ``send`` enqueues a prepared consent event, ``send_record`` any
+other record (a partner's acknowledgement, ``POST /v1/acks``) on the same producer.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from producers.publisher import ConsentPublisher, DeliveryReceipt
+from producers.publisher import ConsentPublisher, KafkaProducer, produce_record
+from schemas.cloudevents import Headers
 from schemas.errors import PublishError
 from schemas.events import ConsentEvent
 
-__all__ = ["BrokerState", "DeliveryBridge", "QueueLength"]
+__all__ = ["BrokerState", "DeliveryBridge", "DeliveryFuture", "QueueLength", "RecordProducer"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,10 @@ DeliveryFuture = asyncio.Future[PublishError | None]
 
 class QueueLength(Protocol):
     def __len__(self) -> int: ...
+
+
+class RecordProducer(KafkaProducer, QueueLength, Protocol):
+    """The gateway's ``confluent_kafka.Producer`` (``len()``: its local queue)."""
 
 
 class BrokerState:
@@ -53,8 +60,9 @@ class BrokerState:
 
 class DeliveryBridge:
     def __init__(
-        self, publisher: ConsentPublisher, queue: QueueLength, broker: BrokerState
+        self, publisher: ConsentPublisher, queue: RecordProducer, broker: BrokerState
     ) -> None:
+        """``queue``: the publisher's own producer (``send_record`` produces on it too)."""
         self._publisher = publisher
         self._queue = queue
         self.broker = broker
@@ -80,6 +88,27 @@ class DeliveryBridge:
     ) -> DeliveryFuture:
         """Enqueue a prepared event; the future ends with None once acknowledged, or the
         ``PublishError``. ``QueueFullError`` when the local queue has no room."""
+        future, reported = self._future()
+        self._publisher.enqueue(
+            event, prepared, lambda _receipt, error: reported(error), wait_for_queue=False
+        )
+        return future
+
+    def send_record(
+        self, topic: str, key: bytes, value: bytes, headers: Headers
+    ) -> DeliveryFuture:
+        """Enqueue one encoded record on ``topic``, with ``send``'s future and errors (and
+        ``ContractError`` for a record the client refuses)."""
+        future, reported = self._future()
+
+        def delivered(err: Any, _msg: Any) -> None:
+            reported(None if err is None else PublishError(f"record to {topic}: {err}"))
+
+        produce_record(self._queue, topic, key, value, headers, delivered, wait_for_queue=False)
+        return future
+
+    def _future(self) -> tuple[DeliveryFuture, Callable[[PublishError | None], None]]:
+        """A future on the loop and the report callback (any thread) that resolves it."""
         loop = self._loop
         assert loop is not None  # noqa: S101 - started before the first request
         future: DeliveryFuture = loop.create_future()
@@ -88,13 +117,12 @@ class DeliveryBridge:
             if not future.done():
                 future.set_result(error)
 
-        def reported(receipt: DeliveryReceipt | None, error: PublishError | None) -> None:
+        def reported(error: PublishError | None) -> None:
             if error is None:
                 self.broker.delivered()
             loop.call_soon_threadsafe(resolve, error)
 
-        self._publisher.enqueue(event, prepared, reported, wait_for_queue=False)
-        return future
+        return future, reported
 
     def close(self) -> None:
         """Stop polling, then wait (bounded) for what is still queued."""

@@ -17,6 +17,7 @@ class GatewayMetrics:
     rejected: Counter
     requests: Counter
     request_duration: Histogram
+    acks: Counter
 
 
 def gateway_metrics(registry: CollectorRegistry) -> GatewayMetrics:
@@ -45,6 +46,14 @@ def gateway_metrics(registry: CollectorRegistry) -> GatewayMetrics:
             "consent_gateway_request_duration_seconds",
             "Time from a POST /v1/events request to its answer (delivery reports included).",
             buckets=HOP_BUCKETS_SECONDS,  # 5 ms .. 300 s, as the worker's hops
+            registry=registry,
+        ),
+        acks=Counter(
+            "consent_gateway_acks_total",
+            "Partner callbacks (POST /v1/acks), by partner (unknown: none that may call "
+            "back) and outcome (accepted, unauthorized, invalid, too_large, not_sent, "
+            "not_delivered).",
+            ["partner", "outcome"],
             registry=registry,
         ),
     )

@@ -17,9 +17,11 @@ from schemas.errors import ConfigurationError
 from schemas.secrets import MIN_TOKEN_CHARS, Secret, parse_named_secrets
 from schemas.settings import ENV_PREFIX, env_int
 
-__all__ = ["GatewayCaller", "GatewaySettings", "parse_gateway_tokens"]
+__all__ = ["QUEUE_FULL_RETRY_S", "GatewayCaller", "GatewaySettings", "parse_gateway_tokens"]
 
 TOKENS_ENV: Final = ENV_PREFIX + "GATEWAY_TOKENS"
+QUEUE_FULL_RETRY_S: Final = 1
+"""``Retry-After`` of a 429 (the producer's local queue is full)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@ with its own SCRAM credential and the ACLs of ``consent-stream acl sync`` decide
 
 Each refusal has its positive control (the same principal on its own topic succeeds), so
 a refusal cannot come from a broken login. Topics live under a uuid namespace whose ACLs
-are synced as the workers' are.
+are synced as the workers' are, from the packaged policy with ``logistics`` delivered by
+webhook (so the ``gateway`` principal may write its acks, and no other partner's).
 """
 
 from __future__ import annotations
@@ -27,25 +28,43 @@ from schemas.settings import ENV_PREFIX, Settings
 from streams.namespace import remove_namespace
 from streams.topics import ensure_topics
 
-from .kafka_auth import admin_settings, sync_acls
+from .kafka_auth import (
+    admin_settings,
+    as_principal,
+    principal_credentials,
+    sync_acls,
+    webhook_policy,
+)
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = Path(sys.executable).parent / "consent-stream"
 REFUSED_WITHIN_S = 10.0
+WEBHOOK_PARTNER = "logistics"
 
 
 @pytest.fixture(scope="module")
-def policy() -> Policy:
-    return load_policy()
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("policy") / "policy.toml"
+    return webhook_policy(path, [WEBHOOK_PARTNER], "https://carrier.example/hook")
 
 
 @pytest.fixture(scope="module")
-def admin(stack: Any, policy: Policy) -> Iterator[Settings]:
+def policy(policy_file: Path) -> Policy:
+    return load_policy(policy_file)
+
+
+@pytest.fixture(scope="module")
+def admin(stack: Any, policy: Policy, policy_file: Path) -> Iterator[Settings]:
     """A namespace with the service's topics and its ACLs."""
     ns = f"acl{uuid.uuid4().hex[:10]}"
-    settings = admin_settings(topic_namespace=ns, redis_prefix=ns, app_id=f"consent-stream-{ns}")
+    settings = admin_settings(
+        topic_namespace=ns,
+        redis_prefix=ns,
+        app_id=f"consent-stream-{ns}",
+        policy_path=str(policy_file),
+    )
     ensure_topics(settings, policy)
     sync_acls(settings, policy.partners)
     yield settings
@@ -136,6 +155,23 @@ def test_a_partner_cannot_publish_consent_events(admin: Settings, policy: Policy
             publisher.publish(_event(), timeout_s=REFUSED_WITHIN_S)
     with ConsentPublisher(admin.as_principal("publisher"), policy) as publisher:
         assert publisher.publish(_event()).offset >= 0  # the publisher may
+
+
+def test_the_gateway_writes_the_acks_of_webhook_partners_only(
+    admin: Settings, policy: Policy, tmp_path: Path
+) -> None:
+    gateway = as_principal(admin, "gateway", principal_credentials("gateway", tmp_path))
+    names = admin.topics
+    kafka_delivery = sorted(p for p, spec in policy.partners.items() if not spec.webhook)
+    assert kafka_delivery and WEBHOOK_PARTNER not in kafka_delivery
+    for partner in kafka_delivery:  # a forged DONE into a kafka partner's acks: refused
+        refused = _produce_error(gateway, names.acks(partner))
+        assert refused is not None, partner
+        assert refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, partner
+    assert _produce_error(gateway, names.acks(WEBHOOK_PARTNER)) is None  # a callback's ack
+    assert _produce_error(gateway, names.events) is None  # and the events, as publisher
+    for topic in (names.instructions(WEBHOOK_PARTNER), names.ledger):
+        assert _topic_error(gateway, topic) == "TOPIC_AUTHORIZATION_FAILED", topic
 
 
 def _cli(*args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -2,12 +2,14 @@
 
 ``FakeKafka`` behaves like ``confluent_kafka.Producer`` as the gateway uses it: ``produce``
 queues (``BufferError`` past ``capacity``), ``poll`` (the bridge's thread) reports the
-queued records: acknowledged, failed (``down``: _MSG_TIMED_OUT) or held (``hold``).
+queued records: acknowledged (``sent``: key and value; ``records``: topic, key, value,
+headers), failed (``down``: _MSG_TIMED_OUT) or held (``hold``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -22,19 +24,53 @@ from prometheus_client import CollectorRegistry
 
 from producers.gateway.app import build_app
 from producers.gateway.bridge import BrokerState, DeliveryBridge
+from producers.gateway.callbacks import Callbacks
 from producers.gateway.settings import GatewayCaller, GatewaySettings
 from producers.publisher import ConsentPublisher
 from schemas.policy import load_policy
 from schemas.secrets import Secret
 from schemas.settings import Settings
+from schemas.webhook_signing import signature_header
 
-__all__ = ["APP", "ORDERS", "Client", "FakeKafka", "Served", "event", "serve"]
+__all__ = [
+    "APP",
+    "ORDERS",
+    "PARTNER",
+    "WEBHOOK_SECRET",
+    "Client",
+    "FakeKafka",
+    "Served",
+    "callback_body",
+    "callbacks",
+    "event",
+    "serve",
+    "signed",
+]
 
 ORDERS = GatewayCaller(
     "orders", Secret("orders-" + "x" * 20), frozenset({"order-service", "checkout"})
 )
 APP = GatewayCaller("app", Secret("app-" + "y" * 20), frozenset({"app-settings"}))
 NOW_MS = int(time.time() * 1000)
+PARTNER = "logistics"  # the webhook partner that may call back
+WEBHOOK_SECRET = Secret("whsec-logistics-" + "z" * 20)
+
+
+def callbacks(clock: Any = time.time) -> Callbacks:
+    """``PARTNER`` may call back (as ``Callbacks.of`` gives for a webhook partner)."""
+    return Callbacks({PARTNER: WEBHOOK_SECRET}, clock=clock)
+
+
+def callback_body(instruction_id: str | None = None, **fields: Any) -> bytes:
+    """A partner's callback (``consumers.webhook_callback``) as JSON bytes."""
+    iid = instruction_id or str(uuid.uuid4())
+    obj = {"instruction_id": iid, "ack_key": f"key-{iid}", "subject_ref": "dev:" + "ab" * 32}
+    return json.dumps({**obj, "status": "DONE", **fields}).encode()
+
+
+def signed(body: bytes, at_s: float | None = None, secret: Secret = WEBHOOK_SECRET) -> str:
+    """A ``Consent-Stream-Signature`` of ``body`` (now, or at ``at_s``)."""
+    return signature_header(secret.reveal(), int(time.time() if at_s is None else at_s), body)
 
 
 def event(subject: str = "m-1", source: str = "order-service", **extra: Any) -> dict[str, Any]:
@@ -74,7 +110,8 @@ class FakeKafka:
     down: bool = False
     hold: bool = False
     sent: list[tuple[bytes, bytes]] = field(default_factory=list)
-    _queue: list[tuple[str, bytes, bytes, Any]] = field(default_factory=list)
+    records: list[tuple[str, bytes, bytes, Any]] = field(default_factory=list)
+    _queue: list[tuple[str, bytes, bytes, Any, Any]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def produce(
@@ -83,7 +120,7 @@ class FakeKafka:
         with self._lock:
             if len(self._queue) >= self.capacity:
                 raise BufferError("Local: Queue full")
-            self._queue.append((topic, key, value, on_delivery))
+            self._queue.append((topic, key, value, headers, on_delivery))
 
     def __len__(self) -> int:
         with self._lock:
@@ -92,14 +129,15 @@ class FakeKafka:
     def poll(self, timeout: float) -> int:
         with self._lock:
             if self.hold:
-                ready: list[tuple[str, bytes, bytes, Any]] = []
+                ready: list[tuple[str, bytes, bytes, Any, Any]] = []
             else:
                 ready, self._queue = self._queue, []
-        for topic, key, value, cb in ready:
+        for topic, key, value, headers, cb in ready:
             if self.down:
                 cb(KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out"), None)
             else:
                 self.sent.append((key, value))
+                self.records.append((topic, key, value, headers))
                 cb(None, _Msg(topic, len(self.sent)))
         if not ready:
             time.sleep(min(timeout, 0.01))
@@ -135,6 +173,19 @@ class Client:
         async with self.session.post(self.base + "/v1/events", data=data, headers=headers) as r:
             return r.status, await r.json(content_type=None), r.headers
 
+    async def post_ack(
+        self, body: Any, *, partner: str | None = None, signature: str | None = None
+    ) -> tuple[int, Any, Any]:
+        """(status, JSON answer, headers) of a POST /v1/acks (bytes, or an async iterable:
+        sent chunked)."""
+        headers = {"Content-Type": "application/json"}
+        if partner is not None:
+            headers["Consent-Stream-Partner"] = partner
+        if signature is not None:
+            headers["Consent-Stream-Signature"] = signature
+        async with self.session.post(self.base + "/v1/acks", data=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None), r.headers
+
     async def get(self, path: str, token: Secret | None = None) -> tuple[int, bytes]:
         headers = {} if token is None else {"Authorization": f"Bearer {token.reveal().decode()}"}
         async with self.session.get(self.base + path, headers=headers) as r:
@@ -154,6 +205,7 @@ class Served:
 async def serve(
     kafka: FakeKafka | None = None,
     metrics_token: Secret | None = None,
+    callbacks: Callbacks | None = None,
     **config: Any,
 ) -> AsyncIterator[Served]:
     """The gateway on 127.0.0.1:<free port> (a real aiohttp server and client)."""
@@ -166,7 +218,14 @@ async def serve(
     registry = CollectorRegistry()
     broker = BrokerState()
     bridge = DeliveryBridge(publisher, kafka, broker)
-    app = build_app(gateway, publisher, bridge, metrics_token=metrics_token, registry=registry)
+    app = build_app(
+        gateway,
+        publisher,
+        bridge,
+        callbacks=callbacks,
+        metrics_token=metrics_token,
+        registry=registry,
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

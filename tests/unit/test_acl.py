@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from schemas.policy import load_policy
+import tomllib
+from importlib import resources
+
+import pytest
+
+from schemas.policy import Policy, load_policy, parse_policy
 from schemas.topics import TopicNames
-from streams.acl import PUBLISHER, WORKER, Acl, partner_principal, wanted_acls
+from streams.acl import (
+    GATEWAY,
+    PUBLISHER,
+    WORKER,
+    Acl,
+    partner_principal,
+    wanted_acls,
+    webhook_partners,
+)
 from streams.acl_sync import acl_diff
 
 PARTNERS = sorted(load_policy().partners)
 NAMES = TopicNames()
+
+
+def webhook_policy(*webhook: str) -> Policy:
+    """The packaged policy with ``webhook`` partners delivered by webhook."""
+    raw = tomllib.loads((resources.files("schemas") / "policy" / "policy.v1.toml").read_text())
+    for partner in webhook:
+        raw["partners"][partner].update(delivery="webhook", webhook_url="https://p.example/h")
+    return parse_policy(raw)
 
 
 def _of(principal: str, acls: list[Acl]) -> list[Acl]:
@@ -56,6 +77,52 @@ def test_publishers_only_write_the_inbound_topic() -> None:
     }
     for partner in PARTNERS:
         assert not _may(acls, PUBLISHER, "read", "topic", NAMES.instructions(partner))
+
+
+def test_the_gateway_writes_events_and_only_the_acks_of_webhook_partners() -> None:
+    policy = webhook_policy("logistics")
+    webhook = webhook_partners(policy)
+    assert webhook == ["logistics"]
+    assert webhook_partners(load_policy()) == []  # the packaged policy: kafka delivery only
+    acls = wanted_acls(PARTNERS, NAMES, "consent-stream", webhook=webhook)
+    assert {(a.operation, a.name) for a in _of(GATEWAY, acls)} == {
+        ("write", NAMES.events),
+        ("describe", NAMES.events),
+        ("write", NAMES.acks("logistics")),
+        ("describe", NAMES.acks("logistics")),
+    }
+    for partner in PARTNERS:
+        # a kafka-delivery partner's acks are its own (and the worker's) alone
+        assert _may(acls, GATEWAY, "write", "topic", NAMES.acks(partner)) is (
+            partner == "logistics"
+        )
+        assert not _may(acls, GATEWAY, "read", "topic", NAMES.acks(partner))
+        assert not _may(acls, GATEWAY, "read", "topic", NAMES.instructions(partner))
+        assert not _may(acls, GATEWAY, "write", "topic", NAMES.instructions(partner))
+    assert not _may(acls, GATEWAY, "read", "topic", NAMES.events)
+    assert not any(a.resource == "group" for a in _of(GATEWAY, acls))
+    # no webhook partner: the gateway writes the events topic only
+    plain = wanted_acls(PARTNERS, NAMES, "consent-stream")
+    assert {a.name for a in _of(GATEWAY, plain)} == {NAMES.events}
+
+
+def test_webhook_partners_are_those_of_the_partners_asked_for() -> None:
+    policy = webhook_policy("logistics", "ads")
+    assert webhook_partners(policy) == ["ads", "logistics"]
+    assert webhook_partners(policy, ["logistics", "payment", "gone"]) == ["logistics"]
+    with pytest.raises(ValueError, match="not in partners"):
+        wanted_acls(["ads"], NAMES, "consent-stream", webhook=["logistics"])
+
+
+def test_a_partner_moved_to_kafka_delivery_loses_the_gateways_write_on_its_acks() -> None:
+    before = wanted_acls(PARTNERS, NAMES, "consent-stream", webhook=["logistics"])
+    after = wanted_acls(PARTNERS, NAMES, "consent-stream")
+    diff = acl_diff(after, before)
+    assert diff.missing == []
+    assert diff.extra == [  # the gateway is a managed principal: --prune deletes them
+        Acl(GATEWAY, "topic", NAMES.acks("logistics"), False, "describe"),
+        Acl(GATEWAY, "topic", NAMES.acks("logistics"), False, "write"),
+    ]
 
 
 def test_the_worker_owns_the_service_topics_and_its_faust_topics_and_groups() -> None:

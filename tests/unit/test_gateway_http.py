@@ -9,7 +9,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway_harness import APP, ORDERS, FakeKafka, Served, event, serve
+from gateway_harness import (
+    APP,
+    ORDERS,
+    PARTNER,
+    FakeKafka,
+    Served,
+    callback_body,
+    callbacks,
+    event,
+    serve,
+    signed,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from producers.gateway.app import openapi_document
@@ -240,10 +251,21 @@ def test_every_status_the_server_answers_is_documented_and_no_other() -> None:
         for body in bodies:
             saw("/v1/events", "POST", (await g.client.post(body, **kwargs))[0])
 
+    async def ack(g: Served, body: bytes, signature: str | None = "") -> None:
+        signature = signed(body) if signature == "" else signature
+        answer = await g.client.post_ack(body, partner=PARTNER, signature=signature)
+        saw("/v1/acks", "POST", answer[0])
+
     async def scenario() -> None:
         token = Secret("metrics-" + "m" * 20)
-        async with serve(max_items=2, queue_max_messages=2, metrics_token=token) as g:
+        async with serve(
+            max_items=2, queue_max_messages=2, metrics_token=token, callbacks=callbacks()
+        ) as g:
             await posts(g, event(), [event(), {"type": "?"}], b"[", [event()] * 3)
+            await ack(g, callback_body())
+            await ack(g, b"{")
+            await ack(g, callback_body(), signature=None)
+            await ack(g, callback_body(reason="x" * 70_000))
             await posts(g, event(), token=WRONG)
             await posts(g, event(source="nope"))
             await posts(g, event(), content_type="text/csv")
@@ -251,6 +273,7 @@ def test_every_status_the_server_answers_is_documented_and_no_other() -> None:
             waiting = asyncio.create_task(g.client.post([event(), event()]))  # a full queue
             await asyncio.sleep(0.2)
             await posts(g, event())
+            await ack(g, callback_body())
             g.kafka.hold = False
             saw("/v1/events", "POST", (await waiting)[0])
             for path in ("/healthz", "/metrics", "/v1/openapi.json"):
@@ -258,8 +281,9 @@ def test_every_status_the_server_answers_is_documented_and_no_other() -> None:
             saw("/metrics", "GET", (await g.client.get("/metrics"))[0])
             g.broker.value = "down"
             saw("/healthz", "GET", (await g.client.get("/healthz"))[0])
-        async with serve(FakeKafka(down=True)) as g:
+        async with serve(FakeKafka(down=True), callbacks=callbacks()) as g:
             await posts(g, event())
+            await ack(g, callback_body())
         async with serve(max_body_bytes=100) as g:
             await posts(g, event())
 

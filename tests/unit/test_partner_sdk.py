@@ -148,6 +148,49 @@ def test_ack_headers_use_subject_ref_and_partner_source() -> None:
     assert headers["ce_subject"] == b"ref"
 
 
+def test_the_sender_produces_the_ack_record_keyed_by_ack_key() -> None:
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from consumers.partner_metrics import partner_metrics
+    from consumers.partner_sender import AckSender, PendingAck, ack_record
+    from schemas.serde import AvroSerde
+
+    ack = ack_for_result(instruction(), "logistics", Done(), NOW_MS)
+    item = PendingAck(SentAck(ack, "ce-1"), "key-1", "ref-1")
+    produced: list[dict[str, Any]] = []
+
+    class Producer:
+        def produce(self, topic: str, **kwargs: Any) -> None:
+            produced.append({"topic": topic, **kwargs})
+            kwargs["on_delivery"](None, None)
+
+        def poll(self, timeout: float) -> int:
+            return 0
+
+        def flush(self, timeout: float) -> int:
+            return 0
+
+    serde = AvroSerde()
+    sender = AckSender(
+        Producer(), serde, topic="partner.logistics.acks.v1", partner="logistics",
+        data_schema="s", metrics=partner_metrics(CollectorRegistry()),
+        now_ms=lambda: NOW_MS + 5, retry_wait_s=0,
+    )  # fmt: skip
+    sender.send_all([item], threading.Event())
+    key, value, headers = ack_record(
+        item, serde, topic="partner.logistics.acks.v1", data_schema="s", published_at_ms=NOW_MS + 5
+    )
+    assert item.delivered
+    assert [(p["topic"], p["key"], p["value"], p["headers"]) for p in produced] == [
+        ("partner.logistics.acks.v1", b"key-1", value, headers)
+    ]
+    assert key == b"key-1" and serde.decode_as(value, PartnerAcknowledgement) == ack
+    assert header_map(headers)["ce_id"] == b"ce-1"
+    assert header_map(headers)["ce_subject"] == b"ref-1"
+
+
 # ---- processed-instructions stores ----------------------------------------------------
 
 

@@ -129,6 +129,18 @@ def test_a_replay_inside_the_window_is_refused_with_a_guard() -> None:
     assert verify(SECRET, again, BODY, now_s=T + 5, guard=guard) == T + 1
 
 
+def test_a_forgotten_signature_may_come_again_once() -> None:
+    guard = ReplayGuard()
+    header = signature_header(SECRET, T, BODY)
+    verify(SECRET, header, BODY, now_s=T, guard=guard)
+    guard.forget(sign(SECRET, T, BODY))  # the receiver could not act on it
+    assert verify(SECRET, header, BODY, now_s=T + 1, guard=guard) == T
+    with pytest.raises(SignatureError):
+        verify(SECRET, header, BODY, now_s=T + 2, guard=guard)
+    guard.forget("never-seen")  # harmless
+    assert len(guard) == 1
+
+
 def test_the_guard_forgets_what_the_window_refuses_anyway() -> None:
     guard = ReplayGuard(window_s=300, max_entries=3)
     assert guard.first_use(T, "a", T)
