@@ -21,16 +21,15 @@ from prometheus_client import CollectorRegistry, Counter
 
 from schemas.jsonform import ack_to_json
 from schemas.partner import PartnerAcknowledgement, PartnerInstruction
-from schemas.webhook_signing import SIGNATURE_HEADER, signature_header
+from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER, signature_header
 
 if TYPE_CHECKING:
     from consumers.simulated_webhook import WebhookPartnerOptions
 
-__all__ = ["PARTNER_HEADER", "CallbackSender", "callback_body"]
+__all__ = ["CallbackSender", "callback_body"]
 
 log = logging.getLogger(__name__)
 
-PARTNER_HEADER: Final = "Consent-Stream-Partner"
 CALLBACK_DELAY_S: Final = 0.05  # the partner "carries it out" after answering 202
 _FIRST_WAIT_S: Final = 1.0  # a later second: a new signature
 _MAX_WAIT_S: Final = 10.0

@@ -30,6 +30,7 @@ from schemas.errors import ContractError
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
+    "PARTNER_HEADER",
     "SIGNATURE_HEADER",
     "SIGNATURE_VERSION",
     "ReplayGuard",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER: Final = "Consent-Stream-Signature"
+PARTNER_HEADER: Final = "Consent-Stream-Partner"
+"""Names the partner of a signed callback (``POST /v1/acks``): whose secret verifies it."""
 SIGNATURE_VERSION: Final = "v1"
 DEFAULT_TOLERANCE_S: Final = 300
 _MAX_HEADER_CHARS: Final = 1024

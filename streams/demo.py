@@ -53,7 +53,7 @@ class DemoOptions:
     via_gateway: float = 0.0
     webhook_partners: tuple[str, ...] = ("logistics",)
     webhook_failure_rate: float = 0.05
-    webhook_callback_fraction: float = 0.0
+    webhook_callback_fraction: float = 0.2
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoOptions:

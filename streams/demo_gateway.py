@@ -1,6 +1,6 @@
 """``consent-stream demo --via-gateway F``: a share of the workload through the HTTP gateway.
 
-The demo starts a ``consent-stream gateway`` child (as the ``publisher`` principal, a token
+The demo starts a ``consent-stream gateway`` child (as the ``gateway`` principal, a token
 of its own naming the workload's sources) and routes a fixed share of the *subjects* to it
 (every event of a routed subject, so each subject's events keep their order: one sender
 thread, batches posted one after the other, events in order within a batch). The sender

@@ -34,14 +34,13 @@ from producers.gateway.callbacks import Callbacks, Claim
 from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.settings import QUEUE_FULL_RETRY_S, GatewaySettings
 from schemas.errors import ConsentStreamError, ContractError, QueueFullError, ValidationError
-from schemas.webhook_signing import SIGNATURE_HEADER, ReplayGuard, SignatureError
+from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER, ReplayGuard, SignatureError
 
-__all__ = ["ACKS_PATH", "OUTCOMES", "PARTNER_HEADER", "AckRoute"]
+__all__ = ["ACKS_PATH", "OUTCOMES", "AckRoute"]
 
 access_log = logging.getLogger("producers.gateway.access")
 
 ACKS_PATH: Final = "/v1/acks"
-PARTNER_HEADER: Final = "Consent-Stream-Partner"
 OUTCOMES: Final = ("accepted", "unauthorized", "invalid", "too_large", "not_sent", "not_delivered")
 UNKNOWN: Final = "unknown"
 _REFUSED: Final = "a valid Consent-Stream-Partner and Consent-Stream-Signature are required"

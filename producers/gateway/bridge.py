@@ -94,9 +94,7 @@ class DeliveryBridge:
         )
         return future
 
-    def send_record(
-        self, topic: str, key: bytes, value: bytes, headers: Headers
-    ) -> DeliveryFuture:
+    def send_record(self, topic: str, key: bytes, value: bytes, headers: Headers) -> DeliveryFuture:
         """Enqueue one encoded record on ``topic``, with ``send``'s future and errors (and
         ``ContractError`` for a record the client refuses)."""
         future, reported = self._future()

@@ -162,6 +162,9 @@ def assert_webhook_partner(out: str, detail: str) -> None:
     assert int(found(r"deliveries\s+(\d+) \(", out)) == instructions, detail
     assert int(found(r"retries\s+(\d+) \(", out)) > 0, detail
     assert "p99 -" not in found(r"(round trip p50 .*)", out), detail
+    accepted = int(found(r"deliveries\s+\d+ \(accepted (\d+)", out))  # 202, then a callback
+    callbacks = found(r"callbacks to /v1/acks: (.*)", out)
+    assert accepted > 0 and callbacks == f"acknowledged {accepted}", detail
     assert "webhook-bridge-logistics" in found(r"(started \(pids\): .*)", out)
 
 

@@ -17,12 +17,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from test_webhook_jsonform import INSTRUCTION
 
-from consumers.simulated_callback import PARTNER_HEADER, callback_body
+from consumers.simulated_callback import callback_body
 from consumers.simulated_webhook import WebhookPartnerOptions, build_receiver
 from consumers.webhook_callback import acknowledgement_from_callback
 from consumers.webhook_delivery import instruction_body, request_headers
 from schemas.partner import AcknowledgementStatus
-from schemas.webhook_signing import SIGNATURE_HEADER
+from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER
 from streams.demo_processes import free_port
 
 SECRET = b"whsec-test-0123456789abcdef"
