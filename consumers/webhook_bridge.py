@@ -276,12 +276,9 @@ class WebhookBridge:
     async def _answer(self, instruction: PartnerInstruction) -> None:
         sent = await asyncio.to_thread(self._dedup.get, instruction.instruction_id)
         if sent is None:
-            ack = await self._post_until_answered(instruction)
-            if ack is None:
+            sent = await self._post_until_answered(instruction)
+            if sent is None:
                 return  # 202: the partner calls back
-            sent = await asyncio.to_thread(
-                self._dedup.remember, SentAck(ack, ack_ce_id(instruction.instruction_id))
-            )
         else:
             log.info("instruction %s answered before: re-sending its ack", sent.ack.instruction_id)
         item = PendingAck(sent, instruction.ack_key, instruction.subject_ref)
@@ -289,9 +286,11 @@ class WebhookBridge:
         if not item.delivered:
             raise _Stopped
 
-    async def _post_until_answered(
-        self, instruction: PartnerInstruction
-    ) -> PartnerAcknowledgement | None:
+    async def _post_until_answered(self, instruction: PartnerInstruction) -> SentAck | None:
+        """POST until answered; the final ack, already remembered (None: 202).
+
+        An answer is remembered before its slot of the concurrency is given back, so after
+        a crash at most ``webhook_concurrency`` instructions are POSTed again."""
         retries = 0
         last: str | None = None
         signed_at = 0
@@ -299,39 +298,41 @@ class WebhookBridge:
             if self._stop.is_set():
                 raise _Stopped
             if self._now_ms() >= instruction.due_by:
-                return self._finish(
-                    "deadline", deadline_ack(instruction, self.partner, last, self._now_ms())
-                )
+                ack = deadline_ack(instruction, self.partner, last, self._now_ms())
+                return await self._finish("deadline", ack)
             # every attempt is signed at a later second than the one before, so that no two
             # share a signature (a receiver's replay guard would refuse the second)
             signed_at = max(int(self._clock()), signed_at + 1)
             async with self._semaphore:
                 answer = await self._attempt(instruction, signed_at)
-            match answer:
-                case Acknowledged(ack=ack):
-                    return self._finish("acknowledged", ack)
-                case Accepted():
-                    self.metrics.deliveries.labels(self.partner, "accepted").inc()
-                    return None
-                case Refused(reason=reason):
-                    log.warning("instruction %s refused: %s", instruction.instruction_id, reason)
-                    return self._finish(
-                        "refused", failed_ack(instruction, self.partner, reason, self._now_ms())
-                    )
-                case Retry(cause=cause, detail=detail, after_s=after):
-                    last = detail
-                    self.metrics.retries.labels(self.partner, cause).inc()
-                    wait = self._retry.wait_s(retries, after, self._rng)
-                    retries += 1
-                    left = max(0.0, (instruction.due_by - self._now_ms()) / 1000)
-                    await self._sleep(min(wait, left))
+                match answer:
+                    case Acknowledged(ack=ack):
+                        return await self._finish("acknowledged", ack)
+                    case Accepted():
+                        self.metrics.deliveries.labels(self.partner, "accepted").inc()
+                        return None
+                    case Refused(reason=reason):
+                        log.warning(
+                            "instruction %s refused: %s", instruction.instruction_id, reason
+                        )
+                        ack = failed_ack(instruction, self.partner, reason, self._now_ms())
+                        return await self._finish("refused", ack)
+                    case Retry(cause=cause, detail=detail, after_s=after):
+                        last = detail
+                        self.metrics.retries.labels(self.partner, cause).inc()
+                        wait = self._retry.wait_s(retries, after, self._rng)
+                        retries += 1
+            left = max(0.0, (instruction.due_by - self._now_ms()) / 1000)
+            await self._sleep(min(wait, left))
 
-    def _finish(self, outcome: str, ack: PartnerAcknowledgement) -> PartnerAcknowledgement:
+    async def _finish(self, outcome: str, ack: PartnerAcknowledgement) -> SentAck:
+        """Count the outcome and remember the answer (a restart re-sends it, never POSTs)."""
         self.metrics.deliveries.labels(self.partner, outcome).inc()
         if outcome == "deadline":
             self.metrics.deadline_failures.labels(self.partner).inc()
             log.warning("instruction %s: %s", ack.instruction_id, ack.reason)
-        return ack
+        sent = SentAck(ack, ack_ce_id(ack.instruction_id))
+        return await asyncio.to_thread(self._dedup.remember, sent)
 
     async def _sleep(self, seconds: float) -> None:
         try:
