@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import random
-import signal
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -34,6 +33,7 @@ from consumers.simulated_callback import CallbackSender
 from schemas.errors import ValidationError
 from schemas.jsonform import ack_to_json, instruction_from_json
 from schemas.partner import PartnerAcknowledgement, PartnerInstruction
+from schemas.stop_signals import stop_on_signals
 from schemas.webhook_signing import SIGNATURE_HEADER, ReplayGuard, SignatureError, verify
 
 __all__ = ["ANSWERS", "WebhookPartnerOptions", "build_receiver", "run_webhook_partner"]
@@ -170,10 +170,7 @@ async def _serve(
         options.failure_rate,
         options.callback_fraction,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

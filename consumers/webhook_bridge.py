@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +66,7 @@ from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.secrets import Secret
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
+from schemas.stop_signals import stop_on_signals
 
 __all__ = ["WebhookBridge", "run_webhook_bridge"]
 
@@ -439,8 +439,5 @@ def run_webhook_bridge(
 
 
 async def _run_until_signal(bridge: WebhookBridge) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await bridge.run(stop)

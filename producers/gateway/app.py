@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import time
 from importlib import resources
 from typing import Any, Final
@@ -41,6 +40,7 @@ from schemas.policy import Policy
 from schemas.secrets import Secret
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
+from schemas.stop_signals import stop_on_signals
 
 __all__ = ["EVENTS_PATH", "OPENAPI_PATH", "build_app", "openapi_document", "run_gateway"]
 
@@ -249,10 +249,7 @@ async def _serve(app: web.Application, config: GatewaySettings, settings: Settin
         settings.topics.events,
         settings.sasl_username or "(no SASL login)",
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:
