@@ -18,12 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from consumers.dedup import InMemoryProcessedInstructions, ProcessedInstructions
 from consumers.partner_answer import InstructionAnswerer, StopRequested
-from consumers.partner_clients import KafkaConsumer, KafkaProducer, make_consumer, make_producer
+from consumers.partner_clients import KafkaConsumer, KafkaProducer, partner_clients
 from consumers.partner_delivery import backoff_schedule, commit_points
 from consumers.partner_metrics import partner_metrics
 from consumers.partner_results import Handler
 from consumers.partner_sender import AckSender, PendingAck
-from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
 from schemas.partner import PartnerAcknowledgement
 from schemas.partner import acks_topic as default_acks_topic
 from schemas.partner import instructions_topic as default_instructions_topic
@@ -73,11 +72,14 @@ class PartnerConsumer:
         self.acks_topic = acks_topic or default_acks_topic(partner)
         self.group_id = group_id or default_group_id(partner)
         self.registry = registry if registry is not None else CollectorRegistry()
-        self._consumer = make_consumer(settings, self.group_id) if consumer is None else consumer
-        self._producer = make_producer(settings) if producer is None else producer
-        if serde is None:
-            serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
-        self._serde = serde
+        clients = partner_clients(
+            settings, self.group_id, consumer=consumer, producer=producer, serde=serde
+        )
+        self._consumer, self._producer, self._serde = (
+            clients.consumer,
+            clients.producer,
+            clients.serde,
+        )
         self._dedup: ProcessedInstructions = (
             InMemoryProcessedInstructions() if dedup is None else dedup
         )
@@ -103,7 +105,7 @@ class PartnerConsumer:
             self._serde,
             topic=self.acks_topic,
             partner=partner,
-            data_schema=settings.schema_registry_url or PARTNER_ACKNOWLEDGEMENT,
+            data_schema=clients.ack_data_schema,
             metrics=self._metrics,
             now_ms=self._now_ms,
             retry_wait_s=max(backoff_s, 0.05),

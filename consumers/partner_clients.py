@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
+from schemas.serde import AvroSerde
 from schemas.settings import Settings
 
-__all__ = ["KafkaConsumer", "KafkaMessage", "KafkaProducer", "make_consumer", "make_producer"]
+__all__ = [
+    "KafkaConsumer",
+    "KafkaMessage",
+    "KafkaProducer",
+    "PartnerClients",
+    "make_consumer",
+    "make_producer",
+    "partner_clients",
+]
 
 
 class KafkaMessage(Protocol):
@@ -51,3 +62,32 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
 
     producer: KafkaProducer = Producer(settings.producer_config(**overrides))
     return producer
+
+
+@dataclass(frozen=True)
+class PartnerClients:
+    """What a consumer of a partner's instructions talks to Kafka with (the partner SDK's
+    consumer, the webhook bridge): the consumer of its group, the acks' producer, the serde
+    and the ``dataschema`` its acks name."""
+
+    consumer: KafkaConsumer
+    producer: KafkaProducer
+    serde: AvroSerde
+    ack_data_schema: str
+
+
+def partner_clients(
+    settings: Settings,
+    group_id: str,
+    *,
+    consumer: KafkaConsumer | None = None,
+    producer: KafkaProducer | None = None,
+    serde: AvroSerde | None = None,
+) -> PartnerClients:
+    """The clients given (tests pass fakes), the others built from ``settings``."""
+    return PartnerClients(
+        consumer=make_consumer(settings, group_id) if consumer is None else consumer,
+        producer=make_producer(settings) if producer is None else producer,
+        serde=serde or AvroSerde(settings.schema_registry(), settings.max_record_bytes),
+        ack_data_schema=settings.schema_registry_url or PARTNER_ACKNOWLEDGEMENT,
+    )

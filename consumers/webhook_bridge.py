@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, start_http_server
 
 from consumers.dedup import ProcessedInstructions, SentAck, SqliteProcessedInstructions
-from consumers.partner_clients import KafkaConsumer, KafkaProducer, make_consumer, make_producer
+from consumers.partner_clients import KafkaConsumer, KafkaProducer, partner_clients
 from consumers.partner_delivery import commit_points
 from consumers.partner_metrics import partner_metrics
 from consumers.partner_results import failed_ack
@@ -61,7 +61,6 @@ from consumers.webhook_delivery import (
     transport_retry,
 )
 from consumers.webhook_metrics import OUTCOMES, WebhookMetrics, webhook_metrics
-from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
 from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.secrets import Secret
 from schemas.serde import AvroSerde
@@ -128,9 +127,14 @@ class WebhookBridge:
         self.metrics.in_flight.labels(partner)
         self._secret = secret
         self._dedup = dedup
-        self._consumer = make_consumer(settings, group) if consumer is None else consumer
-        self._producer = make_producer(settings) if producer is None else producer
-        self._serde = serde or AvroSerde(settings.schema_registry(), settings.max_record_bytes)
+        clients = partner_clients(
+            settings, group, consumer=consumer, producer=producer, serde=serde
+        )
+        self._consumer, self._producer, self._serde = (
+            clients.consumer,
+            clients.producer,
+            clients.serde,
+        )
         self._concurrency = settings.webhook_concurrency
         self._timeout_s = settings.webhook_timeout_s
         self._max_buffered = max(100, 10 * self._concurrency)
@@ -143,7 +147,7 @@ class WebhookBridge:
             self._serde,
             topic=self.acks_topic,
             partner=partner,
-            data_schema=settings.schema_registry_url or PARTNER_ACKNOWLEDGEMENT,
+            data_schema=clients.ack_data_schema,
             metrics=partner_metrics(self.registry),
             now_ms=self._now_ms,
             retry_wait_s=0.2,
