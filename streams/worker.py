@@ -16,6 +16,7 @@ from schemas.settings import Settings
 from streams.app import WorkerParts, attach_agents, create_app
 from streams.failpoint import Failpoint
 from streams.faust_glue.internal_topics import internal_topics
+from streams.gc_tuning import freeze_started_heap
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
@@ -76,13 +77,20 @@ def build_worker_app(settings: Settings, policy: Policy) -> faust.App:
     return app
 
 
+class _Worker(faust.Worker):
+    async def on_startup_finished(self) -> None:
+        """Once started (tables recovered): the heap so far is out of the collector's way."""
+        await super().on_startup_finished()
+        freeze_started_heap()
+
+
 def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> int:
     app = build_worker_app(settings, policy)
     created = ensure_topics(settings, policy, extra=internal_topics(app))
     if created:
         log.info("created %d topics", len(created))
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = _Worker(app, loglevel=loglevel, quiet=True)
     # Faust's terminal spinner, at WARNING and above, sets the root logger to DEBUG so
     # that every debug record of aiokafka is built (about 10 % of the worker's CPU).
     worker.spinner = None
