@@ -28,6 +28,7 @@ from benchlib import (
     produce_one,
 )
 from latency import Planned, run_latency_steps
+from report import JUST_STARTED
 from workerproc import WorkerProcess, rss_kib
 
 from producers.publisher import make_producer
@@ -128,7 +129,10 @@ def sweep_step(
         ready = time.monotonic() - started
         held = worker.metric("consent_ledger_tickets")
         rss = rss_kib(worker.pid)
-        plan = [Planned(f"{rate:.0f}/s", rate, duration_s, noop=False) for rate in rates]
+        plan = [
+            Planned(f"{rates[0]:.0f}/s {JUST_STARTED}", rates[0], duration_s, noop=False),
+            *(Planned(f"{rate:.0f}/s", rate, duration_s, noop=False) for rate in rates),
+        ]
         steps = run_latency_steps(worker, policy, plan, 120.0, (50.0, 3.0))
         return {
             **written,

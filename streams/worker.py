@@ -16,7 +16,7 @@ from schemas.settings import Settings
 from streams.app import WorkerParts, attach_agents, create_app
 from streams.failpoint import Failpoint
 from streams.faust_glue.internal_topics import internal_topics
-from streams.gc_tuning import freeze_started_heap
+from streams.gc_tuning import freeze_started_heap, hold_collection_until_started
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
@@ -90,6 +90,7 @@ def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> in
     if created:
         log.info("created %d topics", len(created))
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
+    hold_collection_until_started()
     worker = _Worker(app, loglevel=loglevel, quiet=True)
     # Faust's terminal spinner, at WARNING and above, sets the root logger to DEBUG so
     # that every debug record of aiokafka is built (about 10 % of the worker's CPU).

@@ -62,7 +62,9 @@ def test_quick_bench_writes_every_section(
     assert results["rebuild"]["applied"] == results["sizes"]["rebuild_subjects"]
     sweep = results["sweep"]
     assert sweep["tickets_indexed"] == sweep["tickets"] == results["sizes"]["sweep_tickets"]
-    assert [s["offered_events_per_s"] for s in sweep["latency"]] == results["sizes"]["sweep_rates"]
+    rates = results["sizes"]["sweep_rates"]  # the first again, first, just after the start
+    assert [s["offered_events_per_s"] for s in sweep["latency"]] == [rates[0], *rates]
+    assert sweep["latency"][0]["label"].endswith("just after start")
 
     steps = results["latency"]
     assert isinstance(steps, list), steps

@@ -176,3 +176,25 @@ def test_a_round_shorter_than_two_samples_still_gets_a_rate() -> None:
     assert rate["rate_from_end_to_end"] == 1.0
     long = [(0.0, 100.0), (0.25, 600.0), (0.5, 1_100.0), (0.75, 1_600.0), (1.0, 2_100.0)]
     assert processing_rate(long, 100.0, 2_100.0)["rate_events_per_s"] == 1_000 / 0.5
+
+
+def test_the_sweep_table_names_the_step_just_after_start() -> None:
+    def step(label: str, rate: int, p99: int) -> dict[str, object]:
+        observed = {"store": {"p50": 9, "p99": p99}, "partner": {"p99": p99 + 5}}
+        return {
+            "label": label,
+            "offered_events_per_s": rate,
+            "achieved_events_per_s": rate,
+            "observed_ms": observed,
+        }
+
+    results = {
+        "latency": [step("300/s", 300, 16)],
+        "sweep": {
+            "tickets": 10,
+            "latency": [step(f"300/s {report.JUST_STARTED}", 300, 50), step("300/s", 300, 17)],
+        },
+    }
+    rows = [line for line in report._sweep(results) if line.startswith("| 300")]
+    assert rows[0].startswith(f"| 300, {report.JUST_STARTED} | 300 | 9 / 50 | - / - |")
+    assert rows[1].startswith("| 300 | 300 | 9 / 17 | 9 / 16 | 22 / 21 |")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import gc
 
-from streams.gc_tuning import freeze_started_heap
+from streams.gc_tuning import freeze_started_heap, hold_collection_until_started
 
 
 def test_freezing_moves_the_live_objects_to_the_permanent_generation() -> None:
     kept = [[i] for i in range(1000)]  # tracked, alive
+    hold_collection_until_started()
+    assert not gc.isenabled()
     try:
         frozen = freeze_started_heap()
+        assert gc.isenabled()
         assert frozen == gc.get_freeze_count() >= len(kept)
     finally:
         gc.unfreeze()
