@@ -57,13 +57,16 @@ class Outputs(Protocol):
 def output_producer_config(settings: Settings, name: str) -> dict[str, Any]:
     """The worker's producer: idempotent, acks=all (``Settings.producer_config``), the
     Java client's key partitioner (the placement Faust's producer used before), and no
-    extra wait before a request goes out (a batch's records are produced together); its
-    records may be as large as a dead letter (an inbound record plus the reason)."""
+    wait before a request goes out (``linger.ms`` 0: a batch's records are produced
+    together, and under load librdkafka batches what queues behind the requests in
+    flight; against 1 ms, bench (d) p50 -2 ms and p99 -2 to -10 ms at 300 and 1,000
+    events/s, (c) ~4 % more CPU per event); its records may be as large as a dead letter
+    (an inbound record plus the reason)."""
     return settings.producer_config(
         **{
             "client.id": f"{settings.client_id}-{name}",
             "partitioner": "murmur2_random",
-            "linger.ms": 1,
+            "linger.ms": 0,
             "socket.nagle.disable": True,
             "message.max.bytes": record_limits(settings.max_record_bytes)[1],
         }
