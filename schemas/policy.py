@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +29,7 @@ __all__ = [
     "RetentionRule",
     "load_policy",
     "parse_duration_ms",
+    "webhook_partners",
 ]
 
 DEFAULT_POLICY: Final = "policy.v1.toml"
@@ -331,6 +332,13 @@ def parse_policy(raw: Mapping[str, Any]) -> Policy:
         "partners",
     )
     return policy
+
+
+def webhook_partners(policy: Policy, partners: Iterable[str] | None = None) -> list[str]:
+    """The partners (of ``partners``, default all) whose policy says ``delivery =
+    "webhook"``: the ones whose acks the gateway may write, sorted."""
+    chosen = policy.partners if partners is None else partners
+    return sorted(p for p in chosen if p in policy.partners and policy.partners[p].webhook)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

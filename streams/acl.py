@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from schemas.policy import Policy
 from schemas.topics import TopicNames
 
 __all__ = [
@@ -33,7 +32,6 @@ __all__ = [
     "Acl",
     "partner_principal",
     "wanted_acls",
-    "webhook_partners",
 ]
 
 ADMIN: Final = "admin"
@@ -95,13 +93,6 @@ def _gateway(names: TopicNames, webhook: Iterable[str]) -> list[Acl]:
         *_topic(GATEWAY, names.events, "write", "describe"),
         *(acl for topic in acks for acl in _topic(GATEWAY, topic, "write", "describe")),
     ]
-
-
-def webhook_partners(policy: Policy, partners: Iterable[str] | None = None) -> list[str]:
-    """The partners (of ``partners``, default all) whose policy says ``delivery =
-    "webhook"``: the ones whose acks the gateway may write, sorted."""
-    chosen = policy.partners if partners is None else partners
-    return sorted(p for p in chosen if p in policy.partners and policy.partners[p].webhook)
 
 
 def wanted_acls(

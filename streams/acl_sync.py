@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from schemas.client_errors import kafka_error
 from schemas.errors import BrokerUnavailableError
-from schemas.policy import Policy
+from schemas.policy import Policy, webhook_partners
 from schemas.settings import Settings
 from streams.acl import (
     ADMIN,
@@ -26,7 +26,6 @@ from streams.acl import (
     WORKER,
     Acl,
     wanted_acls,
-    webhook_partners,
 )
 
 __all__ = ["AclDiff", "acl_diff", "remove_namespace_acls", "run_acl_sync"]

@@ -15,13 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
-from schemas.policy import Policy
+from schemas.policy import Policy, webhook_partners
 from schemas.secrets import Secret
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.topics import TopicNames
 from schemas.webhook_signing import ReplayGuard
-from streams.acl import webhook_partners
 
 __all__ = ["Callbacks", "Claim"]
 

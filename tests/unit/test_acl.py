@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from schemas.policy import Policy, load_policy, parse_policy
+from schemas.policy import Policy, load_policy, parse_policy, webhook_partners
 from schemas.topics import TopicNames
 from streams.acl import (
     GATEWAY,
@@ -16,7 +16,6 @@ from streams.acl import (
     Acl,
     partner_principal,
     wanted_acls,
-    webhook_partners,
 )
 from streams.acl_sync import acl_diff
 
