@@ -17,14 +17,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
 from schemas.settings import ENV_PREFIX, Secret, Settings
+from streams.latency import Samples
 
-__all__ = ["Child", "Children", "child_env", "command", "free_port", "http_get"]
+__all__ = ["Child", "Children", "child_env", "command", "free_port", "http_get", "scrape"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,21 @@ def http_get(
         return int(exc.code), exc.read()
     except (urllib.error.URLError, OSError):
         return 0, b""
+
+
+def scrape(children: Iterable[Child], token: Secret | None = None, attempts: int = 1) -> Samples:
+    """Every child's ``/metrics`` page, parsed (one that does not answer in ``attempts``
+    tries, 0.5 s apart, is left out)."""
+    pages: list[str] = []
+    for child in children:
+        for attempt in range(attempts):
+            status, body = http_get(child.port, "/metrics", token=token)
+            if status == 200:
+                pages.append(body.decode("utf-8"))
+                break
+            if attempt + 1 < attempts:
+                time.sleep(0.5)
+    return Samples.from_pages(pages)
 
 
 @dataclass

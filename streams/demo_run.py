@@ -19,7 +19,7 @@ from schemas.errors import PublishError
 from schemas.policy import Policy
 from schemas.settings import ENV_PREFIX, Settings
 from streams.demo_gateway import GatewaySender, gateway_env, new_token, routed
-from streams.demo_processes import Child, Children, child_env, free_port, http_get
+from streams.demo_processes import Child, Children, child_env, free_port, http_get, scrape
 from streams.demo_requests import RequestTracker
 from streams.demo_summary import (
     ACKS,
@@ -273,16 +273,7 @@ class DemoRun:
 
     def snapshot(self, attempts: int = 1) -> Samples:
         """Every worker's /metrics page, parsed (a worker that does not answer is left out)."""
-        pages: list[str] = []
-        for worker in self.workers:
-            for attempt in range(attempts):
-                status, body = http_get(worker.port, "/metrics", token=self.settings.metrics_token)
-                if status == 200:
-                    pages.append(body.decode("utf-8"))
-                    break
-                if attempt + 1 < attempts:
-                    time.sleep(0.5)
-        return Samples.from_pages(pages)
+        return scrape(self.workers, self.settings.metrics_token, attempts)
 
     def measured(self) -> Samples:
         """What the workers counted since the warm-up (the workload's figures)."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 from schemas.policy import DEFAULT_POLICY, Policy, load_policy
 from schemas.secrets import Secret
 from schemas.settings import Settings
-from streams.demo_processes import Child, Children, free_port, http_get
+from streams.demo_processes import Child, Children, free_port, scrape
 from streams.demo_summary import format_seconds
 from streams.latency import Samples
 
@@ -163,12 +163,7 @@ class WebhookChildren:
         return self.base_dir / f"{name}.log"
 
     def snapshot(self) -> Samples:
-        pages = [
-            body.decode("utf-8")
-            for status, body in (http_get(c.port, "/metrics") for c in self.items)
-            if status == 200
-        ]
-        return Samples.from_pages(pages)
+        return scrape(self.items)
 
     def summary(self) -> Sequence[str]:
         if not self.urls:
