@@ -80,7 +80,7 @@ class DemoRun:
         self.gateway_child: Child | None = None
         self.gateway_token = new_token()
         self.gateway: GatewaySender | None = None
-        self.webhook = WebhookChildren(webhook_urls or {}, base_dir)
+        self.webhook = WebhookChildren(webhook_urls or {}, base_dir, settings.metrics_token)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)

@@ -195,8 +195,11 @@ class Warmup:
         return self.children.wait_until(self._through, STEP_TIMEOUT_S, "the warm-up load")
 
     def _answering(self) -> bool:
+        token = self.settings.metrics_token  # the gateway's /metrics asks for it
         answers = (
-            http_get(c.port, "/healthz" if c in self.workers else "/metrics", 2.0)[0]
+            http_get(c.port, "/healthz", 2.0)[0]
+            if c in self.workers
+            else http_get(c.port, "/metrics", 2.0, token)[0]
             for c in self.children.items
         )
         return all(status == 200 for status in answers)

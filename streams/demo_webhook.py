@@ -130,8 +130,10 @@ def webhook_lines(samples: Samples, urls: Mapping[str, str]) -> list[str]:
 class WebhookChildren:
     """Per webhook partner: its simulated receiver and its bridge, as children of the demo."""
 
-    def __init__(self, urls: Mapping[str, str], base_dir: Path) -> None:
-        self.urls, self.base_dir = dict(urls), base_dir
+    def __init__(
+        self, urls: Mapping[str, str], base_dir: Path, metrics_token: Secret | None = None
+    ) -> None:
+        self.urls, self.base_dir, self.metrics_token = dict(urls), base_dir, metrics_token
         self.items: list[Child] = []
         self.baseline = Samples()
 
@@ -163,7 +165,7 @@ class WebhookChildren:
         return self.base_dir / f"{name}.log"
 
     def snapshot(self) -> Samples:
-        return scrape(self.items)
+        return scrape(self.items, self.metrics_token)
 
     def summary(self) -> Sequence[str]:
         if not self.urls:

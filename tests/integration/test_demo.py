@@ -67,12 +67,18 @@ def namespace(bootstrap_servers: str, redis_url: str) -> Iterator[str]:
 
 
 def run_demo(
-    bootstrap_servers: str, redis_url: str, namespace: str | None, cwd: Path, *args: str
+    bootstrap_servers: str,
+    redis_url: str,
+    namespace: str | None,
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "CONSENT_STREAM_BOOTSTRAP_SERVERS": bootstrap_servers,
         "CONSENT_STREAM_REDIS_URL": redis_url,
+        **(env or {}),
     }
     try:
         return subprocess.run(
@@ -188,12 +194,15 @@ def test_requests_not_settled_in_time_fail_the_run(
 def test_a_run_in_its_own_fresh_namespace_removes_it_afterwards(
     bootstrap_servers: str, redis_url: str, tmp_path: Path
 ) -> None:
+    """Also with a metrics token: the demo reads its children's /metrics pages with it
+    (the gateway's answers 401 without it)."""
     result = run_demo(
         bootstrap_servers,
         redis_url,
         None,
         tmp_path,
         *("--subjects", "20", "--rate", "0", "--timeout-s", "120"),
+        env={"CONSENT_STREAM_METRICS_TOKEN": "demo-metrics-token-" + uuid.uuid4().hex},
     )
     namespace = found(r"consent-stream demo: namespace (\S+)", result.stdout)
     assert result.returncode == 0, explain(result, tmp_path, namespace)
