@@ -11,7 +11,7 @@ route it (both copied from the instruction it got)::
 ``acknowledgement_from_callback`` verifies and parses it into the ``PendingAck`` that
 ``consumers.partner_sender.AckSender`` produces to ``partner.<p>.acks.v1`` (key
 ``ack_key``, CloudEvents headers, ce_id derived from the instruction id, as the bridge
-does). The gateway wires it (``producers.gateway.acks``): answer 401 for a
+does). The gateway wires it (``streams.gateway.acks``): answer 401 for a
 ``SignatureError``, 400 for a ``ValidationError``, 202 once the ack is produced.
 """
 

@@ -52,7 +52,7 @@ def _publish(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
 
 
 def _gateway(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from producers.gateway import GatewaySettings, run_gateway
+    from streams.gateway import GatewaySettings, run_gateway
 
     return run_gateway(settings, GatewaySettings.from_env(), policy)
 

@@ -330,10 +330,10 @@ def test_with_the_broker_unreachable_during_a_post_the_answer_is_503() -> None:
     never acknowledged, and the answer says so once the delivery timeout has passed."""
     from aiohttp import web
 
-    from producers.gateway.app import build_app
-    from producers.gateway.bridge import BrokerState, DeliveryBridge
-    from producers.gateway.settings import GatewaySettings, parse_gateway_tokens
     from producers.publisher import ConsentPublisher, make_producer
+    from streams.gateway.app import build_app
+    from streams.gateway.bridge import BrokerState, DeliveryBridge
+    from streams.gateway.settings import GatewaySettings, parse_gateway_tokens
 
     async def scenario(port: int) -> tuple[int, Any, dict[str, str], float]:
         config = GatewaySettings(

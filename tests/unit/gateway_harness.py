@@ -22,15 +22,15 @@ import aiohttp
 from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
-from producers.gateway.app import build_app
-from producers.gateway.bridge import BrokerState, DeliveryBridge
-from producers.gateway.callbacks import Callbacks
-from producers.gateway.settings import GatewayCaller, GatewaySettings
 from producers.publisher import ConsentPublisher
 from schemas.policy import load_policy
 from schemas.secrets import Secret
 from schemas.settings import Settings
 from schemas.webhook_signing import signature_header
+from streams.gateway.app import build_app
+from streams.gateway.bridge import BrokerState, DeliveryBridge
+from streams.gateway.callbacks import Callbacks
+from streams.gateway.settings import GatewayCaller, GatewaySettings
 
 __all__ = [
     "APP",

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.partner_metrics import partner_metrics
 from consumers.webhook_metrics import webhook_metrics
-from producers.gateway.metrics import gateway_metrics
+from streams.gateway.metrics import gateway_metrics
 from streams.metrics import stream_metrics
 
 __all__ = [

@@ -31,7 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.partner_sender import ack_record
 from consumers.webhook_callback import acknowledgement_from_callback
 from consumers.webhook_delivery import MAX_ANSWER_BYTES, ack_ce_id
-from producers.gateway.callbacks import Callbacks
 from schemas.cloudevents import header_map
 from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement
@@ -40,6 +39,7 @@ from schemas.secrets import Secret
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.topics import TopicNames
+from streams.gateway.callbacks import Callbacks
 
 ACKS_TOPIC = TopicNames().acks(PARTNER)
 
@@ -278,9 +278,9 @@ def test_the_access_log_names_the_partner_and_the_instruction_never_the_subject(
             await g.client.post_ack(body, partner=PARTNER, signature=signature)
             await g.client.post_ack(body, partner="nobody", signature=signed(body))
 
-    with caplog.at_level(logging.INFO, logger="producers.gateway.access"):
+    with caplog.at_level(logging.INFO, logger="streams.gateway.access"):
         run(scenario())
-    lines = [r.getMessage() for r in caplog.records if r.name == "producers.gateway.access"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "streams.gateway.access"]
     assert lines == [
         f"POST /v1/acks 202 by {PARTNER}: instruction {iid} DONE",
         f"POST /v1/acks 401 by {PARTNER}: replayed_signature",
@@ -301,7 +301,7 @@ def test_only_webhook_partners_with_a_secret_may_call_back(
     policy = parse_policy(raw)
     secret = Secret("whsec-" + "s" * 20)
     settings = Settings(webhook_secrets={"logistics": secret, "payment": secret})
-    with caplog.at_level(logging.WARNING, logger="producers.gateway.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="streams.gateway.callbacks"):
         got = Callbacks.of(settings, policy, AvroSerde())
     assert set(got.secrets) == {"logistics"}  # payment: kafka delivery; ads: no secret
     assert "partner ads is delivered by webhook but has no secret" in caplog.text

@@ -8,7 +8,11 @@ import json
 import pytest
 from gateway_harness import event
 
-from producers.gateway.batch import (
+from producers.publisher import ConsentPublisher
+from schemas.errors import ConfigurationError, ValidationError
+from schemas.policy import load_policy
+from schemas.settings import Settings
+from streams.gateway.batch import (
     Item,
     Outcome,
     RequestError,
@@ -17,11 +21,7 @@ from producers.gateway.batch import (
     check_items,
     parse_body,
 )
-from producers.gateway.settings import GatewaySettings, parse_gateway_tokens
-from producers.publisher import ConsentPublisher
-from schemas.errors import ConfigurationError, ValidationError
-from schemas.policy import load_policy
-from schemas.settings import Settings
+from streams.gateway.settings import GatewaySettings, parse_gateway_tokens
 
 SOURCES = frozenset({"order-service"})
 TOKEN = "t" * 16

@@ -23,8 +23,8 @@ from gateway_harness import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from producers.gateway.app import openapi_document
 from schemas.secrets import Secret
+from streams.gateway.app import openapi_document
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "gateway-openapi.json"
 WRONG = Secret("w" * 24)

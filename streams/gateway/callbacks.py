@@ -1,4 +1,4 @@
-"""Who may post ``POST /v1/acks`` and each partner's replay guard (``producers.gateway.acks``).
+"""Who may post ``POST /v1/acks`` and each partner's replay guard (``streams.gateway.acks``).
 
 ``Callbacks.of`` takes the policy's partners with ``delivery = "webhook"`` that have a
 secret in ``CONSENT_STREAM_WEBHOOK_SECRETS`` (a webhook partner without one is logged,

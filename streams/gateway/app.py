@@ -1,10 +1,10 @@
 """``consent-stream gateway``: the HTTP routes (aiohttp) and the server's life.
 
 ``POST /v1/events`` (bearer token), ``POST /v1/acks`` (a webhook partner's signed
-callback, ``producers.gateway.acks``), ``GET /v1/openapi.json``, ``GET /healthz``,
+callback, ``streams.gateway.acks``), ``GET /v1/openapi.json``, ``GET /healthz``,
 ``GET /metrics`` (``CONSENT_STREAM_METRICS_TOKEN`` when one is set). The answer to a post
 comes once every accepted event has its delivery report: 202 only if the broker
-acknowledged all of them (``producers.gateway.batch`` decides the status).
+acknowledged all of them (``streams.gateway.batch`` decides the status).
 """
 
 from __future__ import annotations
@@ -19,9 +19,16 @@ from typing import Any, Final
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from producers.gateway.acks import ACKS_PATH, AckRoute
-from producers.gateway.auth import Callers, optional_token
-from producers.gateway.batch import (
+from producers.publisher import ConsentPublisher, make_producer
+from schemas.errors import ConfigurationError, ConsentStreamError, ContractError, QueueFullError
+from schemas.policy import Policy
+from schemas.secrets import Secret
+from schemas.serde import AvroSerde
+from schemas.settings import Settings
+from schemas.stop_signals import stop_on_signals
+from streams.gateway.acks import ACKS_PATH, AckRoute
+from streams.gateway.auth import Callers, optional_token
+from streams.gateway.batch import (
     Item,
     Outcome,
     RequestError,
@@ -30,22 +37,15 @@ from producers.gateway.batch import (
     check_items,
     parse_body,
 )
-from producers.gateway.bridge import BrokerState, DeliveryBridge
-from producers.gateway.callbacks import Callbacks
-from producers.gateway.metrics import GatewayMetrics, gateway_metrics
-from producers.gateway.settings import QUEUE_FULL_RETRY_S, GatewaySettings
-from producers.publisher import ConsentPublisher, make_producer
-from schemas.errors import ConfigurationError, ConsentStreamError, ContractError, QueueFullError
-from schemas.policy import Policy
-from schemas.secrets import Secret
-from schemas.serde import AvroSerde
-from schemas.settings import Settings
-from schemas.stop_signals import stop_on_signals
+from streams.gateway.bridge import BrokerState, DeliveryBridge
+from streams.gateway.callbacks import Callbacks
+from streams.gateway.metrics import GatewayMetrics, gateway_metrics
+from streams.gateway.settings import QUEUE_FULL_RETRY_S, GatewaySettings
 
 __all__ = ["EVENTS_PATH", "OPENAPI_PATH", "build_app", "openapi_document", "run_gateway"]
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("producers.gateway.access")
+access_log = logging.getLogger("streams.gateway.access")
 
 EVENTS_PATH: Final = "/v1/events"
 OPENAPI_PATH: Final = "/v1/openapi.json"
@@ -54,7 +54,7 @@ _BEARER: Final = {"WWW-Authenticate": 'Bearer realm="consent-stream-gateway"'}
 
 def openapi_document() -> bytes:
     """The OpenAPI 3.1 document (``docs/gateway-openapi.json`` is this file)."""
-    return resources.files("producers.gateway").joinpath("openapi.json").read_bytes()
+    return resources.files("streams.gateway").joinpath("openapi.json").read_bytes()
 
 
 class _Events:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from producers.gateway.settings import GatewayCaller
 from schemas.secrets import Secret
+from streams.gateway.settings import GatewayCaller
 from streams.http_auth import TokenCheck
 
 __all__ = ["Callers", "optional_token"]

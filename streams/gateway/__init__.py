@@ -1,8 +1,8 @@
 """The HTTP ingestion gateway (``consent-stream gateway``): JSON events in, the same
 validated, idempotently produced records as the SDK out. See ``docs/gateway.md``."""
 
-from producers.gateway.app import build_app, run_gateway
-from producers.gateway.settings import GatewayCaller, GatewaySettings, parse_gateway_tokens
+from streams.gateway.app import build_app, run_gateway
+from streams.gateway.settings import GatewayCaller, GatewaySettings, parse_gateway_tokens
 
 __all__ = [
     "GatewayCaller",

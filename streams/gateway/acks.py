@@ -3,7 +3,7 @@
 The partner names itself (``Consent-Stream-Partner``) and signs the body with its webhook
 secret (``Consent-Stream-Signature``, ``schemas.webhook_signing``). ``consumers.
 webhook_callback.acknowledgement_from_callback`` verifies it (one ``ReplayGuard`` a
-partner, ``producers.gateway.callbacks``) and parses it into the ack the webhook bridge
+partner, ``streams.gateway.callbacks``) and parses it into the ack the webhook bridge
 would have sent; its record (``consumers.partner_sender.ack_record``: topic
 ``partner.<p>.acks.v1``, key ``ack_key``, CloudEvents headers, ce_id derived from the
 instruction id) goes out on the gateway's producer (``DeliveryBridge.send_record``).
@@ -29,16 +29,16 @@ from aiohttp import web
 from consumers.partner_sender import PendingAck, ack_record
 from consumers.webhook_callback import acknowledgement_from_callback
 from consumers.webhook_delivery import MAX_ANSWER_BYTES
-from producers.gateway.bridge import DeliveryBridge
-from producers.gateway.callbacks import Callbacks, Claim
-from producers.gateway.metrics import GatewayMetrics
-from producers.gateway.settings import QUEUE_FULL_RETRY_S, GatewaySettings
 from schemas.errors import ConsentStreamError, ContractError, QueueFullError, ValidationError
 from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER, ReplayGuard, SignatureError
+from streams.gateway.bridge import DeliveryBridge
+from streams.gateway.callbacks import Callbacks, Claim
+from streams.gateway.metrics import GatewayMetrics
+from streams.gateway.settings import QUEUE_FULL_RETRY_S, GatewaySettings
 
 __all__ = ["ACKS_PATH", "OUTCOMES", "AckRoute"]
 
-access_log = logging.getLogger("producers.gateway.access")
+access_log = logging.getLogger("streams.gateway.access")
 
 ACKS_PATH: Final = "/v1/acks"
 OUTCOMES: Final = ("accepted", "unauthorized", "invalid", "too_large", "not_sent", "not_delivered")
