@@ -13,7 +13,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from producers.publisher import make_producer
 from schemas.settings import Settings
-from streams.demo_processes import free_port
+from streams.demo.processes import free_port
 from streams.namespace import delete_groups, delete_redis_prefix, delete_topics
 from streams.topics import wait_for_leaders
 

@@ -24,7 +24,7 @@ from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.policy import Policy, load_policy
 from schemas.settings import Secret, Settings
 from streams.acl_sync import run_acl_sync
-from streams.demo_processes import http_get
+from streams.demo.processes import http_get
 
 __all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]
 

@@ -235,7 +235,7 @@ def _add_commands(sub: Any) -> None:
     bridge.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     bridge.set_defaults(handler=_webhook_bridge)
     _add_acl_command(sub)
-    from streams.demo import add_demo_command
+    from streams.demo.command import add_demo_command
 
     add_demo_command(sub)
 

@@ -49,7 +49,7 @@ from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings
 from streams.acl_sync import remove_namespace_acls
-from streams.demo_processes import free_port, http_get
+from streams.demo.processes import free_port, http_get
 
 from .kafka_auth import admin_config, admin_settings, sync_acls
 

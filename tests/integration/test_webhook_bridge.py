@@ -496,7 +496,7 @@ def test_round_trip_latency_on_loopback(
     """Measures the webhook round trip the bridge reports (request to answer)."""
     import urllib.request
 
-    from streams.demo_processes import free_port
+    from streams.demo.processes import free_port
 
     receiver = receiver_factory(answer_done)
     rig.policy_for(receiver.url)

@@ -8,7 +8,7 @@ import asyncio
 from gateway_harness import ORDERS, serve
 
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
-from streams.demo_gateway import GatewaySender, gateway_env, routed
+from streams.demo.gateway import GatewaySender, gateway_env, routed
 
 
 def test_routing_is_by_subject_stable_and_about_the_fraction() -> None:

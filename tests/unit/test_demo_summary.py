@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from schemas.events import DeletionScope
 from schemas.settings import Settings
 from schemas.views import RequestState, RequestStatus
-from streams.demo import DemoOptions, add_demo_command, default_namespace, demo_settings
-from streams.demo_requests import NOT_SEEN, RequestTracker
-from streams.demo_summary import (
+from streams.demo.command import DemoOptions, add_demo_command, default_namespace, demo_settings
+from streams.demo.latency import Samples
+from streams.demo.request_tracker import NOT_SEEN, RequestTracker
+from streams.demo.summary import (
     Progress,
     RunFacts,
     WarmupReport,
@@ -26,7 +27,6 @@ from streams.demo_summary import (
     summary_lines,
     warmup_line,
 )
-from streams.latency import Samples
 from streams.metrics import stream_metrics
 from streams.request_views import request_key, status_to_json
 

@@ -11,7 +11,7 @@ from confluent_kafka import ConsumerGroupState, TopicPartition
 from schemas.events import ConsentChanged, DataShared, DeletionRequested, DeletionScope
 from schemas.policy import load_policy
 from schemas.validation import validate_event
-from streams.demo_warmup import PROBE_SOURCE, assigned, probe_events
+from streams.demo.warmup import PROBE_SOURCE, assigned, probe_events
 
 POLICY = load_policy()
 NOW = 1_800_000_000_000

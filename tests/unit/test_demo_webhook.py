@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 
 from schemas.policy import load_policy
-from streams.demo_processes import _ephemeral_range, free_port
-from streams.demo_webhook import policy_text, webhook_lines, webhook_policy
-from streams.latency import Samples
+from streams.demo.latency import Samples
+from streams.demo.processes import _ephemeral_range, free_port
+from streams.demo.webhook import policy_text, webhook_lines, webhook_policy
 
 URL = "http://127.0.0.1:20001/consent/hook"
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from streams.latency import Samples, histogram_quantile, parse_samples
+from streams.demo.latency import Samples, histogram_quantile, parse_samples
 
 INF = math.inf
 BUCKETS = [(0.1, 10.0), (0.5, 30.0), (1.0, 40.0), (INF, 40.0)]

@@ -23,7 +23,7 @@ from consumers.webhook_callback import acknowledgement_from_callback
 from consumers.webhook_delivery import instruction_body, request_headers
 from schemas.partner import AcknowledgementStatus
 from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER
-from streams.demo_processes import free_port
+from streams.demo.processes import free_port
 
 SECRET = b"whsec-test-0123456789abcdef"
 

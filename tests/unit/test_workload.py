@@ -24,10 +24,10 @@ from schemas.policy import Policy, load_policy
 from schemas.settings import Secret, SubjectKeys
 from schemas.validation import validate_event
 from streams.decisions import Outcome, decide
+from streams.demo.workload import Workload, WorkloadSpec, build_workload
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState
-from streams.workload import Workload, WorkloadSpec, build_workload
 
 NOW_MS = 1_760_000_000_000
 DAY_MS = 86_400_000

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streams.latency import Samples
+from streams.demo.latency import Samples
 
 __all__ = [
     "Progress",
@@ -100,7 +100,7 @@ class RunFacts:
     failure: str | None = None
     note: str | None = None
     baseline: Samples = field(default_factory=Samples)  # the workers' metrics after warm-up
-    webhook: Sequence[str] = ()  # the webhook section (``streams.demo_webhook``), if any
+    webhook: Sequence[str] = ()  # the webhook section (``streams.demo.webhook``), if any
 
 
 def format_seconds(value: float) -> str:

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Final
 from schemas.policy import DEFAULT_POLICY, Policy, load_policy
 from schemas.secrets import Secret
 from schemas.settings import Settings
-from streams.demo_processes import Child, Children, free_port, scrape
-from streams.demo_summary import format_seconds
-from streams.latency import Samples
+from streams.demo.latency import Samples
+from streams.demo.processes import Child, Children, free_port, scrape
+from streams.demo.summary import format_seconds
 
 if TYPE_CHECKING:
-    from streams.demo import DemoOptions
+    from streams.demo.command import DemoOptions
 
 __all__ = [
     "HOOK_PATH",

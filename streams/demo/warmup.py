@@ -1,5 +1,5 @@
 """The demo's warm-up: what a cold broker and fresh workers do once, done before the
-measured workload (used by ``streams.demo_run.DemoRun``).
+measured workload (used by ``streams.demo.run.DemoRun``).
 
 From the children's start: every worker and partner answers HTTP; every topic of the run
 has a leader for each partition; every consumer group (the workers' Faust app, each
@@ -41,10 +41,10 @@ from schemas.events import (
 )
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.demo_processes import Child, Children, http_get
-from streams.demo_requests import RequestTracker
-from streams.demo_summary import ACKS, INSTRUCTIONS, WarmupReport, processed
-from streams.latency import Samples
+from streams.demo.latency import Samples
+from streams.demo.processes import Child, Children, http_get
+from streams.demo.request_tracker import RequestTracker
+from streams.demo.summary import ACKS, INSTRUCTIONS, WarmupReport, processed
 
 __all__ = ["PROBE_SOURCE", "Warmup", "assigned", "probe_events"]
 

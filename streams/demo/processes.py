@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from schemas.settings import ENV_PREFIX, Secret, Settings
-from streams.latency import Samples
+from streams.demo.latency import Samples
 
 __all__ = ["Child", "Children", "child_env", "command", "free_port", "http_get", "scrape"]
 

@@ -24,11 +24,11 @@ from typing import Any, TextIO
 
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.demo_processes import Children
-from streams.demo_run import DemoRun
-from streams.demo_webhook import with_webhook_partners
+from streams.demo.processes import Children
+from streams.demo.run import DemoRun
+from streams.demo.webhook import with_webhook_partners
+from streams.demo.workload import WorkloadSpec, build_workload
 from streams.namespace import remove_namespace
-from streams.workload import WorkloadSpec, build_workload
 
 __all__ = ["DemoOptions", "add_demo_command", "default_namespace", "run_demo"]
 

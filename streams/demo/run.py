@@ -1,4 +1,4 @@
-"""One run of the demo: children up, warm-up (``streams.demo_warmup``), paced publishing
+"""One run of the demo: children up, warm-up (``streams.demo.warmup``), paced publishing
 with progress, settling, and the summary. Used by ``streams.demo.run_demo``."""
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError
 from schemas.policy import Policy
 from schemas.settings import ENV_PREFIX, Settings
-from streams.demo_gateway import GatewaySender, gateway_env, new_token, routed
-from streams.demo_processes import Child, Children, child_env, free_port, http_get, scrape
-from streams.demo_requests import RequestTracker
-from streams.demo_summary import (
+from streams.demo.gateway import GatewaySender, gateway_env, new_token, routed
+from streams.demo.latency import Samples
+from streams.demo.processes import Child, Children, child_env, free_port, http_get, scrape
+from streams.demo.request_tracker import RequestTracker
+from streams.demo.summary import (
     ACKS,
     INSTRUCTIONS,
     Progress,
@@ -31,14 +32,13 @@ from streams.demo_summary import (
     summary_lines,
     warmup_line,
 )
-from streams.demo_warmup import Warmup
-from streams.demo_webhook import WebhookChildren
-from streams.latency import Samples
+from streams.demo.warmup import Warmup
+from streams.demo.webhook import WebhookChildren
+from streams.demo.workload import Workload
 from streams.topics import ensure_topics
-from streams.workload import Workload
 
 if TYPE_CHECKING:
-    from streams.demo import DemoOptions
+    from streams.demo.command import DemoOptions
 
 __all__ = ["DemoRun"]
 
