@@ -57,12 +57,10 @@ MAX_ROUNDS: Final = 4
 SUBJECTS_PER_PARTITION: Final = 4  # per round: a topic misses a partition at ~2 % (3 of them)
 _ADMIN_TIMEOUT_S: Final = 10.0
 LOAD_S: Final = 10.0
-"""How long the warm-up load runs at the workload's rate. The path is slow for its first
-seconds under load on a freshly started stack, and a raw produce/consume burst does not
-warm it: on this machine (2026-12-04, stack started cold before each run, 1,000 events/s)
-first runs after 3 s of load showed publish -> store p50 40-59 ms, p99 163-357 ms (4
-runs), after 6 s p99 208-212 ms (2), after 10 s p50 24-33 ms, p99 91-156 ms (4); 5 s of a
-raw librdkafka burst (3 M records) before 3 s of load left p99 at 232-236 ms (2)."""
+"""How long the warm-up load runs at the workload's rate. On a freshly started stack the
+path is slow for its first seconds under load, and a raw produce/consume burst does not
+warm it; first runs after 3 s of load had p99 163-472 ms, after 10 s 81-156 ms
+(docs/benchmarks.md, "Demo warm-up")."""
 LOAD_CLOSING_EVERY: Final = 10
 """In the load, one subject in this many closes its account (the workload's 10 %): the
 load's instructions, and the wait for their acks, stay in the workload's proportion."""
@@ -197,9 +195,7 @@ class Warmup:
     def _answering(self) -> bool:
         token = self.settings.metrics_token  # the gateway's /metrics asks for it
         answers = (
-            http_get(c.port, "/healthz", 2.0)[0]
-            if c in self.workers
-            else http_get(c.port, "/metrics", 2.0, token)[0]
+            http_get(c.port, "/healthz" if c in self.workers else "/metrics", 2.0, token)[0]
             for c in self.children.items
         )
         return all(status == 200 for status in answers)

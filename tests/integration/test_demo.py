@@ -72,13 +72,13 @@ def run_demo(
     namespace: str | None,
     cwd: Path,
     *args: str,
-    env: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "CONSENT_STREAM_BOOTSTRAP_SERVERS": bootstrap_servers,
         "CONSENT_STREAM_REDIS_URL": redis_url,
-        **(env or {}),
+        **(extra_env or {}),
     }
     try:
         return subprocess.run(
@@ -202,7 +202,7 @@ def test_a_run_in_its_own_fresh_namespace_removes_it_afterwards(
         None,
         tmp_path,
         *("--subjects", "20", "--rate", "0", "--timeout-s", "120"),
-        env={"CONSENT_STREAM_METRICS_TOKEN": "demo-metrics-token-" + uuid.uuid4().hex},
+        extra_env={"CONSENT_STREAM_METRICS_TOKEN": "demo-metrics-token-" + uuid.uuid4().hex},
     )
     namespace = found(r"consent-stream demo: namespace (\S+)", result.stdout)
     assert result.returncode == 0, explain(result, tmp_path, namespace)
