@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STORE_HISTOGRAM = "consent_publish_to_store_seconds"
 PARTNER_HISTOGRAM = "consent_publish_to_partner_topic_seconds"
+WORKER_HISTOGRAM = "consent_publish_to_worker_seconds"
 
 
 class Observer(threading.Thread):
@@ -199,6 +200,8 @@ def run_step(
         "histogram_ms": {
             "store": _hist_quantiles(before, after, STORE_HISTOGRAM),
             "partner": _hist_quantiles(before, after, PARTNER_HISTOGRAM),
+            # the events agent taking the record: where the no-op agent measures
+            "worker": _hist_quantiles(before, after, WORKER_HISTOGRAM),
         },
     }
 

@@ -120,7 +120,11 @@ def _step(**extra: Any) -> dict[str, Any]:
         "saturated": True,
         "worker_cpu_ms_per_event": 1.234,
         "observed_ms": {"store": quantiles, "partner": quantiles},
-        "histogram_ms": {"store": quantiles, "partner": quantiles},
+        "histogram_ms": {
+            "store": quantiles,
+            "partner": quantiles,
+            "worker": {"count": 10.0, "p50": 6.0, "p99": 12.0},
+        },
         **extra,
     }
 
@@ -133,6 +137,7 @@ def test_latency_table_has_noop_ratio_and_cpu_per_event_columns() -> None:
     }
     header, rule, row = report._latency([_step(noop=noop)])[:3]
     assert "no-op p50 / p99" in header and "no-op CPU µs/event" in header
+    assert "taken by the agent p50 / p99" in header
     assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == [
@@ -142,6 +147,7 @@ def test_latency_table_has_noop_ratio_and_cpu_per_event_columns() -> None:
         "20 / 100",
         "2 / 4",
         "25",
+        "6 / 12",
         "1,234",
         "81",
     ]

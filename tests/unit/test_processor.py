@@ -519,12 +519,29 @@ def test_latency_histograms_observe_the_publish_time(
 
     h.run(inbound(withdraw(), published_at=published_at))
 
+    assert h.metric("consent_publish_to_worker_seconds_count") == count
+    assert h.metric("consent_publish_to_worker_seconds_sum") == pytest.approx(seconds)
     assert h.metric("consent_publish_to_store_seconds_count") == count
     assert h.metric("consent_publish_to_store_seconds_sum") == pytest.approx(seconds)
     assert h.metric("consent_publish_to_partner_topic_seconds_count", partner="ads") == count
     assert h.metric("consent_publish_to_partner_topic_seconds_sum", partner="ads") == pytest.approx(
         seconds
     )
+
+
+def test_publish_to_worker_counts_every_record_taken_also_those_without_effects() -> None:
+    h = Harness()
+    shared = share("logistics", ["delivery_details"], {"waybill_no": "SF1"})
+
+    h.run(
+        inbound(shared, published_at=NOW - 30, offset=1),
+        inbound(value=b"not avro", published_at=NOW - 40, offset=2),  # dead-lettered
+        inbound(withdraw(), published_at=NOW - 10, offset=3),
+    )
+
+    assert h.metric("consent_publish_to_worker_seconds_count") == 3
+    assert h.metric("consent_publish_to_worker_seconds_sum") == pytest.approx(0.08)
+    assert h.metric("consent_publish_to_store_seconds_count") == 1  # the withdrawal only
 
 
 # ---- batches --------------------------------------------------------------------------
