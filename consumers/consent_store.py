@@ -29,6 +29,9 @@ from redis.retry import Retry as SyncRetry
 from consumers.store_layout import (
     APPLY_STATE_LUA,
     APPLY_STATE_SHA,
+    APPLY_STATES_LUA,
+    APPLY_STATES_SHA,
+    STATES_PER_CALL,
     VERSION_FIELD,
     ApplyOutcome,
     FieldsRead,
@@ -36,6 +39,7 @@ from consumers.store_layout import (
     allowed_read,
     app_revoked_read,
     apply_args,
+    apply_states_call,
     newest_hash,
     newest_reply,
     permission_revoked_read,
@@ -100,7 +104,8 @@ def _store_errors(operation: str) -> Iterator[None]:
 
 
 def _outcomes(replies: Sequence[Any]) -> list[ApplyOutcome]:
-    return [ApplyOutcome(int(reply)) for reply in replies]
+    """One outcome per state, from the answers of ``_apply_calls`` (lists of integers)."""
+    return [ApplyOutcome(int(r)) for reply in replies for r in reply]
 
 
 class _StoreCore:
@@ -131,6 +136,18 @@ class _StoreCore:
         """numkeys, then KEYS + ARGV of the versioned write, as EVALSHA arguments."""
         slots = self.keys(state.subject_id)
         return len(slots), [*slots, *apply_args(state)]
+
+    def _apply_calls(self, states: Sequence[ConsentState]) -> list[tuple[int, list[str]]]:
+        """EVALSHA arguments of ``APPLY_STATES_LUA``: ``STATES_PER_CALL`` states a call."""
+        return [
+            apply_states_call(
+                [
+                    (self.keys(st.subject_id), apply_args(st))
+                    for st in states[i : i + STATES_PER_CALL]
+                ]
+            )
+            for i in range(0, len(states), STATES_PER_CALL)
+        ]
 
 
 class ConsentStore(_StoreCore):
@@ -197,10 +214,9 @@ class ConsentStore(_StoreCore):
         if not states:
             return []
         with _store_errors("apply"), self._client.pipeline(transaction=False) as pipe:
-            pipe.script_load(APPLY_STATE_LUA)
-            for state in states:
-                numkeys, call = self._apply_call(state)
-                pipe.evalsha(APPLY_STATE_SHA, numkeys, *call)
+            pipe.script_load(APPLY_STATES_LUA)
+            for numkeys, call in self._apply_calls(states):
+                pipe.evalsha(APPLY_STATES_SHA, numkeys, *call)
             replies = pipe.execute()
         return _outcomes(replies[1:])
 
@@ -267,9 +283,8 @@ class AsyncConsentStore(_StoreCore):
             return []
         with _store_errors("apply"):
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.script_load(APPLY_STATE_LUA)
-                for state in states:
-                    numkeys, call = self._apply_call(state)
-                    pipe.evalsha(APPLY_STATE_SHA, numkeys, *call)
+                pipe.script_load(APPLY_STATES_LUA)
+                for numkeys, call in self._apply_calls(states):
+                    pipe.evalsha(APPLY_STATES_SHA, numkeys, *call)
                 replies = await pipe.execute()
         return _outcomes(replies[1:])

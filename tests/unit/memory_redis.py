@@ -1,9 +1,11 @@
 """An in-memory stand-in for the few Redis commands the consent store sends (unit tests).
 
-Hashes only: ``HMGET``, ``HGETALL``, ``SCRIPT LOAD``, ``EVALSHA`` of ``APPLY_STATE_LUA``
-(run by ``apply_state_model``, a line-by-line Python model of the script; the script itself
-runs against a real Redis in tests/integration/test_consent_store.py) and non-transactional
-pipelines. ``round_trips`` counts what would cross the network: a command, or a pipeline.
+Hashes only: ``HMGET``, ``HGETALL``, ``SCRIPT LOAD``, ``EVALSHA`` of ``APPLY_STATE_LUA`` and
+of ``APPLY_STATES_LUA`` (run by ``apply_state_model``, a line-by-line Python model of the
+script, and ``apply_states_model``, which splits a batch call the way the script does; the
+scripts themselves run against a real Redis in tests/integration/test_consent_store.py)
+and non-transactional pipelines. ``round_trips`` counts what would cross the network: a
+command, or a pipeline.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from consumers.store_layout import APPLY_STATE_SHA, CLOSED_FIELD, VERSION_FIELD
+from consumers.store_layout import (
+    APPLY_STATE_LUA,
+    APPLY_STATE_SHA,
+    APPLY_STATES_SHA,
+    CLOSED_FIELD,
+    VERSION_FIELD,
+)
 
-__all__ = ["AsyncMemoryRedis", "MemoryRedis", "apply_state_model"]
+__all__ = ["AsyncMemoryRedis", "MemoryRedis", "apply_state_model", "apply_states_model"]
 
 Hashes = dict[str, dict[str, str]]
 
@@ -45,6 +53,18 @@ def apply_state_model(hashes: Hashes, keys: list[str], argv: list[str]) -> int:
     return 1
 
 
+def apply_states_model(hashes: Hashes, keys: list[str], argv: list[str]) -> list[int]:
+    """What ``APPLY_STATES_LUA`` does: ``apply_state_model`` for each state of the call."""
+    n = int(argv[0])
+    counts = [(int(argv[1 + 2 * i]), int(argv[2 + 2 * i])) for i in range(n)]
+    k, a, out = 0, 1 + 2 * n, []
+    for nk, na in counts:
+        out.append(apply_state_model(hashes, keys[k : k + nk], argv[a : a + na]))
+        k, a = k + nk, a + na
+    assert k == len(keys) and a == len(argv), "the call's counts do not cover its arguments"
+    return out
+
+
 class _Commands:
     def __init__(self, hashes: Hashes, log: list[tuple[Any, ...]]) -> None:
         self.hashes, self.log = hashes, log
@@ -60,12 +80,14 @@ class _Commands:
 
     def _script_load(self, script: str) -> str:
         self.log.append(("SCRIPT LOAD",))
-        return APPLY_STATE_SHA
+        return APPLY_STATE_SHA if script == APPLY_STATE_LUA else APPLY_STATES_SHA
 
-    def _evalsha(self, sha: str, numkeys: int, *args: Any) -> int:
-        assert sha == APPLY_STATE_SHA
+    def _evalsha(self, sha: str, numkeys: int, *args: Any) -> int | list[int]:
+        assert sha in (APPLY_STATE_SHA, APPLY_STATES_SHA)
         keys, argv = [str(a) for a in args[:numkeys]], [str(a) for a in args[numkeys:]]
         self.log.append(("EVALSHA", numkeys, *keys))
+        if sha == APPLY_STATES_SHA:
+            return apply_states_model(self.hashes, keys, argv)
         return apply_state_model(self.hashes, keys, argv)
 
 
@@ -104,7 +126,7 @@ class MemoryRedis(_Commands):
         self.round_trips += 1
         return self._script_load(script)
 
-    def evalsha(self, sha: str, numkeys: int, *args: Any) -> int:
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> int | list[int]:
         self.round_trips += 1
         return self._evalsha(sha, numkeys, *args)
 
@@ -144,7 +166,7 @@ class AsyncMemoryRedis:
     async def script_load(self, script: str) -> str:
         return self.sync.script_load(script)
 
-    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> int:
+    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> int | list[int]:
         return self.sync.evalsha(sha, numkeys, *args)
 
     @asynccontextmanager

@@ -14,6 +14,7 @@ from memory_redis import AsyncMemoryRedis, MemoryRedis
 from consumers.consent_store import AsyncConsentStore, ConsentStore
 from consumers.store_layout import (
     APPLY_STATE_LUA,
+    APPLY_STATES_LUA,
     ApplyOutcome,
     SubjectSlots,
     newest_hash,
@@ -138,9 +139,10 @@ def test_newest_picks_the_highest_version_and_the_current_slot_on_a_tie() -> Non
     assert newest_hash([{"v": "2", "p:x": "1"}, {"v": "2"}]) == {"v": "2", "p:x": "1"}
 
 
-def test_the_script_only_looks_at_other_slots_when_there_are_some() -> None:
-    head, _, rest = APPLY_STATE_LUA.partition("if #KEYS > 1 then")
-    assert "redis.call" not in head and "RENAME" in rest and "DEL', unpack(KEYS, 2)" in rest
+@pytest.mark.parametrize("script", [APPLY_STATE_LUA, APPLY_STATES_LUA])
+def test_the_script_only_looks_at_other_slots_when_there_are_some(script: str) -> None:
+    head, _, rest = script.partition("if #K > 1 then")
+    assert "redis.call" not in head and "RENAME" in rest and "DEL', unpack(K, 2)" in rest
 
 
 def test_the_async_store_reads_and_moves_the_same_way() -> None:
