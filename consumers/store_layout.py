@@ -75,32 +75,34 @@ _KEY_HEX: Final = 32
 _LUA_HSET_CHUNK: Final = 2000  # field/value args per HSET inside the script (even)
 
 _APPLY_FUNCTION_LUA: Final = f"""
--- K[1] the subject's hash under the current key; K[2..] its hashes under the other
--- accepted keys (only during a key rotation); A[1] version; A[2] "1" when the state
--- closes the account; A[3..] field/value pairs of the new hash (always includes v).
-local function apply(K, A)
-  if #K > 1 then
-    -- the newest hash (highest v, the current one on a tie) moves to K[1]; no other stays
+-- One subject's write, read in place (no copies): KEYS[k+1] its hash under the current
+-- key, KEYS[k+2..k+nk] its hashes under the other accepted keys (only during a key
+-- rotation); ARGV[a+1] version; ARGV[a+2] "1" when the state closes the account;
+-- ARGV[a+3..a+na] field/value pairs of the new hash (always includes v).
+local function apply(k, nk, a, na)
+  local key = KEYS[k + 1]
+  if nk > 1 then
+    -- the newest hash (highest v, the current one on a tie) moves to key; no other stays
     local best = 1
-    local best_v = tonumber(redis.call('HGET', K[1], '{VERSION_FIELD}') or '')
-    for i = 2, #K do
-      local v = tonumber(redis.call('HGET', K[i], '{VERSION_FIELD}') or '')
+    local best_v = tonumber(redis.call('HGET', key, '{VERSION_FIELD}') or '')
+    for i = 2, nk do
+      local v = tonumber(redis.call('HGET', KEYS[k + i], '{VERSION_FIELD}') or '')
       if v and (not best_v or v > best_v) then best, best_v = i, v end
     end
-    if best > 1 then redis.call('RENAME', K[best], K[1]) end
-    redis.call('DEL', unpack(K, 2))
+    if best > 1 then redis.call('RENAME', KEYS[k + best], key) end
+    redis.call('DEL', unpack(KEYS, k + 2, k + nk))
   end
-  local stored = redis.call('HMGET', K[1], '{VERSION_FIELD}', '{CLOSED_FIELD}')
-  if stored[1] and tonumber(stored[1]) >= tonumber(A[1]) then return 0 end
-  if stored[2] and A[2] ~= '1' then return -1 end
-  redis.call('DEL', K[1])
-  for i = 3, #A, {_LUA_HSET_CHUNK} do
-    redis.call('HSET', K[1], unpack(A, i, math.min(i + {_LUA_HSET_CHUNK - 1}, #A)))
+  local stored = redis.call('HMGET', key, '{VERSION_FIELD}', '{CLOSED_FIELD}')
+  if stored[1] and tonumber(stored[1]) >= tonumber(ARGV[a + 1]) then return 0 end
+  if stored[2] and ARGV[a + 2] ~= '1' then return -1 end
+  redis.call('DEL', key)
+  for i = a + 3, a + na, {_LUA_HSET_CHUNK} do
+    redis.call('HSET', key, unpack(ARGV, i, math.min(i + {_LUA_HSET_CHUNK - 1}, a + na)))
   end
   return 1
 end
 """
-APPLY_STATE_LUA: Final = _APPLY_FUNCTION_LUA + "return apply(KEYS, ARGV)\n"
+APPLY_STATE_LUA: Final = _APPLY_FUNCTION_LUA + "return apply(0, #KEYS, 0, #ARGV)\n"
 """One state: KEYS its slots, ARGV its arguments (``apply_args``)."""
 APPLY_STATE_SHA: Final = hashlib.sha1(APPLY_STATE_LUA.encode(), usedforsecurity=False).hexdigest()
 APPLY_STATES_LUA: Final = (
@@ -112,11 +114,8 @@ local n = tonumber(ARGV[1])
 local out, k, a = {}, 0, 1 + 2 * n
 for s = 1, n do
   local nk, na = tonumber(ARGV[2 * s]), tonumber(ARGV[2 * s + 1])
-  local K, A = {}, {}
-  for i = 1, nk do K[i] = KEYS[k + i] end
-  for i = 1, na do A[i] = ARGV[a + i] end
+  out[s] = apply(k, nk, a, na)
   k, a = k + nk, a + na
-  out[s] = apply(K, A)
 end
 return out
 """

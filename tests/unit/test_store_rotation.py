@@ -141,8 +141,8 @@ def test_newest_picks_the_highest_version_and_the_current_slot_on_a_tie() -> Non
 
 @pytest.mark.parametrize("script", [APPLY_STATE_LUA, APPLY_STATES_LUA])
 def test_the_script_only_looks_at_other_slots_when_there_are_some(script: str) -> None:
-    head, _, rest = script.partition("if #K > 1 then")
-    assert "redis.call" not in head and "RENAME" in rest and "DEL', unpack(K, 2)" in rest
+    head, _, rest = script.partition("if nk > 1 then")
+    assert "redis.call" not in head and "RENAME" in rest and "DEL', unpack(KEYS, k + 2" in rest
 
 
 def test_the_async_store_reads_and_moves_the_same_way() -> None:
