@@ -53,6 +53,8 @@ class EventBatch:
     dispatched: list[str] = field(default_factory=list)
     store: dict[str, StoreWrite] = field(default_factory=dict)
     states: dict[bytes, tuple[int, SubjectState]] = field(default_factory=dict)
+    taken: list[int] = field(default_factory=list)
+    """The publish times of the batch's records that carry one (dead-lettered too)."""
 
 
 def ticket_entries(d: Decision, refs_digest: Callable[..., str]) -> list[tuple[str, OpenEntry]]:
@@ -82,6 +84,9 @@ def plan_batch(
     batch = EventBatch()
     current: dict[bytes, SubjectState] = {}
     for record in records:
+        published = published_at_ms(record.headers)
+        if published is not None:
+            batch.taken.append(published)
         try:
             event = parse(record)
         except ContractError as exc:
@@ -95,7 +100,7 @@ def plan_batch(
         decision = decide(state, event, fan)
         batch.outcomes.append((event.type.value, decision.outcome))
         if decision.outcome is Outcome.APPLIED:
-            _effects(batch, event, decision, published_at_ms(record.headers), fan)
+            _effects(batch, event, decision, published, fan)
         if decision.state is not state:
             current[key] = decision.state
             batch.states[key] = (record.partition, decision.state)

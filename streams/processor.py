@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.cloudevents import published_at_ms
 from schemas.errors import ValidationError
 from schemas.events import ConsentEvent
 from schemas.partner import PartnerInstruction
@@ -101,8 +100,8 @@ class EventProcessor:
         Wave 1 waits for everything sent before it, so the wave 3 of a batch started
         before this one (and not settled) is delivered once this returns."""
         fan = FanOut(self._policy, self._pseudonyms, self._now())
-        self._observe_taken(records, fan.now_ms)
         batch = plan_batch(records, self._parse, subjects.get, fan)
+        self._observe_taken(batch.taken, fan.now_ms)
         views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
         try:
             await self._store_and_tickets(batch, views, outputs)
@@ -153,13 +152,11 @@ class EventProcessor:
         )
         self._observe_store(batch.store.values())
 
-    def _observe_taken(self, records: Sequence[Inbound], now: int) -> None:
-        """Publish -> worker: how old each record is when the agent takes it."""
+    def _observe_taken(self, taken: Iterable[int], now: int) -> None:
+        """Publish -> worker: how old each record was when the agent took the batch."""
         observe = self._metrics.publish_to_worker.observe
-        for record in records:
-            published = published_at_ms(record.headers)
-            if published is not None:
-                observe(max(0, now - published) / 1000)
+        for published in taken:
+            observe(max(0, now - published) / 1000)
 
     def _observe_store(self, writes: Iterable[StoreWrite]) -> None:
         now = self._now()

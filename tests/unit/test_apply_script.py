@@ -53,6 +53,22 @@ def slot_hash(version: int | None, closed: bool) -> dict[str, str] | None:
     return {"v": str(version), "closed": "9"} if closed else {"v": str(version), "p:a": "1"}
 
 
+def state_call(
+    subject: int, slots: list[tuple[int | None, bool]], version: int, closing: bool
+) -> tuple[Hashes, list[str], list[str]]:
+    """A subject's stored slots (``SLOTS``, numbered by subject), and its slots and
+    arguments in a call."""
+    keys = [f"{key}-{subject}" for key in SLOTS[: len(slots)]]
+    start: Hashes = {}
+    for key, (v, closed) in zip(keys, slots, strict=True):
+        h = slot_hash(v, closed)
+        if h is not None:
+            start[key] = h
+    argv = [str(version), "1" if closing else "0", "v", str(version)]
+    argv += ["closed", "5"] if closing else ["p:b", "0"]
+    return start, keys, argv
+
+
 slot = st.tuples(st.none() | st.integers(1, 6), st.booleans())
 
 
@@ -65,14 +81,7 @@ slot = st.tuples(st.none() | st.integers(1, 6), st.booleans())
 def test_the_script_does_what_the_model_says(
     slots: list[tuple[int | None, bool]], version: int, closing: bool
 ) -> None:
-    keys = SLOTS[: len(slots)]
-    start: Hashes = {}
-    for key, (v, closed) in zip(keys, slots, strict=True):
-        h = slot_hash(v, closed)
-        if h is not None:
-            start[key] = h
-    argv = [str(version), "1" if closing else "0", "v", str(version)]
-    argv += ["closed", "5"] if closing else ["p:b", "0"]
+    start, keys, argv = state_call(0, slots, version, closing)
     by_lua, by_model = (
         {k: dict(v) for k, v in start.items()},
         {k: dict(v) for k, v in start.items()},
@@ -81,21 +90,6 @@ def test_the_script_does_what_the_model_says(
     assert by_lua == by_model
     if len(keys) > 1:
         assert not set(by_lua) & set(keys[1:])  # no slot but the current one is left
-
-
-def state_call(
-    subject: int, slots: list[tuple[int | None, bool]], version: int, closing: bool
-) -> tuple[Hashes, list[str], list[str]]:
-    """A subject's stored slots, and its slots and arguments in a call."""
-    keys = [f"{key}-{subject}" for key in SLOTS[: len(slots)]]
-    start: Hashes = {}
-    for key, (v, closed) in zip(keys, slots, strict=True):
-        h = slot_hash(v, closed)
-        if h is not None:
-            start[key] = h
-    argv = [str(version), "1" if closing else "0", "v", str(version)]
-    argv += ["closed", "5"] if closing else ["p:b", "0"]
-    return start, keys, argv
 
 
 @settings(max_examples=200, deadline=None)
