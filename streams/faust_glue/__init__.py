@@ -14,6 +14,11 @@ limitation and says how to tell when it can go:
     clears the agents' queues on resume, after its own seek, and aiokafka does not move a
     partition with nothing committed): a record fetched during the rebalance was lost
     until a later record of its partition came (``test_worker_start.py``).
+``consumer_loop``
+    Faust runs aiokafka's consumer in a thread with its own event loop; every call
+    (each fetch loop ``getmany``) crosses threads through a method queue, and the
+    consumer thread waits for the GIL while an agent works. Runs the same consumer
+    class on the worker's loop. Can go when Faust offers a consumer without the thread.
 ``batches``
     ``Stream.take_events`` only yields on a timer or a full buffer and acknowledges the
     buffer when resumed, not when the caller's effects are done. Uses the agent channel's

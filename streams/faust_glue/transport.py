@@ -45,6 +45,7 @@ from faust.transport import drivers
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import ack_lock
 
+from streams.faust_glue.consumer_loop import InLoopConsumerThread
 from streams.faust_glue.fetch_loop import drain_messages
 
 __all__ = ["SCHEME", "RedeliveringConsumer", "Transport", "register"]
@@ -65,6 +66,10 @@ class RedeliveringConsumer(aiokafka_driver.Consumer):
         super().__init__(*args, **kwargs)
         self._reseeking: set[asyncio.Future[None]] = set()
         self._reseek_lock = asyncio.Lock()
+
+    def _new_consumer_thread(self) -> InLoopConsumerThread:
+        """aiokafka on the worker's loop, not in a thread (``consumer_loop``)."""
+        return InLoopConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop without four tasks per record (``fetch_loop``)."""

@@ -1,0 +1,82 @@
+"""aiokafka's consumer runs on the worker's loop: calls into it are plain awaits in the
+caller's thread, and starting or stopping it starts no thread. Nothing here connects."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+from schemas.settings import Settings
+from streams.app import create_app
+from streams.faust_glue.consumer_loop import InLoopConsumerThread
+from streams.faust_glue.transport import RedeliveringConsumer
+
+
+def _consumer_thread(tmp_path: Path) -> InLoopConsumerThread:
+    app = create_app(Settings(data_dir=str(tmp_path)))
+    consumer = app.consumer
+    assert isinstance(consumer, RedeliveringConsumer)
+    made = consumer._thread
+    assert isinstance(made, InLoopConsumerThread)
+    return made
+
+
+def test_the_consumer_runs_on_the_apps_loop(tmp_path: Path) -> None:
+    made = _consumer_thread(tmp_path)
+    assert isinstance(made, AIOKafkaConsumerThread)  # Faust's own consumer logic
+    assert made.thread_loop is made.parent_loop
+
+
+def test_calls_run_in_the_callers_thread(tmp_path: Path) -> None:
+    made = _consumer_thread(tmp_path)
+    seen: list[Any] = []
+
+    def sync_call(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x + 1
+
+    async def async_call(x: int, *, y: int) -> int:
+        seen.append(threading.current_thread())
+        return x * y
+
+    async def scenario() -> tuple[int, int]:
+        first = await made.call_thread(sync_call, 1)
+        second = await made.call_thread(async_call, 3, y=4)
+        await made.cast_thread(sync_call, 0)
+        return first, second
+
+    assert asyncio.run(scenario()) == (2, 12)
+    assert seen == [threading.main_thread()] * 3
+
+
+def test_start_and_stop_start_no_thread(tmp_path: Path) -> None:
+    made = _consumer_thread(tmp_path)
+    stopped: list[bool] = []
+
+    async def on_start() -> None:  # instead of connecting to a broker
+        return None
+
+    async def on_thread_stop() -> None:
+        stopped.append(True)
+
+    made.on_start = on_start  # type: ignore[method-assign]
+    made.on_thread_stop = on_thread_stop  # type: ignore[method-assign]
+    before = threading.active_count()
+
+    async def scenario() -> tuple[bool, int]:
+        await asyncio.wait_for(made.start(), 10)
+        running = made._started.is_set() and threading.active_count() == before
+        await asyncio.wait_for(made.stop(), 10)
+        await asyncio.wait_for(made.stop(), 10)  # a second stop is a no-op
+        return running, threading.active_count()
+
+    # the service's events belong to the app's loop
+    running, after = made.parent_loop.run_until_complete(scenario())
+    assert running
+    assert after == before
+    assert stopped == [True]
+    assert made._shutdown.is_set()
