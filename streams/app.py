@@ -249,7 +249,7 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     @tickets_table.on_recover
     async def index_tickets() -> None:
         started = time.monotonic()
-        count = parts.ledger.rebuild_index(list(tickets.store.items()))
+        count = await parts.ledger.rebuild_index(list(tickets.store.items()))
         log.info("ledger index: %d tickets in %.1f s", count, time.monotonic() - started)
 
     @app.timer(interval=SWEEP_INTERVAL_S)  # type: ignore[untyped-decorator]

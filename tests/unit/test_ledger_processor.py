@@ -5,6 +5,7 @@ gauges kept by the ticket index."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -566,16 +567,42 @@ def test_the_index_names_the_tickets_to_sweep_or_expire(now: int, due: list[str]
         "finished": eid("finished"),
     }
 
-    assert h.processor.rebuild_index(list(h.tickets.items())) == 3
+    assert asyncio.run(h.processor.rebuild_index(list(h.tickets.items()))) == 3
 
     assert sorted(_sweep_requests(h)) == sorted(keys[d] for d in due)
     assert _sweep_requests(h) == []  # taken out of the queue until the ledger writes them
 
 
+def test_rebuilding_the_index_lets_the_event_loop_run() -> None:
+    """aiokafka's heartbeats share the worker's loop: a long rebuild must not starve them."""
+    h = Harness()
+    h.tickets.update(_tickets())
+    items = list(h.tickets.items())  # 3 tickets, a yield after each
+    ticks: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0)
+
+    async def scenario() -> tuple[int, int]:
+        beat = asyncio.ensure_future(heartbeat())
+        await asyncio.sleep(0)
+        before = len(ticks)
+        count = await h.processor.rebuild_index(items, yield_every=1)
+        beat.cancel()
+        return count, len(ticks) - before
+
+    count, beats_during = asyncio.run(scenario())
+    assert count == 3
+    assert beats_during >= 3  # the other task ran at each of the rebuild's 3 yields
+    assert h.metric("consent_requests_open") == 1  # and the index is whole afterwards
+
+
 def test_the_gauges_are_set_from_the_index_and_follow_every_write() -> None:
     h = Harness()
     h.tickets.update(_tickets())
-    h.processor.rebuild_index(list(h.tickets.items()))
+    asyncio.run(h.processor.rebuild_index(list(h.tickets.items())))
 
     assert h.metric("consent_requests_open") == 1
     assert h.metric("consent_requests_overdue") == 0
@@ -599,7 +626,7 @@ def test_a_settled_ticket_is_deleted_after_the_grace_period_and_its_evidence_sta
     h = Harness()
     h.tickets.update(_tickets())
     finished = eid("finished").encode()
-    h.processor.rebuild_index(list(h.tickets.items()))
+    asyncio.run(h.processor.rebuild_index(list(h.tickets.items())))
     h.now = NOW + GRACE_MS - 1
     assert eid("finished") not in _sweep_requests(h)
 
