@@ -43,13 +43,11 @@ class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         await self._default_start()
 
     async def stop(self) -> None:
+        """What the thread runs when it ends (``ServiceThread._shutdown_thread``: the
+        aiokafka consumer, children, futures, exit stacks), on this loop."""
         if self._started.is_set() and not self._stopped.is_set():
             self._stopped.set()
-            await self.on_thread_stop()  # stops the aiokafka consumer
-            await self._default_stop_children()
-            await self._default_stop_futures()
-            await self._default_stop_exit_stacks()
-            self._shutdown.set()
+            await self._shutdown_thread()
 
     async def call_thread(self, fun: Any, *args: Any, **kwargs: Any) -> Any:
         return await maybe_async(fun(*args, **kwargs))
