@@ -1,7 +1,8 @@
 """The framework's ceiling: a Faust app whose one agent does nothing with its records.
 
 Run as a subprocess by ``ceilings.py`` (b) and ``noop_latency.py`` (d). The app is built by
-``streams.app.create_app`` (the worker's own Faust settings); the agent consumes one
+``streams.app.create_app`` (the worker's own Faust settings) and run by
+``streams.worker.faust_worker`` (as the worker runs); the agent consumes one
 raw-bytes topic with ``concurrency=1`` and touches each event's headers like the real
 agent, nothing more. Two modes:
 
@@ -33,6 +34,7 @@ import faust
 from schemas.cloudevents import header_map, published_at_ms
 from schemas.settings import Settings
 from streams.app import create_app
+from streams.worker import faust_worker
 
 FLUSH_INTERVAL_S = 0.2
 
@@ -99,7 +101,7 @@ def main() -> int:
         app = build(settings, args.topic, args.count, args.out)
     else:
         parser.error("either --samples or both --count and --out")
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    faust_worker(app, "warning").execute_from_commandline()
     return 0
 
 

@@ -29,7 +29,7 @@ from streams.ticket_index import TicketIndex
 from streams.topics import ensure_topics
 from streams.web import attach_views
 
-__all__ = ["build_parts", "build_worker_app", "run_worker"]
+__all__ = ["build_parts", "build_worker_app", "faust_worker", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,16 @@ class _Worker(faust.Worker):
         freeze_started_heap()
 
 
+def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+    """The Faust worker that runs ``app``: the service's and the benchmark's no-op agent's
+    (so the framework's ceiling is measured as the service runs). Faust's terminal spinner
+    is off: at WARNING and above it sets the root logger to DEBUG, so that every debug
+    record of aiokafka is built (about 10 % of the worker's CPU)."""
+    worker = _Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    return worker
+
+
 def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> int:
     app = build_worker_app(settings, policy)
     created = ensure_topics(settings, policy, extra=internal_topics(app))
@@ -91,9 +101,5 @@ def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> in
         log.info("created %d topics", len(created))
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
     hold_collection_until_started()
-    worker = _Worker(app, loglevel=loglevel, quiet=True)
-    # Faust's terminal spinner, at WARNING and above, sets the root logger to DEBUG so
-    # that every debug record of aiokafka is built (about 10 % of the worker's CPU).
-    worker.spinner = None
-    worker.execute_from_commandline()
+    faust_worker(app, loglevel).execute_from_commandline()
     return 0
