@@ -22,7 +22,7 @@ from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from schemas.views import FINAL_REQUEST_STATES, RequestStatus
-from streams.faust_glue.tables import StagedTable
+from streams.faust_glue.tables import Sealed, StagedTable
 from streams.inbound import Inbound
 from streams.ledger import (
     AckOutcome,
@@ -128,12 +128,13 @@ class LedgerProcessor:
                 self._apply(changes, tickets, key, entry, record.partition, now)
         try:
             await self._effects(changes, outputs)
-            self._stage(changes, tickets, outputs, positions or {})
+            sealed = self._stage(changes, tickets, positions or {})
+            tickets.send(outputs, sealed)
             await outputs.delivered()
         except BaseException:
             tickets.discard()
             raise
-        tickets.commit()
+        tickets.commit(sealed)
         for key, loaded in changes.loaded.items():
             self.index.update(key, loaded, changes.tickets.get(key, loaded))
         self._count(changes)
@@ -208,14 +209,13 @@ class LedgerProcessor:
             wait_out_store_outages(lambda: self._views.put_many(statuses), self._metrics),
         )
 
-    def _stage(
-        self, changes: _Changes, tickets: StagedTable, outputs: Outputs, positions: Positions
-    ) -> None:
+    def _stage(self, changes: _Changes, tickets: StagedTable, positions: Positions) -> Sealed:
         for key, ticket in changes.tickets.items():
             value = None if ticket is None else ticket_to_json(ticket)
-            tickets.stage(outputs, changes.partitions[key], key.encode(), value)
+            tickets.stage(changes.partitions[key], key.encode(), value)
         for position, (partition, value) in positions.items():
-            tickets.stage(outputs, partition, position, value)
+            tickets.stage(partition, position, value)
+        return tickets.seal()
 
     def _count(self, changes: _Changes) -> None:
         m = self._metrics

@@ -1,22 +1,26 @@
-"""Handling of a batch of inbound records: decode, validate, decide, carry out the effects.
+"""Handling of a batch of inbound records: decide, then carry out the effects in waves.
 
-The batch's effects go out in three waves, each sent without awaiting its records and
-then awaited once (the ordering barriers):
+``launch`` decides the batch in memory (decode, validate, decide: no I/O), stages the
+changed subjects' states in the table (the next batch is decided on top of them), sends
+the first wave and returns a ``Flight`` whose task carries the rest, so the agent can
+take the next batch while this one's round trips are under way. The effects go out in
+three waves, each sent without awaiting its records and then awaited once (the ordering
+barriers):
 
 1. ledger tickets, dead letters and state records on Kafka, and the consent store (one
    pipelined Redis round trip); a ticket is on the ledger before its instructions exist, so
    no partner's acknowledgement can reach the ledger before the ticket it answers; a state
    record depends on nothing else, so it goes out beside the store write (publish ->
    store does not wait for the instructions' wave);
-2. partner instructions;
-3. "dispatched" ledger entries and the changed subject states (table changelog).
+2. partner instructions (after the batch before has sent its own: ``streams.flight``);
+3. "dispatched" ledger entries and the changed subject states (table changelog; after the
+   batch before has sent its own).
 
 The subjects' states are written last, so a crash at any point leads to a redelivery
 that redoes every effect; every effect is idempotent (deterministic instruction ids,
-versioned store writes, tickets keyed by request or instruction). Under load the third
-wave of a batch is awaited together with the first wave of the next (``start_batch``,
-``settle``): the next batch is decided on the states the previous one staged, and a
-failure of either discards both, so both are processed again.
+versioned store writes, tickets keyed by request or instruction). A failed batch, and
+every batch in flight after it, are processed again; the caller discards what they staged
+(``StagedTable.discard``) once every flight has landed.
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from schemas.errors import ValidationError
@@ -40,7 +43,8 @@ from streams.deadletter import DeadLetter, deadletter_headers
 from streams.event_batch import EventBatch, StoreWrite, plan_batch
 from streams.failpoint import Failpoint
 from streams.fanout import FanOut
-from streams.faust_glue.tables import StagedTable
+from streams.faust_glue.tables import Sealed, StagedTable
+from streams.flight import Flight
 from streams.inbound import Inbound
 from streams.ledger_codec import DispatchedEntry
 from streams.metrics import StreamMetrics
@@ -50,19 +54,14 @@ from streams.pseudonyms import Pseudonyms
 from streams.store_retry import wait_out_store_outages
 from streams.subject import state_to_json, to_consent_state
 
-__all__ = ["BatchTail", "EventProcessor", "Inbound"]
+__all__ = ["EventProcessor", "Inbound", "OutputsFactory", "Settle"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class BatchTail:
-    """A batch whose last wave is sent and not yet awaited (``EventProcessor.settle``)."""
-
-    batch: EventBatch
-    subjects: StagedTable
-    sealed: object
-    outputs: Outputs
+OutputsFactory = Callable[[], Outputs]
+"""A new ``Outputs`` per wave: a wave's ``delivered`` waits for its own records only."""
+Settle = Callable[[], Awaitable[None]]
+"""Called once a batch is settled (after every batch before it): acknowledge its records."""
 
 
 class EventProcessor:
@@ -89,41 +88,77 @@ class EventProcessor:
     async def handle_batch(
         self, records: Sequence[Inbound], subjects: StagedTable, outputs: Outputs
     ) -> EventBatch:
-        """Process a batch; every effect is on the broker (and in Redis) when it returns."""
-        return await self.settle(await self.start_batch(records, subjects, outputs))
+        """Process one batch alone; every effect is on the broker (and in Redis) when it
+        returns. A failure leaves the table as it was."""
+        flight = self.launch(records, subjects, lambda: outputs)
+        try:
+            batch: EventBatch = await flight.task
+        except BaseException:
+            subjects.discard()
+            raise
+        return batch
 
-    async def start_batch(
-        self, records: Sequence[Inbound], subjects: StagedTable, outputs: Outputs
-    ) -> BatchTail:
-        """Decide the batch, carry out waves 1 and 2, send wave 3 (``settle`` awaits it).
-
-        Wave 1 waits for everything sent before it, so the wave 3 of a batch started
-        before this one (and not settled) is delivered once this returns."""
+    def launch(
+        self,
+        records: Sequence[Inbound],
+        subjects: StagedTable,
+        outputs: OutputsFactory,
+        before: Flight | None = None,
+        settle: Settle | None = None,
+    ) -> Flight:
+        """Decide the batch (on top of what ``before`` and the batches before it staged),
+        stage its subjects' states, send its first wave; the returned flight's task
+        carries out the rest and ends, after ``settle``, once the batch is settled."""
         fan = FanOut(self._policy, self._pseudonyms, self._now())
         batch = plan_batch(records, self._parse, subjects.get, fan)
         self._observe_taken(batch.taken, fan.now_ms)
+        for key, (partition, state) in batch.states.items():
+            subjects.stage(partition, key, state_to_json(state))
+        sealed = subjects.seal()
         views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
-        try:
-            await self._store_and_tickets(batch, views, outputs)
-            await self._instructions(batch, outputs)
-            self._send_dispatched_and_subjects(batch, subjects, outputs)
-        except BaseException:
-            subjects.discard()  # and what earlier unsettled batches staged: all redone
-            raise
-        return BatchTail(batch, subjects, subjects.seal(), outputs)
+        first = outputs()
+        self._send_tickets_and_states(batch, views, first)
+        flight = Flight(before)
+        carried = self._carry(flight, batch, views, first, outputs, subjects, sealed, settle)
+        flight.start(carried)
+        return flight
 
-    async def settle(self, tail: BatchTail, *, delivered: bool = False) -> EventBatch:
-        """Wave 3 is delivered (``delivered``: a later batch's wave 1 saw to it): the
-        subjects' states reach the table, the batch is counted."""
-        if not delivered:
-            try:
-                await tail.outputs.delivered()
-            except BaseException:
-                tail.subjects.discard()
-                raise
-        tail.subjects.commit(tail.sealed)
-        self._count(tail.batch)
-        return tail.batch
+    async def _carry(
+        self,
+        flight: Flight,
+        batch: EventBatch,
+        views: list[ConsentState],
+        first: Outputs,
+        outputs: OutputsFactory,
+        subjects: StagedTable,
+        sealed: Sealed,
+        settle: Settle | None,
+    ) -> EventBatch:
+        try:
+            await asyncio.gather(
+                first.delivered(),
+                wait_out_store_outages(lambda: self._store.apply_states(views), self._metrics),
+            )
+            self._observe_store(batch.store.values())
+            await flight.after_instructions_before()
+            await self._instructions(batch, outputs(), flight)
+            await flight.after_states_before()
+            last = outputs()
+            self._sender.send_ledger(
+                last, [(key, DispatchedEntry(self._now())) for key in batch.dispatched]
+            )
+            subjects.send(last, sealed)
+            flight.states_sent.open()
+            await last.delivered()
+            await flight.after_settled_before()
+        except BaseException as exc:
+            flight.fail(exc)
+            raise
+        subjects.commit(sealed)
+        self._count(batch)
+        if settle is not None:
+            await settle()
+        return batch
 
     def _parse(self, record: Inbound) -> ConsentEvent:
         event = self._serde.decode_as(record.value, ConsentEvent, record.topic)
@@ -134,7 +169,7 @@ class EventProcessor:
             )
         return event
 
-    async def _store_and_tickets(
+    def _send_tickets_and_states(
         self, batch: EventBatch, views: list[ConsentState], outputs: Outputs
     ) -> None:
         self._sender.send_ledger(outputs, batch.tickets)
@@ -146,11 +181,6 @@ class EventProcessor:
             dl = DeadLetter(exc.reason, str(exc), r.topic, r.partition, r.offset, now)
             headers = deadletter_headers(r.headers, dl)
             outputs.send(self._topics.deadletter, r.key, r.value, headers)  # as it came
-        await asyncio.gather(
-            outputs.delivered(),
-            wait_out_store_outages(lambda: self._store.apply_states(views), self._metrics),
-        )
-        self._observe_store(batch.store.values())
 
     def _observe_taken(self, taken: Iterable[int], now: int) -> None:
         """Publish -> worker: how old each record was when the agent took the batch."""
@@ -165,12 +195,13 @@ class EventProcessor:
             for published in write.published:
                 observe(max(0, now - published) / 1000)
 
-    async def _instructions(self, batch: EventBatch, outputs: Outputs) -> None:
+    async def _instructions(self, batch: EventBatch, outputs: Outputs, flight: Flight) -> None:
         instructions = [ins for ins, _ in batch.instructions]
         if self._failpoint.armed("events.mid_instructions", len(instructions)):
             await self._stop_mid_instructions(batch, instructions, outputs)
         for ins in instructions:
             self._sender.send_instruction(outputs, ins)
+        flight.instructions_sent.open()
         await outputs.delivered()
         now = self._now()
         m = self._metrics
@@ -196,14 +227,6 @@ class EventProcessor:
             "subjects_changed": len(batch.states),
         }
         self._failpoint.hit(facts)
-
-    def _send_dispatched_and_subjects(
-        self, batch: EventBatch, subjects: StagedTable, outputs: Outputs
-    ) -> None:
-        at = self._now()
-        self._sender.send_ledger(outputs, [(key, DispatchedEntry(at)) for key in batch.dispatched])
-        for key, (partition, state) in batch.states.items():
-            subjects.stage(outputs, partition, key, state_to_json(state))
 
     def _count(self, batch: EventBatch) -> None:
         events = self._metrics.events

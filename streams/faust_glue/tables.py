@@ -5,10 +5,11 @@ local store after the broker acknowledged it.
 changelog partition, which a batch of events does not have ("Cannot modify table key
 from outside of stream iteration"), and it sends one changelog record per write through
 Faust's per-message producer path. Here every changed key of a batch is staged with the
-source partition it belongs to (the partition Faust would use), sent with the batch's
-last wave of records, and written to the local store only once that wave is delivered:
-a batch that fails leaves the table as it was, so its records are processed again from
-the same state. Recovery is Faust's own: the changelog records are the ones it writes.
+source partition it belongs to (the partition Faust would use), read back at once by the
+batches decided after it, sent with the batch's last wave of records, and written to the
+local store only once that wave is delivered: a batch that fails leaves the table as it
+was, so its records are processed again from the same state. Recovery is Faust's own:
+the changelog records are the ones it writes.
 """
 
 from __future__ import annotations
@@ -17,20 +18,25 @@ from typing import Any
 
 from streams.output import Outputs
 
-__all__ = ["StagedTable"]
+__all__ = ["Sealed", "StagedTable"]
+
+Sealed = dict[bytes, tuple[int, bytes | None]]
+"""One batch's staged writes: key -> (partition, value; ``None``: deleted)."""
 
 
 class StagedTable:
-    """Reads from a Faust table's store; writes staged per batch (``stage``/``commit``).
+    """Reads from a Faust table's store; writes staged per batch (``stage``, ``seal``,
+    ``send``, ``commit``).
 
-    A batch may be *sealed* (``seal``) before its changelog records are delivered, so the next
-    batch can be decided on top of it: reads see the newest staged value of a key, and
-    ``commit(sealed)`` applies that batch's writes (and any sealed before it) once delivered.
+    A batch's writes are *sealed* (``seal``) as soon as they are staged, so the next batch
+    can be decided on top of them while their changelog records are on their way: reads see
+    the newest staged value of a key, and ``commit(sealed)`` applies that batch's writes
+    (and any sealed before it) once delivered.
     """
 
     def __init__(self, table: Any) -> None:
         self._table = table
-        self._staged: list[dict[bytes, tuple[int, bytes | None]]] = [{}]  # oldest first
+        self._staged: list[Sealed] = [{}]  # oldest first
 
     @property
     def store(self) -> Any:
@@ -45,23 +51,29 @@ class StagedTable:
         value: bytes | None = self._table.data.get(key)
         return value
 
-    def stage(self, outputs: Outputs, partition: int, key: bytes, value: bytes | None) -> None:
-        """Send the changelog record of ``key`` (``None``: deleted) with ``outputs``."""
-        outputs.send(self.changelog_topic, key, value, None, partition)
+    def stage(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Write ``key`` (``None``: delete it) for the reads that follow; the changelog
+        record goes out with ``send`` once the writes are sealed."""
         self._staged[-1][key] = (partition, value)
+
+    def send(self, outputs: Outputs, sealed: Sealed) -> None:
+        """The changelog records of a sealed set of writes, sent with ``outputs``."""
+        topic = self.changelog_topic
+        for key, (partition, value) in sealed.items():
+            outputs.send(topic, key, value, None, partition)
 
     @property
     def changelog_topic(self) -> str:
         name: str = self._table.changelog_topic.get_topic_name()
         return name
 
-    def seal(self) -> object:
+    def seal(self) -> Sealed:
         """Close the writes staged so far (one batch's); later ones start a new set."""
         sealed = self._staged[-1]
         self._staged.append({})
         return sealed
 
-    def commit(self, sealed: object | None = None) -> None:
+    def commit(self, sealed: Sealed | None = None) -> None:
         """The staged changelog records are delivered: apply them to the local store (all,
         or those up to and including ``sealed``)."""
         if sealed is None:
@@ -72,7 +84,7 @@ class StagedTable:
         for staged in done:
             self._apply(staged)
 
-    def _apply(self, staged: dict[bytes, tuple[int, bytes | None]]) -> None:
+    def _apply(self, staged: Sealed) -> None:
         store = self._table.data
         # the memory store forgets the keys of revoked partitions by this map; it is
         # filled by recovery only, so writes here keep it too
@@ -88,5 +100,5 @@ class StagedTable:
                     partitions[key] = partition
 
     def discard(self) -> None:
-        """The batch failed: forget everything staged (sealed or not)."""
+        """A batch failed: forget everything staged and not committed (sealed or not)."""
         self._staged = [{}]

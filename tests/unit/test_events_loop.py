@@ -1,22 +1,27 @@
-"""The events agent's loop (``streams.app.events_in_batches``) with fakes: when more records
-are waiting, a batch's last wave is awaited with the next batch's first; a batch's records
-are acknowledged, and its plan done, only once it is settled; a failure leaves both the
-failed batch and the one behind it unacknowledged (both are processed again)."""
+"""The events agent's loop (``streams.app.events_in_flights``) with a fake processor: each
+batch is launched while the ones before it are in flight (at most ``max_flights``); a
+batch's records are acknowledged, and its plan done, only once it is settled, in order;
+a failure lets every flight land, leaves the failed batch and those after it
+unacknowledged (processed again), forgets what they staged and raises the failure."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.errors import PublishError
-from streams.app import events_in_batches
+from streams.app import events_in_flights
+from streams.faust_glue.tables import StagedTable
+from streams.flight import Flight
 from streams.inbound import Inbound
 from streams.metrics import stream_metrics
+from streams.processor import OutputsFactory, Settle
 from streams.sequencer import SourceSequencer
 
 TOPIC = "ns.consent.events.v1"
@@ -38,21 +43,25 @@ class Event:
 
 
 class Batches:
-    """Yields the given batches; ``waiting`` says whether another one follows."""
+    """Yields the given batches, each once the test lets it through (``release``); a
+    release with none left ends the stream (the worker stops)."""
 
     def __init__(self, batches: list[list[int]], log: list[str]) -> None:
         self._batches, self.log = [[Event(o) for o in b] for b in batches], log
+        self.released = asyncio.Semaphore(0)
 
     def __aiter__(self) -> Batches:
         return self
 
     async def __anext__(self) -> list[Any]:
+        await self.released.acquire()
         if not self._batches:
             raise StopAsyncIteration
         return self._batches.pop(0)
 
-    def waiting(self) -> bool:
-        return bool(self._batches)
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.released.release()
 
     async def ack(self, events: Sequence[Any]) -> None:
         self.log.append(f"ack {[e.offset for e in events]}")
@@ -67,64 +76,178 @@ class Reader:
 
 
 class Processor:
-    def __init__(self, log: list[str], fail_at: int | None = None) -> None:
-        self.log, self.fail_at = log, fail_at
+    """Launches flights whose round trips end when the test says so (``deliver``); each
+    batch stages one write, keyed by its first offset, in the table."""
 
-    async def start_batch(self, records: Sequence[Inbound], subjects: Any, outputs: Any) -> Any:
+    def __init__(self, log: list[str], subjects: StagedTable) -> None:
+        self.log, self.subjects = log, subjects
+        self.deliveries: dict[int, asyncio.Future[None]] = {}
+        self.in_flight = 0
+
+    def launch(
+        self,
+        records: Sequence[Inbound],
+        subjects: StagedTable,
+        outputs: OutputsFactory,
+        before: Flight | None = None,
+        settle: Settle | None = None,
+    ) -> Flight:
         first = records[0].offset
-        if first == self.fail_at:
-            self.log.append(f"fail {first}")
-            raise PublishError("a record of the batch was not acknowledged")
-        self.log.append(f"start {first}")
+        self.log.append(f"launch {first}")
+        subjects.stage(0, str(first).encode(), b"staged")
+        sealed = subjects.seal()
+        self.deliveries[first] = asyncio.get_running_loop().create_future()
+        flight = Flight(before)
+        flight.start(self._carry(flight, first, sealed, settle))
+        return flight
+
+    async def _carry(self, flight: Flight, first: int, sealed: Any, settle: Settle | None) -> int:
+        self.in_flight += 1
+        try:
+            await self.deliveries[first]
+            await flight.after_instructions_before()
+            self.log.append(f"instructions {first}")
+            flight.instructions_sent.open()
+            await flight.after_states_before()
+            flight.states_sent.open()
+            await flight.after_settled_before()
+        except BaseException as exc:
+            flight.fail(exc)
+            raise
+        finally:
+            self.in_flight -= 1
+        self.subjects.commit(sealed)
+        assert settle is not None
+        await settle()
         return first
 
-    async def settle(self, tail: Any, *, delivered: bool = False) -> None:
-        self.log.append(f"settle {tail}{' (delivered with the next)' if delivered else ''}")
+    def deliver(self, first: int, error: BaseException | None = None) -> None:
+        if error is None:
+            self.deliveries[first].set_result(None)
+        else:
+            self.deliveries[first].set_exception(error)
 
 
-def run(batches: list[list[int]], fail_at: int | None = None) -> tuple[list[str], Any]:
+@dataclass
+class Run:
+    batches: Batches
+    processor: Processor
+    sequencer: SourceSequencer
+    store: dict[bytes, bytes]
+    log: list[str]
+    loop: asyncio.Task[None]
+
+
+async def start(batches: list[list[int]], max_flights: int = 4) -> Run:
     log: list[str] = []
+    store: dict[bytes, bytes] = {}
+    subjects = StagedTable(SimpleNamespace(data=store))
     sequencer = SourceSequencer("events", Reader(), stream_metrics(CollectorRegistry()))
-    loop = events_in_batches(
-        Batches(batches, log),
-        sequencer,
-        Processor(log, fail_at),
-        None,
-        None,  # type: ignore[arg-type]
+    source, processor = Batches(batches, log), Processor(log, subjects)
+    loop = asyncio.ensure_future(
+        events_in_flights(
+            source,  # type: ignore[arg-type]
+            sequencer,
+            processor,  # type: ignore[arg-type]
+            subjects,
+            lambda: None,  # type: ignore[arg-type, return-value]
+            max_flights=max_flights,
+        )
     )
-    try:
-        asyncio.run(loop)
-    except PublishError:
-        log.append("raised")
-    return log, sequencer
+    return Run(source, processor, sequencer, store, log, loop)
 
 
-def test_under_load_the_last_wave_goes_with_the_next_batch() -> None:
-    log, sequencer = run([[0, 1], [2, 3], [4]])
-    assert log == [
-        "start 0",
-        "start 2",  # batch 0's last wave is awaited by batch 2's first
-        "settle 0 (delivered with the next)",
-        "ack [0, 1]",
-        "start 4",
-        "settle 2 (delivered with the next)",
-        "ack [2, 3]",
-        "settle 4",  # nothing waiting: settled at once
-        "ack [4]",
-    ]
-    assert sequencer.expected(TOPIC, 0) == 5
+def of(log: list[str], kind: str) -> list[str]:
+    return [line for line in log if line.startswith(kind)]
 
 
-def test_a_lone_batch_is_settled_at_once() -> None:
-    log, _ = run([[0]])
-    assert log == ["start 0", "settle 0", "ack [0]"]
+async def settle_down() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
-@pytest.mark.parametrize(("fail_at", "behind", "next_expected"), [(2, 0, None), (4, 2, 2)])
-def test_a_failure_leaves_the_batch_behind_it_unacknowledged(
-    fail_at: int, behind: int, next_expected: int | None
-) -> None:
-    log, sequencer = run([[0, 1], [2, 3], [4]], fail_at=fail_at)
-    assert log[-2:] == [f"fail {fail_at}", "raised"]
-    assert f"ack [{behind}, {behind + 1}]" not in log  # processed again with the failed one
-    assert sequencer.expected(TOPIC, 0) == next_expected  # its plan not done either
+def test_batches_are_launched_while_the_ones_before_are_in_flight() -> None:
+    async def scenario() -> None:
+        run = await start([[0, 1], [2], [3, 4]])
+        run.batches.release(3)
+        await settle_down()
+        assert run.log == ["launch 0", "launch 2", "launch 3"]
+        assert run.processor.in_flight == 3
+        run.processor.deliver(3)  # the last batch's round trips end first ...
+        run.processor.deliver(2)
+        await settle_down()
+        assert "ack [3, 4]" not in run.log  # ... but it waits for the batches before it
+        assert run.log[3:] == []
+        run.processor.deliver(0)
+        await settle_down()
+        run.batches.release()  # the stream ends
+        await run.loop
+        assert of(run.log, "instructions") == ["instructions 0", "instructions 2", "instructions 3"]
+        assert of(run.log, "ack") == ["ack [0, 1]", "ack [2]", "ack [3, 4]"]
+        assert run.sequencer.expected(TOPIC, 0) == 5
+        assert run.store == {b"0": b"staged", b"2": b"staged", b"3": b"staged"}
+
+    asyncio.run(scenario())
+
+
+def test_no_more_than_max_flights_are_in_the_air() -> None:
+    async def scenario() -> None:
+        run = await start([[0], [1], [2]], max_flights=2)
+        run.batches.release(3)
+        await settle_down()
+        assert run.log == ["launch 0", "launch 1"]  # the third waits for the oldest to land
+        run.processor.deliver(0)
+        await settle_down()
+        assert run.log == ["launch 0", "launch 1", "instructions 0", "ack [0]", "launch 2"]
+        run.processor.deliver(1)
+        run.processor.deliver(2)
+        await settle_down()
+        run.batches.release()
+        await run.loop
+        assert of(run.log, "ack") == ["ack [0]", "ack [1]", "ack [2]"]
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_leaves_it_and_the_batches_after_it_unacknowledged() -> None:
+    async def scenario() -> None:
+        run = await start([[0, 1], [2, 3], [4], [5]])
+        run.batches.release(3)
+        await settle_down()
+        run.processor.deliver(0)
+        run.processor.deliver(4)  # after the failed one: stopped at its gate
+        run.processor.deliver(2, PublishError("a record of the batch was not acknowledged"))
+        run.batches.release()  # the next batch finds the failure
+        with pytest.raises(PublishError):
+            await run.loop
+        assert "ack [0, 1]" in run.log  # the batch before the failed one settled
+        assert "ack [2, 3]" not in run.log and "ack [4]" not in run.log
+        assert "instructions 4" not in run.log  # not sent before the failed batch's
+        assert "launch 5" not in run.log
+        assert run.sequencer.expected(TOPIC, 0) == 2  # read again from offset 2
+        assert run.store == {b"0": b"staged"}  # what the others staged is forgotten
+        assert run.processor.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("how", ["the stream ends", "the agent is cancelled"])
+def test_flights_in_the_air_when_the_agent_stops_are_cancelled_unacknowledged(how: str) -> None:
+    async def scenario() -> None:
+        run = await start([[0], [1]])
+        run.batches.release(2)
+        await settle_down()
+        assert run.processor.in_flight == 2
+        if how == "the stream ends":
+            run.batches.release()
+            await run.loop
+        else:
+            run.loop.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run.loop
+        await settle_down()
+        assert run.processor.in_flight == 0
+        assert not any(line.startswith("ack") for line in run.log)
+        assert run.sequencer.expected(TOPIC, 0) is None
+
+    asyncio.run(scenario())

@@ -37,6 +37,7 @@ from streams.decisions import Outcome, decide
 from streams.event_batch import EventBatch
 from streams.fanout import FanOut
 from streams.faust_glue.tables import StagedTable
+from streams.flight import FlightAborted
 from streams.ledger_codec import (
     DispatchedEntry,
     LedgerEntry,
@@ -671,3 +672,130 @@ def test_ledger_entries_are_packed_one_record_per_ledger_partition_in_order() ->
             ]
     assert all(isinstance(e, OpenEntry) for _, e in ledger_entries(h.outputs, 1))
     assert all(isinstance(e, DispatchedEntry) for _, e in ledger_entries(h.outputs, 3))
+
+
+# ---- batches in flight (``launch``: the next batch decided while this one's waves are out)
+
+
+class WaveOutputs(FakeOutputs):
+    """One wave of one batch: its ``delivered()`` ends when the test resolves ``acked``."""
+
+    def __init__(self, batch: str, number: int, log: list[str]) -> None:
+        super().__init__()
+        self.name, self.log = f"{batch}.{number}", log
+        self.acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def send(
+        self, topic: str, key: Any, value: Any, headers: Any = None, partition: Any = None
+    ) -> None:
+        self.log.append(f"{self.name} {topic}")
+        super().send(topic, key, value, headers, partition)
+
+    async def delivered(self) -> None:
+        await self.acked
+
+
+class Waves:
+    """The outputs factory of one batch: its waves, in the order they were asked for."""
+
+    def __init__(self, batch: str, log: list[str]) -> None:
+        self.batch, self.log, self.waves = batch, log, list[WaveOutputs]()
+
+    def __call__(self) -> WaveOutputs:
+        self.waves.append(WaveOutputs(self.batch, len(self.waves) + 1, self.log))
+        return self.waves[-1]
+
+    def ack(self, number: int, error: BaseException | None = None) -> None:
+        wave = self.waves[number - 1].acked
+        wave.set_result(None) if error is None else wave.set_exception(error)
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_a_batch_in_flight_is_decided_on_the_states_the_one_before_staged() -> None:
+    h = Harness()
+    h.run(inbound(share("ads", ["behaviour"], {"ad_id": "AD-1"})))
+    log: list[str] = []
+
+    async def scenario() -> tuple[EventBatch, EventBatch]:
+        a, b = Waves("a", log), Waves("b", log)
+        first = h.processor.launch([inbound(withdraw(), offset=43)], h.subjects, a)
+        again = withdraw(name="withdraw-again")
+        second = h.processor.launch([inbound(again, offset=44)], h.subjects, b, first)
+        await turns()
+        for waves in (a, b, a, b, a, b):  # each batch's next wave, in turn
+            waves.ack(len(waves.waves))
+            await turns()
+        return await first.task, await second.task
+
+    first, second = asyncio.run(scenario())
+
+    assert first.outcomes == [("consent.changed", Outcome.APPLIED)]
+    assert len(first.instructions) == 1
+    # decided on the first batch's staged state: already withdrawn, nothing to instruct
+    assert second.instructions == [] and len(second.outcomes) == 1
+    assert h.state().seen(eid("withdraw")) and h.state().seen(eid("withdraw-again"))
+
+
+def test_a_later_batch_sends_its_instructions_and_states_after_the_earlier_one() -> None:
+    h = Harness()
+    for s in (SUBJECT, OTHER):
+        h.run(inbound(share("ads", ["behaviour"], {"ad_id": f"AD-{s}"}, subject=s), key=s.encode()))
+    log: list[str] = []
+
+    async def scenario() -> None:
+        a, b = Waves("a", log), Waves("b", log)
+        first = h.processor.launch([inbound(withdraw(), offset=43)], h.subjects, a)
+        other = inbound(withdraw(subject=OTHER, name="w-other"), key=OTHER.encode(), offset=44)
+        second = h.processor.launch([other], h.subjects, b, first)
+        await turns()
+        b.ack(1)  # the later batch's first wave is delivered first ...
+        await turns()
+        assert "b.2 " + ADS_INSTRUCTIONS not in log  # ... its instructions wait for a's
+        a.ack(1)
+        await turns()
+        assert log.index("a.2 " + ADS_INSTRUCTIONS) < log.index("b.2 " + ADS_INSTRUCTIONS)
+        b.ack(2)
+        await turns()
+        assert "b.3 " + CHANGELOG not in log  # its subjects' states wait for a's
+        a.ack(2)
+        await turns()
+        assert log.index("a.3 " + CHANGELOG) < log.index("b.3 " + CHANGELOG)
+        b.ack(3)
+        await turns()
+        assert not second.task.done()  # settled only after the batch before it
+        a.ack(3)
+        await asyncio.gather(first.task, second.task)
+
+    asyncio.run(scenario())
+
+    assert h.state().seen(eid("withdraw")) and h.state(OTHER.encode()).seen(eid("w-other"))
+
+
+def test_when_a_batch_fails_the_batches_after_it_stop_and_stage_nothing() -> None:
+    h = Harness()
+    h.run(inbound(share("ads", ["behaviour"], {"ad_id": "AD-1"})))
+    table = dict(h.table.data)
+    log: list[str] = []
+
+    async def scenario() -> tuple[BaseException | None, BaseException | None]:
+        a, b = Waves("a", log), Waves("b", log)
+        first = h.processor.launch([inbound(withdraw(), offset=43)], h.subjects, a)
+        other = inbound(withdraw(subject=OTHER, name="w-other"), key=OTHER.encode(), offset=44)
+        second = h.processor.launch([other], h.subjects, b, first)
+        await turns()
+        b.ack(1)
+        a.ack(1, PublishError("the ledger ticket was not acknowledged"))
+        await asyncio.wait([first.task, second.task])
+        return first.task.exception(), second.task.exception()
+
+    failed, stopped = asyncio.run(scenario())
+
+    assert isinstance(failed, PublishError)
+    assert isinstance(stopped, FlightAborted) and stopped.__cause__ is failed
+    assert not [line for line in log if ".2 " in line or ".3 " in line]  # nothing more sent
+    h.subjects.discard()  # what the caller does once every flight has landed
+    assert h.table.data == table and h.subjects.get(OTHER.encode()) is None

@@ -1,5 +1,6 @@
-"""StagedTable: a batch's writes are sent to the changelog when staged, read back by the
-batch, and reach the local store only on ``commit`` (``discard`` forgets them)."""
+"""StagedTable: a batch's writes are read back by the batch and those decided after it,
+sent to the changelog once sealed (``send``), and reach the local store only on
+``commit`` (``discard`` forgets them)."""
 
 from __future__ import annotations
 
@@ -55,30 +56,45 @@ def test_get_reads_the_local_store() -> None:
     assert t.store is store and t.changelog_topic == CHANGELOG
 
 
-def test_stage_sends_the_changelog_record_to_the_given_partition() -> None:
+def test_send_sends_the_sealed_changelog_records_to_their_partitions() -> None:
     t, _, out = table()
 
-    t.stage(out, 5, b"a", b"1")
-    t.stage(out, 2, b"b", None)
+    t.stage(5, b"a", b"1")
+    t.stage(2, b"b", None)
+    assert out.sent == []  # staging sends nothing
+    t.send(out, t.seal())
 
     assert out.sent == [Sent(CHANGELOG, b"a", b"1", None, 5), Sent(CHANGELOG, b"b", None, None, 2)]
 
 
-def test_staged_values_are_read_back_but_not_stored_before_commit() -> None:
-    t, store, out = table(a=b"1")
+def test_a_later_set_sends_only_its_own_records() -> None:
+    t, _, out = table()
+    t.stage(0, b"a", b"1")
+    first = t.seal()
+    t.stage(1, b"a", b"2")
+    second = t.seal()
 
-    t.stage(out, 0, b"a", b"2")
-    t.stage(out, 0, b"b", b"3")
+    t.send(out, second)
+    t.send(out, first)
+
+    assert out.sent == [Sent(CHANGELOG, b"a", b"2", None, 1), Sent(CHANGELOG, b"a", b"1", None, 0)]
+
+
+def test_staged_values_are_read_back_but_not_stored_before_commit() -> None:
+    t, store, _ = table(a=b"1")
+
+    t.stage(0, b"a", b"2")
+    t.stage(0, b"b", b"3")
 
     assert (t.get(b"a"), t.get(b"b")) == (b"2", b"3")
     assert store == {b"a": b"1"}
 
 
 def test_commit_applies_the_staged_values_once() -> None:
-    t, store, out = table(a=b"1")
-    t.stage(out, 0, b"a", b"2")
-    t.stage(out, 0, b"b", b"3")
-    t.stage(out, 0, b"b", b"4")  # the last staged value of a key wins
+    t, store, _ = table(a=b"1")
+    t.stage(0, b"a", b"2")
+    t.stage(0, b"b", b"3")
+    t.stage(0, b"b", b"4")  # the last staged value of a key wins
 
     t.commit()
 
@@ -88,10 +104,10 @@ def test_commit_applies_the_staged_values_once() -> None:
 
 
 def test_a_staged_tombstone_reads_as_absent_and_commit_deletes() -> None:
-    t, store, out = table(a=b"1", b=b"2")
+    t, store, _ = table(a=b"1", b=b"2")
 
-    t.stage(out, 0, b"a", None)
-    t.stage(out, 0, b"zzz", None)  # deleting what is not there is fine
+    t.stage(0, b"a", None)
+    t.stage(0, b"zzz", None)  # deleting what is not there is fine
 
     assert t.get(b"a") is None and store[b"a"] == b"1"
     t.commit()
@@ -99,9 +115,9 @@ def test_a_staged_tombstone_reads_as_absent_and_commit_deletes() -> None:
 
 
 def test_discard_forgets_what_was_staged() -> None:
-    t, store, out = table(a=b"1")
-    t.stage(out, 0, b"a", None)
-    t.stage(out, 0, b"b", b"3")
+    t, store, _ = table(a=b"1")
+    t.stage(0, b"a", None)
+    t.stage(0, b"b", b"3")
 
     t.discard()
 
@@ -111,12 +127,12 @@ def test_discard_forgets_what_was_staged() -> None:
 
 
 def test_a_sealed_batch_is_read_by_the_next_and_committed_on_its_own() -> None:
-    t, store, out = table(a=b"0")
-    t.stage(out, 0, b"a", b"1")
+    t, store, _ = table(a=b"0")
+    t.stage(0, b"a", b"1")
     first = t.seal()
     assert t.get(b"a") == b"1"  # the next batch decides on top of the first
-    t.stage(out, 0, b"a", b"2")
-    t.stage(out, 0, b"b", b"2")
+    t.stage(0, b"a", b"2")
+    t.stage(0, b"b", b"2")
     second = t.seal()
 
     t.commit(first)
@@ -126,10 +142,10 @@ def test_a_sealed_batch_is_read_by_the_next_and_committed_on_its_own() -> None:
 
 
 def test_discard_forgets_sealed_batches_too() -> None:
-    t, store, out = table(a=b"0")
-    t.stage(out, 0, b"a", b"1")
+    t, store, _ = table(a=b"0")
+    t.stage(0, b"a", b"1")
     t.seal()
-    t.stage(out, 0, b"a", b"2")
+    t.stage(0, b"a", b"2")
 
     t.discard()
 
