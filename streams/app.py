@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S: Final = 5.0
 MAX_BATCH_RECORDS: Final = 500
-MAX_FLIGHTS: Final = 4
+MAX_FLIGHTS: Final = 8
 """Batches of the events agent in flight at once (decided, their round trips under way)."""
 
 Flights = deque[tuple[Flight, Plan]]
