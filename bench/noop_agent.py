@@ -2,9 +2,9 @@
 
 Run as a subprocess by ``ceilings.py`` (b) and ``noop_latency.py`` (d). The app is built by
 ``streams.app.create_app`` (the worker's own Faust settings) and run by
-``streams.worker.faust_worker`` (as the worker runs); the agent consumes one
-raw-bytes topic with ``concurrency=1`` and touches each event's headers like the real
-agent, nothing more. Two modes:
+``streams.worker.faust_worker`` (as the worker runs); the agent consumes one raw-bytes
+topic (``streams.faust_glue.raw_topics``, as the worker's) with ``concurrency=1`` and
+touches each event's headers like the real agent, nothing more. Two modes:
 
 * ``--count N --out FILE`` (b): when N records were seen it writes the wall-clock times of
   the first and the last record to FILE (JSON);
@@ -34,22 +34,17 @@ import faust
 from schemas.cloudevents import header_map, published_at_ms
 from schemas.settings import Settings
 from streams.app import create_app
+from streams.faust_glue.raw_topics import raw_topic
 from streams.worker import faust_worker
 
 FLUSH_INTERVAL_S = 0.2
-
-
-def _raw_topic(app: faust.App, name: str) -> Any:
-    return app.topic(
-        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
 
 
 def build(settings: Settings, topic_name: str, count: int, out: Path) -> faust.App:
     app = create_app(settings)
     seen = {"n": 0, "first": 0.0}
 
-    @app.agent(_raw_topic(app, topic_name), concurrency=1, name="noop-counter")
+    @app.agent(raw_topic(app, topic_name), concurrency=1, name="noop-counter")
     async def counter(stream: Any) -> None:
         async for event in stream.events():
             _ = event.message.headers
@@ -69,7 +64,7 @@ def build_latency(settings: Settings, topic_name: str, samples: Path) -> faust.A
     fd = os.open(samples, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pending = array("d")
 
-    @app.agent(_raw_topic(app, topic_name), concurrency=1, name="noop-latency")
+    @app.agent(raw_topic(app, topic_name), concurrency=1, name="noop-latency")
     async def latency(stream: Any) -> None:
         append = pending.append
         async for event in stream.events():

@@ -5,20 +5,18 @@ import time. Agents on consent paths run with ``concurrency=1``. Each agent read
 stream in self-sizing batches (``streams.faust_glue.batches``), puts each batch in offset
 order per partition (``streams.sequencer``), hands it to its processor, and acknowledges
 the batch's records only when its effects are on the broker. The events agent does not
-wait for that before it takes the next batch: up to ``MAX_FLIGHTS`` batches are in flight
-at once, in order (``events_in_flights``, ``streams.flight``).
+wait for that before it takes the next batch: several batches are in flight at once,
+in order (``streams.events_loop``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, cast
 
 import faust
 from faust.types import TP
@@ -26,26 +24,23 @@ from prometheus_client import CollectorRegistry
 
 from schemas.policy import Policy
 from schemas.settings import Settings
+from streams.events_loop import events_in_flights
 from streams.faust_glue import transport
 from streams.faust_glue.batches import EventBatches, inbound
+from streams.faust_glue.raw_topics import raw_topic
 from streams.faust_glue.tables import StagedTable
-from streams.flight import Flight, FlightAborted
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import StreamMetrics
 from streams.output import OutputProducer
-from streams.processor import EventProcessor, OutputsFactory, Settle
+from streams.processor import EventProcessor
 from streams.sequencer import Plan, SourceReader, SourceSequencer
 
-__all__ = ["WorkerParts", "create_app", "events_in_flights"]
+__all__ = ["WorkerParts", "attach_agents", "create_app"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S: Final = 5.0
 MAX_BATCH_RECORDS: Final = 500
-MAX_FLIGHTS: Final = 8
-"""Batches of the events agent in flight at once (decided, their round trips under way)."""
-
-Flights = deque[tuple[Flight, Plan]]
 
 
 @dataclass(frozen=True)
@@ -61,20 +56,6 @@ class WorkerParts:
     store: Any
     views: Any
     redis: Any
-
-
-def _raw_topic(
-    app: faust.App, *names: str, internal: bool = False, partitions: int | None = None
-) -> Any:
-    return app.topic(
-        *names,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        internal=internal,
-        partitions=partitions,
-    )
 
 
 def _sequencers(
@@ -118,87 +99,6 @@ async def _in_batches(
             await handle(plan)
         sequencer.done(plan)
         await batches.ack(events)
-
-
-async def events_in_flights(
-    batches: EventBatches,
-    sequencer: SourceSequencer,
-    events: EventProcessor,
-    subjects: StagedTable,
-    outputs: OutputsFactory,
-    max_flights: int = MAX_FLIGHTS,
-) -> None:
-    """The events agent's loop: each batch is decided and launched as soon as it is taken,
-    while the batches before it are still in flight (their round trips under way), at most
-    ``max_flights`` at a time (``streams.flight``). A batch's records are acknowledged, and
-    its plan done, once it is settled, in order. When a batch fails, the loop lets every
-    flight land (those before it settle), forgets what the others staged and raises:
-    their records are processed again. Flights still in the air when the agent stops are
-    cancelled (their records, not acknowledged, are processed again after a restart)."""
-    flights: Flights = deque()
-    try:
-        async for received in batches:
-            await _land(flights, subjects, oldest=False)
-            plan = await sequencer.plan([inbound(e) for e in received], _ahead(flights))
-            before = flights[-1][0] if flights else None
-            settle = _settler(sequencer, batches, plan, received)
-            try:
-                flight = events.launch(plan.records, subjects, outputs, before, settle)
-            except BaseException as exc:
-                await _abort(flights, subjects, exc)
-            flights.append((flight, plan))
-            await _land(flights, subjects, oldest=len(flights) >= max_flights)
-    finally:
-        for flight, _ in flights:
-            flight.task.cancel()
-
-
-def _ahead(flights: Flights) -> Plan | None:
-    """What the batches in flight will have handled once they are done."""
-    if not flights:
-        return None
-    ahead = Plan()
-    for _, plan in flights:
-        ahead.next.update(plan.next)
-    return ahead
-
-
-def _settler(
-    sequencer: SourceSequencer, batches: EventBatches, plan: Plan, received: list[Any]
-) -> Settle:
-    async def settle() -> None:
-        sequencer.done(plan)
-        await batches.ack(received)
-
-    return settle
-
-
-async def _land(flights: Flights, subjects: StagedTable, *, oldest: bool) -> None:
-    """Forget the flights that have landed (with ``oldest``: wait for the oldest first);
-    if one of them failed, ``_abort``."""
-    if oldest and flights:
-        await asyncio.wait([flights[0][0].task])
-    if any(flight.failed() for flight, _ in flights):
-        await _abort(flights, subjects)
-    while flights and flights[0][0].task.done():
-        flights.popleft()
-
-
-async def _abort(
-    flights: Flights, subjects: StagedTable, error: BaseException | None = None
-) -> NoReturn:
-    """Every flight lands (those before the failed one settle, the later ones fail at
-    their next gate), what the failed ones staged is forgotten, the first failure raised."""
-    tasks = [flight.task for flight, _ in flights]
-    if tasks:
-        await asyncio.wait(tasks)
-    flights.clear()
-    subjects.discard()
-    if error is not None:
-        raise error
-    errors = [asyncio.CancelledError() if t.cancelled() else t.exception() for t in tasks]
-    failures = [e for e in errors if e is not None]
-    raise next((e for e in failures if not isinstance(e, FlightAborted)), failures[0])
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -253,9 +153,9 @@ def create_app(settings: Settings) -> faust.App:
 
 def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: WorkerParts) -> None:
     names = settings.topics
-    events = _raw_topic(app, names.events)
-    acks = _raw_topic(app, *[names.acks(p) for p in sorted(policy.partners)])
-    ledger = _raw_topic(app, names.ledger, internal=True, partitions=settings.partitions)
+    events = raw_topic(app, names.events)
+    acks = raw_topic(app, *[names.acks(p) for p in sorted(policy.partners)])
+    ledger = raw_topic(app, names.ledger, internal=True, partitions=settings.partitions)
     # bytes key and value types make Faust use the "raw" codec for the changelog too
     subjects = StagedTable(
         app.Table(

@@ -32,6 +32,9 @@ limitation and says how to tell when it can go:
     topic itself. Can go when Faust tables accept a partition per write and a
     caller-provided producer.
 
+``raw_topics`` uses Faust's public ``Schema`` extension point only (records handed over as
+bytes, without the codec registry), so it needs no re-check on an upgrade.
+
 The sequencer (``streams.sequencer``) stays either way: order and completeness per
 partition are the product's guarantees, checked rather than assumed.
 """

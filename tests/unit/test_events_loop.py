@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.errors import PublishError
-from streams.app import events_in_flights
+from streams.events_loop import events_in_flights
 from streams.faust_glue.tables import StagedTable
 from streams.flight import Flight
 from streams.inbound import Inbound
