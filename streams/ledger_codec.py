@@ -10,7 +10,7 @@ gave single-entry records (a single-entry record, ``encode_entry``, is still rea
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -78,8 +78,10 @@ def _ins_from(rec: dict[str, Any]) -> PartnerInstruction:
     return obj
 
 
-def _opening(r: RequestOpening | None) -> dict[str, Any] | None:
-    return None if r is None else {**asdict(r), "categories": list(r.categories)}
+def _opening(r: RequestOpening | None) -> RequestOpening | None:
+    """As it is: orjson writes a dataclass as an object of its fields, in order (enums as
+    their values, tuples as lists), what ``asdict`` did at several times the cost."""
+    return r
 
 
 def _opening_from(d: dict[str, Any] | None) -> RequestOpening | None:
@@ -187,11 +189,7 @@ def ticket_to_json(t: Ticket) -> bytes:
         "overdue": t.overdue,
         "updated_at": t.updated_at,
         "instructions": [
-            [
-                {**asdict(i.outcome), "categories": list(i.outcome.categories)},
-                None if i.sent is None else _ins(i.sent),
-            ]
-            for i in t.instructions
+            [i.outcome, None if i.sent is None else _ins(i.sent)] for i in t.instructions
         ],
     }
     return orjson.dumps(doc)
