@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -230,8 +231,8 @@ class EventProcessor:
 
     def _count(self, batch: EventBatch) -> None:
         events = self._metrics.events
-        for kind, outcome in batch.outcomes:
-            events.labels(kind, outcome.value).inc()
+        for (kind, outcome), n in Counter(batch.outcomes).items():  # one call per series
+            events.labels(kind, outcome.value).inc(n)
         for rejected in batch.rejected:
             r = rejected.record
             self._metrics.deadletters.labels(rejected.error.reason).inc()
