@@ -64,10 +64,6 @@ class EventBatches:
             if events:
                 return events
 
-    def waiting(self) -> bool:
-        """More records are queued for the next batch already."""
-        return not self._queue.empty()
-
     def _admit(self, item: Any) -> bool:
         """Faust's checks for a channel value: a current-generation event while the flow
         is active (else it is read again after the rebalance), tracked as unacked."""

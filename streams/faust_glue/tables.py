@@ -73,14 +73,11 @@ class StagedTable:
         self._staged.append({})
         return sealed
 
-    def commit(self, sealed: Sealed | None = None) -> None:
-        """The staged changelog records are delivered: apply them to the local store (all,
-        or those up to and including ``sealed``)."""
-        if sealed is None:
-            done, self._staged = self._staged, [{}]
-        else:
-            index = next(i for i, staged in enumerate(self._staged) if staged is sealed)
-            done, self._staged = self._staged[: index + 1], self._staged[index + 1 :]
+    def commit(self, sealed: Sealed) -> None:
+        """The changelog records of ``sealed`` (and of every set sealed before it) are
+        delivered: apply them to the local store."""
+        index = next(i for i, staged in enumerate(self._staged) if staged is sealed)
+        done, self._staged = self._staged[: index + 1], self._staged[index + 1 :]
         for staged in done:
             self._apply(staged)
 

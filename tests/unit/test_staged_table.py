@@ -96,7 +96,7 @@ def test_commit_applies_the_staged_values_once() -> None:
     t.stage(0, b"b", b"3")
     t.stage(0, b"b", b"4")  # the last staged value of a key wins
 
-    t.commit()
+    t.commit(t.seal())
 
     assert store == {b"a": b"2", b"b": b"4"}
     store[b"a"] = b"9"  # nothing staged is left to shadow the store
@@ -110,7 +110,7 @@ def test_a_staged_tombstone_reads_as_absent_and_commit_deletes() -> None:
     t.stage(0, b"zzz", None)  # deleting what is not there is fine
 
     assert t.get(b"a") is None and store[b"a"] == b"1"
-    t.commit()
+    t.commit(t.seal())
     assert store == {b"b": b"2"}
 
 
@@ -122,7 +122,7 @@ def test_discard_forgets_what_was_staged() -> None:
     t.discard()
 
     assert (t.get(b"a"), t.get(b"b")) == (b"1", None)
-    t.commit()
+    t.commit(t.seal())
     assert store == {b"a": b"1"}
 
 
@@ -150,5 +150,5 @@ def test_discard_forgets_sealed_batches_too() -> None:
     t.discard()
 
     assert t.get(b"a") == b"0" and store == {b"a": b"0"}
-    t.commit()
+    t.commit(t.seal())
     assert store == {b"a": b"0"}
