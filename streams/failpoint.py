@@ -8,7 +8,8 @@ failpoint fires once per data directory (the file exists afterwards), so the res
 worker runs normally.
 
 Places: ``events.mid_instructions`` (half of a batch's instructions acknowledged by the
-broker, the other half, the state records and the subjects' states not yet sent).
+broker, the other half and the subjects' states not yet sent; its state records and store
+writes, and those of the batches in flight after it, may be out already).
 """
 
 from __future__ import annotations
