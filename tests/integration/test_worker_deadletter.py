@@ -133,6 +133,7 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
         explain=worker.describe,
     )
     by_source = {source(r): r for r in records}
+    reasons = {s.reason for s in bad}
     assert len(records) == len(bad)  # the good event is not there
     for position, s in wanted.items():
         dl = by_source[position]
@@ -144,8 +145,21 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
         assert h["cs_dlq_error"], s.name
         assert int(h["cs_dlq_failed_at"]) > 0
         assert h["x-test-origin"] == s.name.encode()  # original headers are kept
+    # counted when their batches are settled, after the dead letters went out (wave 1)
+    applied = {"type": "consent.changed", "outcome": "applied"}
+    applied_before = before.value("consent_events_total", **applied)
+    dead_before = sum(before.value("consent_deadletters_total", reason=r) for r in reasons)
+
+    def counted() -> bool:
+        m = worker.metrics()
+        dead = sum(m.value("consent_deadletters_total", reason=r) for r in reasons)
+        return m.value("consent_events_total", **applied) > applied_before and (
+            dead >= dead_before + len(bad)
+        )
+
+    worker.poll(counted, TIMEOUT_S, "the dead letters and the good event counted")
     after = worker.metrics()
-    for reason in {s.reason for s in bad}:
+    for reason in reasons:
         count = sum(1 for s in bad if s.reason == reason)
         was = before.value("consent_deadletters_total", reason=reason)
         assert after.value("consent_deadletters_total", reason=reason) == was + count, reason
