@@ -96,5 +96,7 @@ class Flight:
             except FlightAborted:
                 raise
             except BaseException as exc:
+                if not before.task.done():  # this batch's own task was cancelled
+                    raise
                 raise FlightAborted(f"an earlier batch failed: {exc!r}") from exc
         self.before = None  # settled: no need to keep the chain of batches alive

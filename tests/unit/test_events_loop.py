@@ -251,3 +251,23 @@ def test_flights_in_the_air_when_the_agent_stops_are_cancelled_unacknowledged(ho
         assert run.sequencer.expected(TOPIC, 0) is None
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_flight_ends_cancelled_not_aborted() -> None:
+    """Waiting for the batch before it to settle, a flight that is cancelled itself (the
+    agent stops) ends cancelled; only a failure of the batch before aborts it."""
+
+    async def scenario() -> tuple[bool, bool]:
+        release = asyncio.get_running_loop().create_future()
+        first, second = Flight(None), Flight(None)
+        second.before = first
+        first.start(release)
+        second.start(second.after_settled_before())
+        await settle_down()
+        second.task.cancel()
+        await asyncio.wait([second.task])
+        release.set_result(None)
+        await first.task
+        return second.task.cancelled(), first.task.cancelled()
+
+    assert asyncio.run(scenario()) == (True, False)
