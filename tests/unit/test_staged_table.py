@@ -4,11 +4,15 @@ sent to the changelog once sealed (``send``), and reach the local store only on
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from schemas.views import PurposeDecision
 from streams.faust_glue.tables import StagedTable
+from streams.subject import SubjectState, state_from_json, state_to_json
 
 CHANGELOG = "app-consent-subjects-changelog"
 
@@ -152,3 +156,34 @@ def test_discard_forgets_sealed_batches_too() -> None:
     assert t.get(b"a") == b"0" and store == {b"a": b"0"}
     t.commit(t.seal())
     assert store == {b"a": b"0"}
+
+
+def test_the_store_keeps_values_of_their_own_size() -> None:
+    """orjson's output holds a buffer of ~4 KiB whatever its length (3.12 and later); the
+    local store keeps every value for the worker's lifetime, so it keeps exact copies."""
+    t, store, _ = table()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        length = 0
+        for i in range(1000):
+            state = SubjectState(
+                f"subject-{i:06d}",
+                version=1,
+                purposes=(PurposeDecision("personalized_ads", True, 1_700_000_000_000, "v3"),),
+                recent_event_ids=(f"event-{i:06d}",),
+            )
+            value = state_to_json(state)
+            length += len(value)
+            t.stage(0, b"k%06d" % i, value)
+        t.commit(t.seal())
+        del value
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    assert len(store) == 1000
+    assert all(v == state_to_json(state_from_json(v)) for v in store.values())
+    assert held < 3 * length, (held, length)  # ~1.8x: values, keys, the dict; 31x unfixed
