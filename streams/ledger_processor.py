@@ -254,16 +254,22 @@ class LedgerProcessor:
         (``streams.faust_glue.consumer_loop``), and a worker silent for longer than the
         group's session timeout would be taken out of the group. Faust awaits this before
         it resumes the source partitions, so no record is processed against a part-built
-        index."""
-        items: list[tuple[str, Ticket]] = []
+        index. Each ticket is indexed as soon as it is decoded and then dropped: with every
+        decoded ticket held until the end, the allocator's arenas grew by all of them and,
+        shared with the index's keys, were never given back (a worker with 200,000 tickets
+        held ~4.8 KB per ticket; docs/benchmarks.md)."""
+        index = self.index
+        index.clear()
+        count = 0
         for n, (key, raw) in enumerate(tickets, 1):
             if not key.startswith(POSITION_KEY_PREFIX):
-                items.append((key.decode(), ticket_from_json(raw)))
+                index.add_recovered(key.decode(), ticket_from_json(raw))
+                count += 1
             if n % yield_every == 0:
                 await asyncio.sleep(0)
-        self.index.rebuild(items)
+        index.requeue()
         self.set_gauges()
-        return len(items)
+        return count
 
     async def sweep_due(self, outputs: Outputs) -> int:
         """Ask the ledger to sweep (or expire) the tickets that are due; returns how many."""

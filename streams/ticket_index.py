@@ -129,10 +129,19 @@ class TicketIndex:
         """Replace the contents with a recovered table's tickets, in O(n)."""
         self.clear()
         for key, ticket in items:
-            self._count(ticket, +1)
-            due = next_due(ticket, self._grace_ms)
-            if due is not None:
-                self._due[key] = due
+            self.add_recovered(key, ticket)
+        self.requeue()
+
+    def add_recovered(self, key: str, ticket: Ticket) -> None:
+        """One ticket of a recovered table, after ``clear``: counted and given its due
+        time; the queue is built once by ``requeue`` after the last one (O(n) in all)."""
+        self._count(ticket, +1)
+        due = next_due(ticket, self._grace_ms)
+        if due is not None:
+            self._due[key] = due
+
+    def requeue(self) -> None:
+        """Build the queue afresh from every key's due time (no stale entries)."""
         self._heap = [(due, key) for key, due in self._due.items()]
         heapq.heapify(self._heap)
 
@@ -165,8 +174,7 @@ class TicketIndex:
 
     def _compact_if_stale(self) -> None:
         if len(self._heap) > max(_COMPACT_MIN, 2 * len(self._due)):
-            self._heap = [(due, key) for key, due in self._due.items()]
-            heapq.heapify(self._heap)
+            self.requeue()
 
     def _count(self, ticket: Ticket | None, sign: int) -> None:
         if ticket is None:

@@ -5,6 +5,7 @@ gauges kept by the ticket index."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from streams.ledger_codec import (
     decode_entries,
     encode_entries,
     ledger_partition,
+    ticket_from_json,
     ticket_to_json,
 )
 from streams.ledger_processor import LedgerProcessor
@@ -596,6 +598,31 @@ def test_rebuilding_the_index_lets_the_event_loop_run() -> None:
     assert count == 3
     assert beats_during >= 3  # the other task ran at each of the rebuild's 3 yields
     assert h.metric("consent_requests_open") == 1  # and the index is whole afterwards
+
+
+def test_rebuilding_the_index_holds_one_decoded_ticket_at_a_time() -> None:
+    """A worker recovers up to millions of tickets: each is indexed as it is decoded, so
+    the memory the rebuild takes at its peak is the index's, not every decoded ticket's
+    (which the allocator kept for good once the index's keys were spread among them)."""
+    h = Harness()
+    h.tickets.update(_tickets())
+    request = h.tickets[REQUEST.encode()]
+    items = [(f"request-{i:05d}".encode(), request) for i in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        decoded = [ticket_from_json(request) for _ in range(100)]
+        per_ticket = (tracemalloc.get_traced_memory()[0] - before) / len(decoded)
+        del decoded
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        count = asyncio.run(h.processor.rebuild_index(items, yield_every=10_000))
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+    assert count == 2000 and h.metric("consent_requests_open") == 2000
+    assert peak < len(items) * per_ticket / 4, (peak, per_ticket)
 
 
 def test_the_gauges_are_set_from_the_index_and_follow_every_write() -> None:
