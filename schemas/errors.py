@@ -17,6 +17,8 @@
     │   │   └── NonWithdrawableError    withdrawal of a purpose needed for basic functions
     │   ├── OversizedRecordError        larger than the configured maximum
     │   └── UnknownSubjectKeyError      a ref or digest under a key id not configured here
+    ├── FetchError                      the worker's record fetching failed (it stops; its
+    │                                   restart resumes from the committed offsets)
     └── TransientError                  retriable: the operation may succeed later
         ├── PublishError                the broker did not acknowledge a record
         ├── QueueFullError              the producer's local queue is full (try again soon)
@@ -36,6 +38,7 @@ __all__ = [
     "ConsentStreamError",
     "ContractError",
     "DecodeError",
+    "FetchError",
     "NonWithdrawableError",
     "OversizedRecordError",
     "PolicyError",
@@ -155,6 +158,13 @@ class UnknownSubjectKeyError(ContractError):
     """A pseudonymous ref or digest names a subject key id that is not configured here."""
 
     reason = "unknown_subject_key"
+
+
+class FetchError(ConsentStreamError):
+    """The librdkafka consumer behind the worker's fetches failed (a fatal error, an
+    assignment refused); not retriable in place."""
+
+    reason = "fetch_failed"
 
 
 class TransientError(ConsentStreamError):

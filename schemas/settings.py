@@ -73,6 +73,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 env_int = _int
+
+FETCH_CLIENTS: Final = ("librdkafka", "aiokafka")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(ENV_PREFIX + name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, not {raw!r}"
+        )
+    return raw
+
+
 """``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
 ``default`` when unset; a ``ConfigurationError`` naming the variable otherwise."""
 
@@ -131,6 +144,9 @@ class Settings:
     """Instructions the webhook bridge has in flight at once, per partner."""
     webhook_timeout_s: int = 10
     """Timeout of one webhook request (connect + answer), seconds."""
+    fetch_client: str = "librdkafka"
+    """What fetches the worker's records (``CONSENT_STREAM_FETCH_CLIENT``): ``librdkafka``
+    (``streams.faust_glue.record_reader``), or ``aiokafka``, Faust's own fetcher."""
     failpoint: str = ""
     """Tests only: where the worker stops for a crash test (``streams.failpoint``)."""
 
@@ -177,6 +193,7 @@ class Settings:
             ),
             webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", _DEFAULT.webhook_concurrency),
             webhook_timeout_s=_int(env, "WEBHOOK_TIMEOUT_S", _DEFAULT.webhook_timeout_s),
+            fetch_client=_choice(env, "FETCH_CLIENT", FETCH_CLIENTS, _DEFAULT.fetch_client),
             failpoint=get("FAILPOINT", ""),
             **kafka_security(env),
         )
@@ -269,6 +286,22 @@ class Settings:
             "isolation.level": "read_committed",
             **overrides,
         }
+
+    def fetch_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka consumer of the worker's fetches (``streams.faust_glue.record_reader``):
+        assigned partition by partition by the worker, never commits (Faust does), answers a
+        fetch as soon as a record is there, prefetches at most 4 MiB a partition."""
+        return self.consumer_config(
+            self.app_id,
+            **{
+                "client.id": f"{self.client_id}-fetch",
+                "enable.auto.offset.store": False,
+                "fetch.wait.max.ms": 500,
+                "fetch.min.bytes": 1,
+                "queued.max.messages.kbytes": 4096,
+                **overrides,
+            },
+        )
 
     def admin_config(self) -> dict[str, Any]:
         return self._common()

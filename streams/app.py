@@ -27,6 +27,7 @@ from schemas.settings import Settings
 from streams.events_loop import events_in_flights
 from streams.faust_glue import transport
 from streams.faust_glue.batches import EventBatches, inbound
+from streams.faust_glue.consumer_loop import fetch_with_librdkafka
 from streams.faust_glue.raw_topics import raw_topic
 from streams.faust_glue.tables import StagedTable
 from streams.ledger_processor import LedgerProcessor
@@ -129,7 +130,7 @@ def create_app(settings: Settings) -> faust.App:
     """
     transport.register()
     brokers = [f"{transport.SCHEME}://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=brokers,
         broker_credentials=broker_credentials(settings),
@@ -149,6 +150,9 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
     )
+    if settings.fetch_client == "librdkafka":
+        fetch_with_librdkafka(app, settings.fetch_config())
+    return app
 
 
 def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: WorkerParts) -> None:

@@ -19,6 +19,16 @@ limitation and says how to tell when it can go:
     (each fetch loop ``getmany``) crosses threads through a method queue, and the
     consumer thread waits for the GIL while an agent works. Runs the same consumer
     class on the worker's loop. Can go when Faust offers a consumer without the thread.
+``record_reader`` (with ``fetch_thread``)
+    aiokafka's fetcher costs 330-390 us of Python per fetch of the worker's 19
+    partitions. A librdkafka consumer fetches the records instead, assigned partition by
+    partition at aiokafka's positions, which it moves as it hands records over; aiokafka
+    keeps the group, the commits, the seeks and its offset resets, and sends no fetch
+    request. Uses aiokafka's subscription state (``position``, ``consumed_to``,
+    ``highwater``, ``timestamp``) and ``Fetcher._get_actions_per_node``. Can go when
+    Faust's aiokafka driver fetches at a fraction of that cost, or Faust has a librdkafka
+    driver that keeps its group protocol (``CONSENT_STREAM_FETCH_CLIENT=aiokafka``
+    compares the two).
 ``batches``
     ``Stream.take_events`` only yields on a timer or a full buffer and acknowledges the
     buffer when resumed, not when the caller's effects are done. Uses the agent channel's

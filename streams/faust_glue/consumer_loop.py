@@ -18,16 +18,40 @@ rebalance (~35 s for 1,000,000 tickets) yields to the loop every 2,000 tickets
 
 Can go when faust-streaming offers a consumer without the thread (or its thread stops
 costing the hand-overs): then drop ``RedeliveringConsumer._new_consumer_thread``.
+
+With a fetch configuration (``fetch_with_librdkafka``, the worker's default), the records
+themselves are fetched by librdkafka (``streams.faust_glue.record_reader``); aiokafka keeps
+the group, the offsets and the positions.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import ConsumerStoppedError
+from confluent_kafka import Consumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from mode.utils.futures import maybe_async
 
-__all__ = ["InLoopConsumerThread"]
+from streams.faust_glue.fetch_thread import FetchThread
+from streams.faust_glue.record_reader import RecordReader, assigned_states, positions_only
+
+__all__ = ["InLoopConsumerThread", "fetch_config_of", "fetch_with_librdkafka"]
+
+_FETCH_CONFIGS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def fetch_with_librdkafka(app: Any, config: Mapping[str, Any]) -> None:
+    """The worker of ``app`` fetches records with a librdkafka consumer of ``config``
+    (``Settings.fetch_config``) instead of aiokafka's fetcher."""
+    _FETCH_CONFIGS[app] = dict(config)
+
+
+def fetch_config_of(app: Any) -> dict[str, Any] | None:
+    """The librdkafka fetch configuration of ``app``'s worker; None: aiokafka fetches."""
+    return _FETCH_CONFIGS.get(app)
 
 
 class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -36,17 +60,51 @@ class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         loop = kwargs.pop("loop")
         super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+        self._reader: RecordReader | None = None
 
     async def start(self) -> None:
-        """Start the aiokafka consumer as a child service, no thread, no method queue."""
+        """Start the aiokafka consumer as a child service, no thread, no method queue;
+        with a fetch configuration, the librdkafka reader too."""
         self._thread_started.set()
         await self._default_start()
+        config = fetch_config_of(self.consumer.app)
+        if config is not None and not self.app.client_only:
+            positions_only(self._ensure_consumer()._fetcher)
+            self._reader = RecordReader(FetchThread(lambda: Consumer(config)), self.thread_loop)
+            self._reader.start()
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 - the signature is Faust's
+        max_records: int | None = None,
+    ) -> Any:
+        reader = self._reader
+        if reader is None:
+            return await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+        if not self.consumer.flow_active:
+            return {}
+        if consumer._closed:
+            raise ConsumerStoppedError()
+        subscriptions = consumer._subscription
+        if subscriptions.reassignment_in_progress:
+            await subscriptions.wait_for_assignment()
+        if active_partitions is None:
+            active_partitions = self.assignment()
+        return await reader.fetched(
+            assigned_states(consumer), active_partitions, timeout or 0.0, max_records
+        )
 
     async def stop(self) -> None:
         """What the thread runs when it ends (``ServiceThread._shutdown_thread``: the
         aiokafka consumer, children, futures, exit stacks), on this loop."""
         if self._started.is_set() and not self._stopped.is_set():
             self._stopped.set()
+            if self._reader is not None:
+                self._reader.stop()
             await self._shutdown_thread()
 
     async def call_thread(self, fun: Any, *args: Any, **kwargs: Any) -> Any:

@@ -8,16 +8,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from schemas.settings import Settings
+from schemas.errors import ConfigurationError
+from schemas.settings import ENV_PREFIX, Settings
 from streams.app import create_app
-from streams.faust_glue.consumer_loop import InLoopConsumerThread
+from streams.faust_glue.consumer_loop import InLoopConsumerThread, fetch_config_of
 from streams.faust_glue.transport import RedeliveringConsumer
 
 
-def _consumer_thread(tmp_path: Path) -> InLoopConsumerThread:
-    app = create_app(Settings(data_dir=str(tmp_path)))
+def _consumer_thread(tmp_path: Path, fetch_client: str = "librdkafka") -> InLoopConsumerThread:
+    app = create_app(Settings(data_dir=str(tmp_path), fetch_client=fetch_client))
     consumer = app.consumer
     assert isinstance(consumer, RedeliveringConsumer)
     made = consumer._thread
@@ -53,8 +55,19 @@ def test_calls_run_in_the_callers_thread(tmp_path: Path) -> None:
     assert seen == [threading.main_thread()] * 3
 
 
+def test_the_worker_fetches_with_librdkafka_unless_told_otherwise(tmp_path: Path) -> None:
+    settings = Settings(data_dir=str(tmp_path), app_id="worker-group", client_id="w")
+    config = fetch_config_of(create_app(settings))
+    assert config is not None
+    assert (config["group.id"], config["client.id"]) == ("worker-group", "w-fetch")
+    assert config["enable.auto.commit"] is False  # Faust commits
+    aiokafka_only = create_app(Settings(data_dir=str(tmp_path), fetch_client="aiokafka"))
+    assert fetch_config_of(aiokafka_only) is None
+
+
 def test_start_and_stop_start_no_thread(tmp_path: Path) -> None:
-    made = _consumer_thread(tmp_path)
+    """With aiokafka fetching; with librdkafka, its fetch thread is the one thread."""
+    made = _consumer_thread(tmp_path, fetch_client="aiokafka")
     stopped: list[bool] = []
 
     async def on_start() -> None:  # instead of connecting to a broker
@@ -80,3 +93,12 @@ def test_start_and_stop_start_no_thread(tmp_path: Path) -> None:
     assert after == before
     assert stopped == [True]
     assert made._shutdown.is_set()
+
+
+def test_the_fetch_client_is_read_from_the_environment() -> None:
+    dev = {ENV_PREFIX + "DEV_MODE": "1"}
+    assert Settings.from_env(dev).fetch_client == "librdkafka"
+    env = {**dev, ENV_PREFIX + "FETCH_CLIENT": "AIOKafka "}
+    assert Settings.from_env(env).fetch_client == "aiokafka"
+    with pytest.raises(ConfigurationError, match="FETCH_CLIENT must be one of"):
+        Settings.from_env({**dev, ENV_PREFIX + "FETCH_CLIENT": "kafka-python"})

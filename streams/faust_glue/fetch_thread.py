@@ -1,0 +1,155 @@
+"""The thread that polls librdkafka for ``streams.faust_glue.record_reader``.
+
+librdkafka's ``poll`` blocks, and nothing in confluent-kafka wakes an event loop when
+records arrive, so this thread polls and hands each batch over (``on_arrival``). It is
+also the only caller of ``incremental_assign``/``incremental_unassign``: changes asked
+for by the loop (``change``) are applied between two polls, in order, and every batch
+carries the number of the last change applied before its poll began. librdkafka drops
+what it had fetched for a partition when it is unassigned, so a batch whose number is
+at least a partition's last change holds only records fetched from that change's offset.
+
+The loop never calls into the consumer while the thread runs: librdkafka calls made from
+the loop while this thread polled (a cached watermark read) hung the worker's loop. The
+thread reads each batch's high watermarks itself and hands them over with the batch.
+
+A failure of the consumer (a fatal error, an assignment refused) is kept and raised on
+the loop by ``raise_failure``; errors librdkafka retries by itself are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from schemas.errors import FetchError
+
+__all__ = ["Arrival", "FetchThread"]
+
+log = logging.getLogger(__name__)
+
+POLL_S: Final = 0.05
+"""How long one poll waits for a record; also the longest a change waits to be applied."""
+BATCH_RECORDS: Final = 500
+
+TP = tuple[str, int]
+
+
+class Arrival(NamedTuple):
+    """One poll's records, with the number of the last change applied before the poll and
+    the high watermark of each partition in it (None when librdkafka has none yet)."""
+
+    applied: int
+    messages: list[Any]
+    highwaters: dict[TP, int | None]
+
+
+class FetchThread:
+    """Polls a librdkafka consumer on a thread of its own (module docstring)."""
+
+    def __init__(self, consumer_factory: Callable[[], Any], name: str = "record-fetch") -> None:
+        self._factory, self._name = consumer_factory, name
+        self._consumer: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._changes: queue.SimpleQueue[tuple[int, list[TP], list[tuple[TP, int]]]] = (
+            queue.SimpleQueue()
+        )
+        self._last_change = 0  # loop side: numbers handed out
+        self._applied = 0  # thread side: the last change applied
+        self._arrived: deque[Arrival] = deque()
+        self._failure: BaseException | None = None
+        self.on_arrival: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        self._consumer = self._factory()
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def change(self, unassign: Iterable[TP], assign: Iterable[tuple[TP, int]]) -> int:
+        """Ask for partitions to be unassigned, then assigned at offsets; returns the
+        change's number (loop side)."""
+        self._last_change += 1
+        self._changes.put((self._last_change, list(unassign), list(assign)))
+        return self._last_change
+
+    def take(self) -> list[Arrival]:
+        """The batches that arrived since the last call."""
+        arrived = self._arrived
+        return [arrived.popleft() for _ in range(len(arrived))]
+
+    def _highwaters(self, messages: list[Any]) -> dict[TP, int | None]:
+        """Each partition's high watermark, as librdkafka last saw it (no request)."""
+        highwaters: dict[TP, int | None] = {}
+        for message in messages:
+            tp = (message.topic(), message.partition())
+            if tp not in highwaters:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+                highwaters[tp] = high if high >= 0 else None
+        return highwaters
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise FetchError(f"record fetching failed: {self._failure}") from self._failure
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._apply_changes()
+                messages = self._poll()
+                if messages:
+                    self._arrived.append(
+                        Arrival(self._applied, messages, self._highwaters(messages))
+                    )
+                    self.on_arrival()
+        except BaseException as exc:  # kept for the loop, which raises it
+            log.error("record fetching stopped: %r", exc)
+            self._failure = exc
+            self.on_arrival()
+
+    def _apply_changes(self) -> None:
+        consumer = self._consumer
+        while True:
+            try:
+                number, unassign, assign = self._changes.get_nowait()
+            except queue.Empty:
+                return
+            if unassign:
+                consumer.incremental_unassign([TopicPartition(*tp) for tp in unassign])
+            if assign:
+                consumer.incremental_assign(
+                    [TopicPartition(topic, p, offset) for (topic, p), offset in assign]
+                )
+            self._applied = number
+
+    def _poll(self) -> list[Any]:
+        first = self._consumer.poll(POLL_S)
+        if first is None:
+            return []
+        messages = [first, *self._consumer.consume(BATCH_RECORDS - 1, 0)]
+        if any(message.error() is not None for message in messages):
+            messages = [m for m in messages if not self._is_error(m)]
+        return messages
+
+    def _is_error(self, message: Any) -> bool:
+        error: KafkaError | None = message.error()
+        if error is None:
+            return False
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("fetching %s[%s]: %s", message.topic(), message.partition(), error)
+        return True

@@ -1,0 +1,243 @@
+"""librdkafka fetches the records of the partitions Faust's aiokafka consumer holds.
+
+aiokafka costs 330-390 us of Python per fetch cycle (request built, response parsed,
+per partition), and a worker fetch names every partition it holds (events, ledger,
+twelve partner-acknowledgement partitions): at 1,000 paced events/s the worker made ~300
+fetches a second, and aiokafka's fetcher and protocol took a quarter of its CPU. A
+librdkafka consumer reading the same partitions costs 73-108 us per record, threads
+included (docs/benchmarks.md).
+
+aiokafka keeps everything else: group membership, assignment and rebalances, committed
+offsets, seeks, positions, its offset resets. It only stops sending fetch requests
+(``positions_only``). ``RecordReader`` does the fetching and stays in step with it:
+
+- aiokafka's subscription state is the authority. On every fetch call the reader compares,
+  for each partition Faust asks for, aiokafka's position with the offset it would hand over
+  next; a partition newly asked for, or moved by a seek, is (re)assigned in librdkafka at
+  aiokafka's position, and whatever was fetched for it before is dropped.
+- Handing records over moves aiokafka's position (``consumed_to``), as aiokafka's own
+  fetcher does, and sets the partition's highwater and fetch time, which Faust's lag
+  metrics and its slow-processing checks read.
+- A partition Faust stops asking for (recovery, flow control) is unassigned in librdkafka;
+  what was fetched for it stays, and fetching resumes after it when it is asked for again.
+- librdkafka's ``poll`` blocks, so one thread (``FetchThread``) calls it and hands batches
+  to the event loop. Only that thread assigns and unassigns, between two polls, in the
+  order the loop asked; each batch carries the number of the last change applied before
+  its poll, and the records of a partition changed later than that are dropped (librdkafka
+  fetches them again from the new position).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
+
+from streams.faust_glue.fetch_thread import FetchThread
+
+__all__ = ["FetchedRecord", "RecordReader", "positions_only"]
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class FetchedRecord:
+    """A record as Faust's aiokafka driver reads it (aiokafka's ``ConsumerRecord``)."""
+
+    __slots__ = (
+        "checksum",
+        "headers",
+        "key",
+        "offset",
+        "partition",
+        "serialized_key_size",
+        "serialized_value_size",
+        "timestamp",
+        "timestamp_type",
+        "topic",
+        "value",
+    )
+
+    def __init__(self, message: Any) -> None:
+        self.topic, self.partition = message.topic(), message.partition()
+        self.offset = message.offset()
+        kind, stamp = message.timestamp()
+        self.timestamp = stamp if kind else None
+        self.timestamp_type = 1 if kind == TIMESTAMP_LOG_APPEND_TIME else 0
+        self.key, self.value = key, value = message.key(), message.value()
+        self.checksum = None
+        self.serialized_key_size = -1 if key is None else len(key)
+        self.serialized_value_size = -1 if value is None else len(value)
+        self.headers = message.headers() or ()
+
+
+@dataclass
+class _Partition:
+    """The reader's view of one partition (event loop only)."""
+
+    next: int
+    """The offset to hand over next: aiokafka's position."""
+    fetch_from: int
+    """Where librdkafka fetches (after the last record kept)."""
+    since: int = 0
+    """Batches of polls before this change number are stale for this partition."""
+    assigned: bool = False
+    records: deque[Any] = field(default_factory=deque)
+    highwater: int | None = None
+
+
+def positions_only(fetcher: Any) -> None:
+    """aiokafka's fetcher goes on resetting positions but sends no fetch request."""
+    actions = fetcher._get_actions_per_node
+
+    def without_fetches(assignment: Any) -> Any:
+        _fetches, resets, timeout, invalid_metadata, resumes = actions(assignment)
+        return [], resets, timeout, invalid_metadata, resumes
+
+    fetcher._get_actions_per_node = without_fetches
+
+
+class RecordReader:
+    """Records of the partitions Faust asks for, fetched by librdkafka (module docstring)."""
+
+    def __init__(self, thread: FetchThread, loop: asyncio.AbstractEventLoop) -> None:
+        self._thread, self._loop = thread, loop
+        self._parts: dict[TP, _Partition] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._rotation = 0
+        thread.on_arrival = self._arrival_from_thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+    def _arrival_from_thread(self) -> None:
+        self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def fetched(
+        self,
+        states: Callable[[TP], Any],
+        active: Iterable[TP],
+        timeout: float,  # noqa: ASYNC109 - aiokafka's fetched_records signature
+        max_records: int | None,
+    ) -> dict[TP, list[FetchedRecord]]:
+        """Records of the ``active`` partitions, from aiokafka's positions; waits up to
+        ``timeout`` seconds for some. ``states(tp)``: aiokafka's partition state or None."""
+        deadline = time.monotonic() + timeout
+        active = list(active)
+        while True:
+            self._thread.raise_failure()
+            self._take_arrived()
+            self._reconcile(states, active)
+            drained = self._hand_over(states, active, max_records)
+            remaining = deadline - time.monotonic()
+            if drained or remaining <= 0:
+                return drained
+            self._waiter = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._waiter), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiter = None
+
+    def _reconcile(self, states: Callable[[TP], Any], active: list[TP]) -> None:
+        """Assign what is asked for at aiokafka's positions, unassign what is not."""
+        now_ms = time.time() * 1000
+        wanted: dict[TP, int] = {}
+        for tp in active:
+            state = states(tp)
+            if state is not None and state.has_valid_position:
+                wanted[tp] = state.position
+                state.timestamp = now_ms
+        assign: list[tuple[TP, int]] = []
+        unassign: list[TP] = []
+        for tp, part in list(self._parts.items()):
+            if tp not in wanted:
+                if part.assigned:
+                    unassign.append(tp)
+                    part.assigned = False
+                if states(tp) is None:
+                    del self._parts[tp]
+        for tp, position in wanted.items():
+            known = self._parts.get(tp)
+            if known is None or known.next != position:
+                if known is not None and known.assigned:
+                    unassign.append(tp)
+                known = None
+            part = self._parts[tp] = known or _Partition(position, position)
+            if not part.assigned:
+                assign.append((tp, part.fetch_from))
+                part.assigned = True
+        if assign or unassign:
+            change = self._thread.change(unassign, assign)
+            for tp, _ in assign:
+                self._parts[tp].since = change
+
+    def _take_arrived(self) -> None:
+        """Batches from the thread into each partition's records, without stale ones."""
+        parts = self._parts
+        for applied, messages, highwaters in self._thread.take():
+            for tp, high in highwaters.items():
+                if (part := parts.get(tp)) is not None and high is not None:
+                    part.highwater = high
+            for message in messages:
+                tp = (message.topic(), message.partition())
+                part = parts.get(tp)
+                if part is None or not part.assigned or applied < part.since:
+                    continue  # fetched before the partition's last change
+                offset = message.offset()
+                if offset < part.fetch_from:
+                    continue
+                part.records.append(message)
+                part.fetch_from = offset + 1
+
+    def _hand_over(
+        self, states: Callable[[TP], Any], active: list[TP], max_records: int | None
+    ) -> dict[TP, list[FetchedRecord]]:
+        drained: dict[TP, list[FetchedRecord]] = {}
+        budget = max_records or 1 << 30
+        self._rotation = (self._rotation + 1) % max(1, len(active))
+        for tp in active[self._rotation :] + active[: self._rotation]:
+            part = self._parts.get(tp)
+            if part is None or not part.records or not part.assigned:
+                continue
+            records = part.records
+            taken = [FetchedRecord(records.popleft()) for _ in range(min(budget, len(records)))]
+            drained[tp] = taken
+            part.next = taken[-1].offset + 1
+            state = states(tp)
+            state.consumed_to(part.next)
+            if part.highwater is not None:
+                state.highwater = part.highwater
+            budget -= len(taken)
+            if not budget:
+                break
+        return drained
+
+
+def assigned_states(consumer: Any) -> Callable[[TP], Any]:
+    """``tp -> aiokafka's state of it`` while assigned, else None."""
+    subscription = consumer._subscription
+
+    def state(tp: TP) -> Any:
+        current = subscription.subscription
+        assignment = None if current is None else current.assignment
+        if assignment is None or tp not in assignment.tps:
+            return None
+        return assignment.state_value(tp)
+
+    return state

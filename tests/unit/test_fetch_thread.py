@@ -1,0 +1,153 @@
+"""The thread that polls librdkafka for the record reader, with a fake consumer (no Kafka)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+
+from schemas.errors import FetchError
+from streams.faust_glue.fetch_thread import FetchThread
+
+
+class Message:
+    def __init__(self, offset: int, error: KafkaError | None = None) -> None:
+        self._offset, self._error = offset, error
+
+    def topic(self) -> str:
+        return "events"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+
+class Consumer:
+    """Records a log of calls; ``poll`` hands out what the test queued."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.queued: list[Message] = []
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def incremental_assign(self, partitions: Any) -> None:
+        self.calls.append(("assign", [(p.topic, p.partition, p.offset) for p in partitions]))
+
+    def incremental_unassign(self, partitions: Any) -> None:
+        self.calls.append(("unassign", [(p.topic, p.partition) for p in partitions]))
+
+    def poll(self, timeout: float) -> Message | None:
+        with self.lock:
+            if self.queued:
+                self.calls.append("poll")
+                return self.queued.pop(0)
+        time.sleep(min(timeout, 0.005))
+        return None
+
+    def consume(self, count: int, timeout: float) -> list[Message]:
+        with self.lock:
+            taken, self.queued = self.queued[:count], self.queued[count:]
+        return taken
+
+    def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
+        return 0, 42
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def wait_for(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def arrivals(thread: FetchThread) -> Any:
+    """Waits for the first arrivals (``take``) and returns them."""
+    taken: list[Any] = []
+
+    def some() -> bool:
+        taken.extend(thread.take())
+        return bool(taken)
+
+    wait_for(some)
+    return taken
+
+
+def failed(thread: FetchThread) -> bool:
+    try:
+        thread.raise_failure()
+    except FetchError:
+        return True
+    return False
+
+
+def started() -> tuple[FetchThread, Consumer]:
+    consumer = Consumer()
+    thread = FetchThread(lambda: consumer)
+    thread.start()
+    return thread, consumer
+
+
+def test_changes_are_applied_in_order_before_the_next_poll_and_batches_carry_their_number() -> None:
+    thread, consumer = started()
+    try:
+        first = thread.change([], [(("events", 0), 5)])
+        second = thread.change([("events", 0)], [(("events", 0), 2)])
+        wait_for(lambda: len(consumer.calls) == 3)
+        with consumer.lock:
+            consumer.queued = [Message(2), Message(3)]
+        taken = arrivals(thread)
+    finally:
+        thread.stop()
+    assert (first, second) == (1, 2)
+    assert consumer.calls[:4] == [
+        ("assign", [("events", 0, 5)]),
+        ("unassign", [("events", 0)]),
+        ("assign", [("events", 0, 2)]),
+        "poll",
+    ]
+    [arrival] = taken
+    assert arrival.applied == 2
+    assert [m.offset() for m in arrival.messages] == [2, 3]
+    assert arrival.highwaters == {("events", 0): 42}
+    assert consumer.closed
+
+
+def test_each_arrival_wakes_the_loop_and_errors_librdkafka_retries_are_skipped() -> None:
+    woken = threading.Event()
+    thread, consumer = started()
+    thread.on_arrival = woken.set
+    try:
+        transport = KafkaError(KafkaError._TRANSPORT)
+        with consumer.lock:
+            consumer.queued = [Message(-1, transport), Message(0)]
+        assert woken.wait(5)
+        taken = arrivals(thread)
+    finally:
+        thread.stop()
+    assert [m.offset() for m in taken[0].messages] == [0]
+    thread.raise_failure()  # nothing failed
+
+
+def test_a_fatal_error_stops_the_thread_and_is_raised_on_the_loop() -> None:
+    thread, consumer = started()
+    try:
+        fatal = KafkaError(KafkaError._FATAL, "fenced", fatal=True)
+        with consumer.lock:
+            consumer.queued = [Message(-1, fatal)]
+        wait_for(lambda: failed(thread))
+        with pytest.raises(FetchError, match="fenced"):
+            thread.raise_failure()
+    finally:
+        thread.stop()

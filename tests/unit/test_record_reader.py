@@ -1,0 +1,241 @@
+"""The librdkafka record reader kept in step with aiokafka's positions (no Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+from schemas.errors import FetchError
+from streams.faust_glue.fetch_thread import Arrival
+from streams.faust_glue.record_reader import RecordReader, positions_only
+
+EVENTS0, EVENTS1 = ("events", 0), ("events", 1)
+
+
+def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+class Message:
+    def __init__(self, tp: tuple[str, int], offset: int, value: bytes = b"v") -> None:
+        self._tp, self._offset, self._value = tp, offset, value
+
+    def topic(self) -> str:
+        return self._tp[0]
+
+    def partition(self) -> int:
+        return self._tp[1]
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return TIMESTAMP_CREATE_TIME, 1_700_000_000_000 + self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return None
+
+    def error(self) -> None:
+        return None
+
+
+class State:
+    """aiokafka's TopicPartitionState, as far as the reader uses it."""
+
+    def __init__(self, position: int | None) -> None:
+        self.position = position
+        self.timestamp: float | None = None
+        self.highwater: int | None = None
+
+    @property
+    def has_valid_position(self) -> bool:
+        return self.position is not None
+
+    def consumed_to(self, position: int) -> None:
+        self.position = position
+
+
+class Thread:
+    """The fetch thread's interface, driven by the test."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[int, list[Any], list[Any]]] = []
+        self.arrived: list[Arrival] = []
+        self.failure: BaseException | None = None
+        self.on_arrival: Any = None
+
+    def change(self, unassign: Any, assign: Any) -> int:
+        self.changes.append((len(self.changes) + 1, list(unassign), list(assign)))
+        return len(self.changes)
+
+    def take(self) -> list[Arrival]:
+        arrived, self.arrived = self.arrived, []
+        return arrived
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise FetchError("record fetching failed") from self.failure
+
+    def deliver(self, applied: int, *messages: Message, high: int | None = None) -> None:
+        highwaters = {(m.topic(), m.partition()): high for m in messages}
+        self.arrived.append(Arrival(applied, list(messages), highwaters))
+        if self.on_arrival is not None:
+            self.on_arrival()
+
+
+def reader_with(states: dict[Any, State]) -> tuple[RecordReader, Thread, Any]:
+    thread = Thread()
+    reader = RecordReader(thread, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    async def fetch(active: Any = None, timeout: float = 0.0, limit: int | None = None) -> Any:
+        asked = list(states) if active is None else active
+        got = await reader.fetched(states.get, asked, timeout, limit)
+        return {tp: [r.offset for r in records] for tp, records in got.items()}
+
+    return reader, thread, fetch
+
+
+@in_loop
+async def test_assigns_at_aiokafkas_positions_and_moves_them() -> None:
+    states = {EVENTS0: State(5), EVENTS1: State(None)}
+    _reader, thread, fetch = reader_with(states)
+    assert await fetch() == {}
+    assert thread.changes == [(1, [], [(EVENTS0, 5)])]  # no position yet: not assigned
+    assert states[EVENTS0].timestamp is not None  # Faust's "fetch sent" check reads it
+    thread.deliver(1, Message(EVENTS0, 5), Message(EVENTS0, 6), high=9)
+    assert await fetch() == {EVENTS0: [5, 6]}
+    assert states[EVENTS0].position == 7
+    assert states[EVENTS0].highwater == 9
+    states[EVENTS1].position = 0
+    assert await fetch() == {}
+    assert thread.changes[-1] == (2, [], [(EVENTS1, 0)])
+
+
+@in_loop
+async def test_a_record_becomes_what_fausts_aiokafka_driver_reads() -> None:
+    states = {EVENTS0: State(0)}
+    reader, thread, _fetch = reader_with(states)
+    await reader.fetched(states.get, [EVENTS0], 0, None)
+    thread.deliver(1, Message(EVENTS0, 0, b"body"))
+    [record] = (await reader.fetched(states.get, [EVENTS0], 0, None))[EVENTS0]
+    assert (record.topic, record.partition, record.offset) == ("events", 0, 0)
+    assert (record.key, record.value, record.headers) == (b"k", b"body", ())
+    assert (record.timestamp, record.timestamp_type) == (1_700_000_000_000, 0)
+    assert (record.serialized_key_size, record.serialized_value_size) == (1, 4)
+
+
+@in_loop
+async def test_a_seek_drops_what_was_fetched_and_fetches_from_the_new_position() -> None:
+    states = {EVENTS0: State(10)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, Message(EVENTS0, 10), Message(EVENTS0, 11))
+    assert await fetch(limit=1) == {EVENTS0: [10]}
+    states[EVENTS0].position = 3  # Faust seeks back to the committed offset
+    thread.deliver(1, Message(EVENTS0, 12))  # polled before the change was applied: stale
+    assert await fetch() == {}
+    assert thread.changes[-1] == (2, [EVENTS0], [(EVENTS0, 3)])
+    thread.deliver(2, Message(EVENTS0, 3), Message(EVENTS0, 4))
+    assert await fetch() == {EVENTS0: [3, 4]}
+    assert states[EVENTS0].position == 5
+
+
+@in_loop
+async def test_stale_and_repeated_records_are_not_handed_over() -> None:
+    states = {EVENTS0: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(0, Message(EVENTS0, 0))  # a poll from before the assignment
+    thread.deliver(1, Message(EVENTS0, 0), Message(EVENTS0, 1), Message(EVENTS0, 1))
+    thread.deliver(1, Message(EVENTS0, 4))  # a gap (compaction, a marker) is accepted
+    assert await fetch() == {EVENTS0: [0, 1, 4]}
+    assert states[EVENTS0].position == 5
+
+
+@in_loop
+async def test_a_partition_not_asked_for_keeps_its_records_and_resumes_after_them() -> None:
+    states = {EVENTS0: State(0), EVENTS1: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, Message(EVENTS0, 0), Message(EVENTS0, 1), Message(EVENTS1, 0))
+    assert await fetch(active=[EVENTS1]) == {EVENTS1: [0]}  # events-0 paused by Faust
+    assert thread.changes[-1] == (2, [EVENTS0], [])
+    thread.deliver(1, Message(EVENTS0, 2))  # polled before the unassignment: dropped
+    assert await fetch(active=[EVENTS0, EVENTS1]) == {EVENTS0: [0, 1]}
+    assert thread.changes[-1] == (3, [], [(EVENTS0, 2)])
+    thread.deliver(3, Message(EVENTS0, 2))
+    assert await fetch() == {EVENTS0: [2]}
+
+
+@in_loop
+async def test_a_partition_aiokafka_no_longer_holds_is_forgotten() -> None:
+    states = {EVENTS0: State(0), EVENTS1: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, Message(EVENTS1, 0))
+    del states[EVENTS1]  # revoked
+    assert await fetch() == {}
+    assert thread.changes[-1] == (2, [EVENTS1], [])
+    states[EVENTS1] = State(0)  # assigned again, from its committed offset
+    assert await fetch() == {}
+    assert thread.changes[-1] == (3, [], [(EVENTS1, 0)])
+
+
+@in_loop
+async def test_max_records_is_shared_between_partitions() -> None:
+    states = {EVENTS0: State(0), EVENTS1: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, *(Message(EVENTS0, i) for i in range(3)), Message(EVENTS1, 0))
+    first = await fetch(limit=2)
+    assert sum(map(len, first.values())) == 2
+    rest = await fetch()
+    assert sorted(first.get(EVENTS0, []) + rest.get(EVENTS0, [])) == [0, 1, 2]
+    assert first.get(EVENTS1, []) + rest.get(EVENTS1, []) == [0]
+
+
+@in_loop
+async def test_waits_for_records_until_the_timeout() -> None:
+    states = {EVENTS0: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await fetch(timeout=0.05) == {}
+    assert loop.time() - started >= 0.05
+    loop.call_later(0.02, thread.deliver, 1, Message(EVENTS0, 0))
+    assert await fetch(timeout=5) == {EVENTS0: [0]}
+    assert loop.time() - started < 1
+
+
+@in_loop
+async def test_a_failed_fetch_thread_fails_the_fetch() -> None:
+    states = {EVENTS0: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    thread.failure = RuntimeError("fatal")
+    with pytest.raises(FetchError):
+        await fetch()
+
+
+def test_aiokafkas_fetcher_keeps_resetting_positions_but_sends_no_fetch() -> None:
+    class Fetcher:
+        def _get_actions_per_node(self, assignment: Any) -> Any:
+            return [(1, "fetch request")], {1: ["events-0"]}, 0.2, False, ["resume"]
+
+    fetcher = Fetcher()
+    positions_only(fetcher)
+    assert fetcher._get_actions_per_node(None) == ([], {1: ["events-0"]}, 0.2, False, ["resume"])
