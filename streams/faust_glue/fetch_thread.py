@@ -12,6 +12,11 @@ The loop never calls into the consumer while the thread runs: librdkafka calls m
 the loop while this thread polled (a cached watermark read) hung the worker's loop. The
 thread reads each batch's high watermarks itself and hands them over with the batch.
 
+What the loop holds (arrived, not yet handed to Faust) is bounded: at ``BUFFER_RECORDS``
+records or ``BUFFER_BYTES`` the thread stops polling until the loop ``release``s some, so
+a backlog stays in librdkafka's own bounded prefetch (``queued.max.messages.kbytes``),
+not in Python objects.
+
 A failure of the consumer (a fatal error, an assignment refused) is kept and raised on
 the loop by ``raise_failure``; errors librdkafka retries by itself are logged.
 """
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 POLL_S: Final = 0.05
 """How long one poll waits for a record; also the longest a change waits to be applied."""
 BATCH_RECORDS: Final = 500
+BUFFER_RECORDS: Final = 2_000
+BUFFER_BYTES: Final = 8 << 20
 
 TP = tuple[str, int]
 
@@ -64,6 +71,9 @@ class FetchThread:
         self._applied = 0  # thread side: the last change applied
         self._arrived: deque[Arrival] = deque()
         self._failure: BaseException | None = None
+        self._room = threading.Condition()
+        self._held_records = 0
+        self._held_bytes = 0
         self.on_arrival: Callable[[], None] = lambda: None
 
     def start(self) -> None:
@@ -73,6 +83,8 @@ class FetchThread:
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._room:
+            self._room.notify()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -92,6 +104,30 @@ class FetchThread:
         arrived = self._arrived
         return [arrived.popleft() for _ in range(len(arrived))]
 
+    def release(self, records: int, nbytes: int) -> None:
+        """The loop no longer holds ``records`` arrived records of ``nbytes`` bytes (handed
+        over or dropped)."""
+        with self._room:
+            self._held_records -= records
+            self._held_bytes -= nbytes
+            self._room.notify()
+
+    def _full(self) -> bool:
+        return self._held_records >= BUFFER_RECORDS or self._held_bytes >= BUFFER_BYTES
+
+    def _wait_for_room(self) -> bool:
+        """True once the loop holds less than the bound; False after ``POLL_S`` (changes
+        are applied in between)."""
+        with self._room:
+            if self._full():
+                self._room.wait(POLL_S)
+            return not self._full()
+
+    def _hold(self, messages: list[Any]) -> None:
+        with self._room:
+            self._held_records += len(messages)
+            self._held_bytes += sum(map(len, messages))
+
     def _highwaters(self, messages: list[Any]) -> dict[TP, int | None]:
         """Each partition's high watermark, as librdkafka last saw it (no request)."""
         highwaters: dict[TP, int | None] = {}
@@ -110,8 +146,11 @@ class FetchThread:
         try:
             while not self._stopping.is_set():
                 self._apply_changes()
+                if not self._wait_for_room():
+                    continue
                 messages = self._poll()
                 if messages:
+                    self._hold(messages)
                     self._arrived.append(
                         Arrival(self._applied, messages, self._highwaters(messages))
                     )

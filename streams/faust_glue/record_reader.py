@@ -18,8 +18,10 @@ offsets, seeks, positions, its offset resets. It only stops sending fetch reques
 - Handing records over moves aiokafka's position (``consumed_to``), as aiokafka's own
   fetcher does, and sets the partition's highwater and fetch time, which Faust's lag
   metrics and its slow-processing checks read.
-- A partition Faust stops asking for (recovery, flow control) is unassigned in librdkafka;
-  what was fetched for it stays, and fetching resumes after it when it is asked for again.
+- A partition Faust stops asking for (recovery, flow control) is unassigned in librdkafka,
+  and what was fetched for it is dropped: what the loop holds is bounded
+  (``fetch_thread.BUFFER_RECORDS``), and must be what Faust will take. Asked for again, it
+  is assigned again at aiokafka's position.
 - librdkafka's ``poll`` blocks, so one thread (``FetchThread``) calls it and hands batches
   to the event loop. Only that thread assigns and unassigns, between two polls, in the
   order the loop asked; each batch carries the number of the last change applied before
@@ -88,7 +90,6 @@ class _Partition:
     """Where librdkafka fetches (after the last record kept)."""
     since: int = 0
     """Batches of polls before this change number are stale for this partition."""
-    assigned: bool = False
     records: deque[Any] = field(default_factory=deque)
     highwater: int | None = None
 
@@ -167,21 +168,18 @@ class RecordReader:
         unassign: list[TP] = []
         for tp, part in list(self._parts.items()):
             if tp not in wanted:
-                if part.assigned:
-                    unassign.append(tp)
-                    part.assigned = False
-                if states(tp) is None:
-                    del self._parts[tp]
+                unassign.append(tp)
+                self._drop(part)
+                del self._parts[tp]
         for tp, position in wanted.items():
             known = self._parts.get(tp)
-            if known is None or known.next != position:
-                if known is not None and known.assigned:
-                    unassign.append(tp)
+            if known is not None and known.next != position:  # moved by a seek
+                unassign.append(tp)
+                self._drop(known)
                 known = None
-            part = self._parts[tp] = known or _Partition(position, position)
-            if not part.assigned:
-                assign.append((tp, part.fetch_from))
-                part.assigned = True
+            if known is None:
+                self._parts[tp] = _Partition(position, position)
+                assign.append((tp, position))
         if assign or unassign:
             change = self._thread.change(unassign, assign)
             for tp, _ in assign:
@@ -194,16 +192,24 @@ class RecordReader:
             for tp, high in highwaters.items():
                 if (part := parts.get(tp)) is not None and high is not None:
                     part.highwater = high
+            dropped = dropped_bytes = 0
             for message in messages:
                 tp = (message.topic(), message.partition())
                 part = parts.get(tp)
-                if part is None or not part.assigned or applied < part.since:
-                    continue  # fetched before the partition's last change
                 offset = message.offset()
-                if offset < part.fetch_from:
+                if part is None or applied < part.since or offset < part.fetch_from:
+                    dropped += 1  # fetched before the partition's last change, or again
+                    dropped_bytes += len(message)
                     continue
                 part.records.append(message)
                 part.fetch_from = offset + 1
+            if dropped:
+                self._thread.release(dropped, dropped_bytes)
+
+    def _drop(self, part: _Partition) -> None:
+        if part.records:
+            self._thread.release(len(part.records), sum(map(len, part.records)))
+            part.records.clear()
 
     def _hand_over(
         self, states: Callable[[TP], Any], active: list[TP], max_records: int | None
@@ -213,10 +219,12 @@ class RecordReader:
         self._rotation = (self._rotation + 1) % max(1, len(active))
         for tp in active[self._rotation :] + active[: self._rotation]:
             part = self._parts.get(tp)
-            if part is None or not part.records or not part.assigned:
+            if part is None or not part.records:
                 continue
             records = part.records
-            taken = [FetchedRecord(records.popleft()) for _ in range(min(budget, len(records)))]
+            messages = [records.popleft() for _ in range(min(budget, len(records)))]
+            self._thread.release(len(messages), sum(map(len, messages)))
+            taken = [FetchedRecord(message) for message in messages]
             drained[tp] = taken
             part.next = taken[-1].offset + 1
             state = states(tp)

@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from schemas.errors import FetchError
+from streams.faust_glue import fetch_thread
 from streams.faust_glue.fetch_thread import FetchThread
 
 
@@ -28,6 +29,9 @@ class Message:
 
     def error(self) -> KafkaError | None:
         return self._error
+
+    def __len__(self) -> int:
+        return 0
 
 
 class Consumer:
@@ -149,5 +153,25 @@ def test_a_fatal_error_stops_the_thread_and_is_raised_on_the_loop() -> None:
         wait_for(lambda: failed(thread))
         with pytest.raises(FetchError, match="fenced"):
             thread.raise_failure()
+    finally:
+        thread.stop()
+
+
+def test_polling_stops_while_the_loop_holds_the_bound_and_resumes_on_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fetch_thread, "BUFFER_RECORDS", 3)
+    monkeypatch.setattr(fetch_thread, "BATCH_RECORDS", 2)
+    thread, consumer = started()
+    try:
+        with consumer.lock:
+            consumer.queued = [Message(i) for i in range(6)]
+        taken = arrivals(thread)
+        time.sleep(0.2)  # a second batch (2 + 2 > 3 held) and then no more polls
+        taken += thread.take()
+        assert [m.offset() for a in taken for m in a.messages] == [0, 1, 2, 3]
+        assert len(consumer.queued) == 2
+        thread.release(4, 0)
+        wait_for(lambda: not consumer.queued)
     finally:
         thread.stop()

@@ -47,6 +47,9 @@ class Message:
     def value(self) -> bytes:
         return self._value
 
+    def __len__(self) -> int:
+        return len(self._value)
+
     def headers(self) -> list[tuple[str, bytes]] | None:
         return None
 
@@ -78,6 +81,10 @@ class Thread:
         self.arrived: list[Arrival] = []
         self.failure: BaseException | None = None
         self.on_arrival: Any = None
+        self.held = 0
+
+    def release(self, records: int, nbytes: int) -> None:
+        self.held -= records
 
     def change(self, unassign: Any, assign: Any) -> int:
         self.changes.append((len(self.changes) + 1, list(unassign), list(assign)))
@@ -93,6 +100,7 @@ class Thread:
 
     def deliver(self, applied: int, *messages: Message, high: int | None = None) -> None:
         highwaters = {(m.topic(), m.partition()): high for m in messages}
+        self.held += len(messages)
         self.arrived.append(Arrival(applied, list(messages), highwaters))
         if self.on_arrival is not None:
             self.on_arrival()
@@ -165,21 +173,24 @@ async def test_stale_and_repeated_records_are_not_handed_over() -> None:
     thread.deliver(1, Message(EVENTS0, 4))  # a gap (compaction, a marker) is accepted
     assert await fetch() == {EVENTS0: [0, 1, 4]}
     assert states[EVENTS0].position == 5
+    assert thread.held == 0  # the dropped ones are released too
 
 
 @in_loop
-async def test_a_partition_not_asked_for_keeps_its_records_and_resumes_after_them() -> None:
+async def test_a_partition_not_asked_for_is_dropped_and_fetched_again_from_its_position() -> None:
     states = {EVENTS0: State(0), EVENTS1: State(0)}
     _reader, thread, fetch = reader_with(states)
     await fetch()
     thread.deliver(1, Message(EVENTS0, 0), Message(EVENTS0, 1), Message(EVENTS1, 0))
     assert await fetch(active=[EVENTS1]) == {EVENTS1: [0]}  # events-0 paused by Faust
     assert thread.changes[-1] == (2, [EVENTS0], [])
+    assert thread.held == 0  # what the loop holds is what Faust takes
     thread.deliver(1, Message(EVENTS0, 2))  # polled before the unassignment: dropped
-    assert await fetch(active=[EVENTS0, EVENTS1]) == {EVENTS0: [0, 1]}
-    assert thread.changes[-1] == (3, [], [(EVENTS0, 2)])
-    thread.deliver(3, Message(EVENTS0, 2))
-    assert await fetch() == {EVENTS0: [2]}
+    assert await fetch(active=[EVENTS0, EVENTS1]) == {}
+    assert thread.changes[-1] == (3, [], [(EVENTS0, 0)])
+    thread.deliver(3, Message(EVENTS0, 0), Message(EVENTS0, 1))
+    assert await fetch() == {EVENTS0: [0, 1]}
+    assert thread.held == 0
 
 
 @in_loop
