@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 POLL_S: Final = 0.05
 """How long one poll waits for a record; also the longest a change waits to be applied."""
 BATCH_RECORDS: Final = 500
-BUFFER_RECORDS: Final = 2_000
+BUFFER_RECORDS: Final = 20_000
+"""With 2,000 a no-op agent drained 3,600-4,100 records/s, with 20,000 10,800 (aiokafka's
+fetcher: 16,000): the bound sets how much the loop gets per fetch call on a backlog."""
 BUFFER_BYTES: Final = 8 << 20
 
 TP = tuple[str, int]
