@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +21,7 @@ __all__ = [
     "SASL_MECHANISMS",
     "SECURITY_ENV",
     "SECURITY_PROTOCOLS",
+    "env_choice",
     "kafka_security",
     "read_credentials",
     "security_env",
@@ -69,10 +70,21 @@ def read_credentials(path: str) -> dict[str, Secret]:
     return {str(name): Secret(password) for name, password in table.items()}
 
 
-def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = env.get(ENV_PREFIX + name, "").strip().upper() or default
+def env_choice(
+    env: Mapping[str, str],
+    name: str,
+    allowed: tuple[str, ...],
+    default: str,
+    case: Callable[[str], str] = str.upper,
+) -> str:
+    """``CONSENT_STREAM_<name>``, one of ``allowed`` (compared after ``case``), else
+    ``default``; a clear error for anything else."""
+    raw = env.get(ENV_PREFIX + name, "").strip()
+    value = case(raw) or default
     if value not in allowed:
-        raise ConfigurationError(f"{ENV_PREFIX}{name} must be one of {', '.join(allowed)}")
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{name} must be one of {', '.join(allowed)}, not {raw!r}"
+        )
     return value
 
 
@@ -93,10 +105,10 @@ def kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
     path = None if user else env.get(ENV_PREFIX + "CREDENTIALS_FILE", "").strip() or None
     protocol_default = "SASL_PLAINTEXT" if user or path else "PLAINTEXT"
     return {
-        "security_protocol": _choice(
+        "security_protocol": env_choice(
             env, "SECURITY_PROTOCOL", SECURITY_PROTOCOLS, protocol_default
         ),
-        "sasl_mechanism": _choice(env, "SASL_MECHANISM", SASL_MECHANISMS, "SCRAM-SHA-512"),
+        "sasl_mechanism": env_choice(env, "SASL_MECHANISM", SASL_MECHANISMS, "SCRAM-SHA-512"),
         "sasl_username": user,
         "sasl_password": password,
         "ssl_ca_location": env.get(ENV_PREFIX + "SSL_CA_LOCATION", "").strip() or None,

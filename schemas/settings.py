@@ -15,6 +15,7 @@ from schemas.errors import ConfigurationError
 from schemas.kafka_security import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
+    env_choice,
     kafka_security,
     read_credentials,
 )
@@ -75,15 +76,6 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 env_int = _int
 
 FETCH_CLIENTS: Final = ("librdkafka", "aiokafka")
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = env.get(ENV_PREFIX + name, "").strip().lower() or default
-    if raw not in choices:
-        raise ConfigurationError(
-            f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, not {raw!r}"
-        )
-    return raw
 
 
 """``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
@@ -193,7 +185,9 @@ class Settings:
             ),
             webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", _DEFAULT.webhook_concurrency),
             webhook_timeout_s=_int(env, "WEBHOOK_TIMEOUT_S", _DEFAULT.webhook_timeout_s),
-            fetch_client=_choice(env, "FETCH_CLIENT", FETCH_CLIENTS, _DEFAULT.fetch_client),
+            fetch_client=env_choice(
+                env, "FETCH_CLIENT", FETCH_CLIENTS, _DEFAULT.fetch_client, str.lower
+            ),
             failpoint=get("FAILPOINT", ""),
             **kafka_security(env),
         )
@@ -290,7 +284,7 @@ class Settings:
     def fetch_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka consumer of the worker's fetches (``streams.faust_glue.record_reader``):
         assigned partition by partition by the worker, never commits (Faust does), answers a
-        fetch as soon as a record is there, prefetches at most 4 MiB a partition."""
+        fetch as soon as a record is there, prefetches at most 4 MiB (its one consumer queue)."""
         return self.consumer_config(
             self.app_id,
             **{
