@@ -2,11 +2,15 @@
 
 librdkafka's ``poll`` blocks, and nothing in confluent-kafka wakes an event loop when
 records arrive, so this thread polls and hands each batch over (``on_arrival``). It is
-also the only caller of ``incremental_assign``/``incremental_unassign``: changes asked
-for by the loop (``change``) are applied between two polls, in order, and every batch
-carries the number of the last change applied before its poll began. librdkafka drops
-what it had fetched for a partition when it is unassigned, so a batch whose number is
-at least a partition's last change holds only records fetched from that change's offset.
+also the only caller of ``incremental_assign``/``incremental_unassign`` and of
+``pause``/``resume``: changes asked for by the loop (``change``) are applied between two
+polls, in order, and every batch carries the number of the last change applied before its
+poll began. librdkafka drops what it had fetched for a partition when it is unassigned, so
+a batch whose number is at least a partition's last change holds only records fetched from
+that change's offset. A paused partition keeps its place: resumed, librdkafka fetches it
+from after the last record polled. librdkafka keeps a partition paused through an
+unassignment and a new assignment, so the thread resumes a partition it paused before it
+unassigns it.
 
 The loop never calls into the consumer while the thread runs: librdkafka calls made from
 the loop while this thread polled (a cached watermark read) hung the worker's loop. The
@@ -34,7 +38,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from schemas.errors import FetchError
 
-__all__ = ["Arrival", "FetchThread"]
+__all__ = ["Arrival", "Change", "FetchThread"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,16 @@ class Arrival(NamedTuple):
     highwaters: dict[TP, int | None]
 
 
+class Change(NamedTuple):
+    """What the loop asks of the consumer, applied in this order."""
+
+    number: int
+    unassign: list[TP]
+    assign: list[tuple[TP, int]]
+    pause: list[TP]
+    resume: list[TP]
+
+
 class FetchThread:
     """Polls a librdkafka consumer on a thread of its own (module docstring)."""
 
@@ -66,9 +80,8 @@ class FetchThread:
         self._consumer: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._changes: queue.SimpleQueue[tuple[int, list[TP], list[tuple[TP, int]]]] = (
-            queue.SimpleQueue()
-        )
+        self._changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        self._paused: set[TP] = set()  # thread side
         self._last_change = 0  # loop side: numbers handed out
         self._applied = 0  # thread side: the last change applied
         self._arrived: deque[Arrival] = deque()
@@ -94,11 +107,18 @@ class FetchThread:
             self._consumer.close()
             self._consumer = None
 
-    def change(self, unassign: Iterable[TP], assign: Iterable[tuple[TP, int]]) -> int:
-        """Ask for partitions to be unassigned, then assigned at offsets; returns the
-        change's number (loop side)."""
+    def change(
+        self,
+        unassign: Iterable[TP] = (),
+        assign: Iterable[tuple[TP, int]] = (),
+        pause: Iterable[TP] = (),
+        resume: Iterable[TP] = (),
+    ) -> int:
+        """Ask for partitions to be unassigned, then assigned at offsets, then paused or
+        resumed; returns the change's number (loop side)."""
         self._last_change += 1
-        self._changes.put((self._last_change, list(unassign), list(assign)))
+        change = Change(self._last_change, list(unassign), list(assign), list(pause), list(resume))
+        self._changes.put(change)
         return self._last_change
 
     def take(self) -> list[Arrival]:
@@ -114,16 +134,17 @@ class FetchThread:
             self._held_bytes -= nbytes
             self._room.notify()
 
-    def _full(self) -> bool:
+    def full(self) -> bool:
+        """Whether the loop holds as much as the bound allows (the thread waits)."""
         return self._held_records >= BUFFER_RECORDS or self._held_bytes >= BUFFER_BYTES
 
     def _wait_for_room(self) -> bool:
         """True once the loop holds less than the bound; False after ``POLL_S`` (changes
         are applied in between)."""
         with self._room:
-            if self._full():
+            if self.full():
                 self._room.wait(POLL_S)
-            return not self._full()
+            return not self.full()
 
     def _hold(self, messages: list[Any]) -> None:
         with self._room:
@@ -163,19 +184,31 @@ class FetchThread:
             self.on_arrival()
 
     def _apply_changes(self) -> None:
-        consumer = self._consumer
         while True:
             try:
-                number, unassign, assign = self._changes.get_nowait()
+                change = self._changes.get_nowait()
             except queue.Empty:
                 return
-            if unassign:
-                consumer.incremental_unassign([TopicPartition(*tp) for tp in unassign])
-            if assign:
-                consumer.incremental_assign(
-                    [TopicPartition(topic, p, offset) for (topic, p), offset in assign]
-                )
-            self._applied = number
+            self._apply(change)
+            self._applied = change.number
+
+    def _apply(self, change: Change) -> None:
+        consumer, paused = self._consumer, self._paused
+        if change.unassign:
+            if was_paused := [tp for tp in change.unassign if tp in paused]:
+                consumer.resume([TopicPartition(*tp) for tp in was_paused])
+                paused.difference_update(was_paused)
+            consumer.incremental_unassign([TopicPartition(*tp) for tp in change.unassign])
+        if change.assign:
+            consumer.incremental_assign(
+                [TopicPartition(topic, p, offset) for (topic, p), offset in change.assign]
+            )
+        if change.pause:
+            consumer.pause([TopicPartition(*tp) for tp in change.pause])
+            paused.update(change.pause)
+        if change.resume:
+            consumer.resume([TopicPartition(*tp) for tp in change.resume])
+            paused.difference_update(change.resume)
 
     def _poll(self) -> list[Any]:
         first = self._consumer.poll(POLL_S)

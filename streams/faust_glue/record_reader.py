@@ -18,15 +18,22 @@ offsets, seeks, positions, its offset resets. It only stops sending fetch reques
 - Handing records over moves aiokafka's position (``consumed_to``), as aiokafka's own
   fetcher does, and sets the partition's highwater and fetch time, which Faust's lag
   metrics and its slow-processing checks read.
-- A partition Faust stops asking for (recovery, flow control) is unassigned in librdkafka,
-  and what was fetched for it is dropped: what the loop holds is bounded
-  (``fetch_thread.BUFFER_RECORDS``), and must be what Faust will take. Asked for again, it
-  is assigned again at aiokafka's position.
+- A partition Faust holds back because its agent's buffer is full (flow control) stays
+  assigned, and what was fetched for it is kept for when it is asked for again, as
+  aiokafka's fetcher keeps it: dropping it made a no-op agent fetch four records for each
+  three it took (docs/benchmarks.md). While records are held back, a fetch call waits at
+  most ``HELD_BACK_WAIT_S``, so that Faust asks again as soon as the agent has room.
+- What the loop holds is bounded: ``PARTITION_RECORDS`` held for one partition pause it
+  in librdkafka (resumed at half), and at ``fetch_thread.BUFFER_RECORDS`` in all, a
+  partition not asked for in ``STALLED_S`` is unassigned and its records dropped, so that
+  an agent stalled on an outage does not starve the others.
+- A partition aiokafka pauses, revokes or moves is unassigned and its records dropped.
+  Asked for again, it is assigned again at aiokafka's position.
 - librdkafka's ``poll`` blocks, so one thread (``FetchThread``) calls it and hands batches
-  to the event loop. Only that thread assigns and unassigns, between two polls, in the
-  order the loop asked; each batch carries the number of the last change applied before
-  its poll, and the records of a partition changed later than that are dropped (librdkafka
-  fetches them again from the new position).
+  to the event loop. Only that thread assigns, unassigns, pauses and resumes, between two
+  polls, in the order the loop asked; each batch carries the number of the last change
+  applied before its poll, and the records of a partition (re)assigned later than that
+  are dropped (librdkafka fetches them again from the new position).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
 
@@ -48,6 +55,13 @@ __all__ = ["FetchedRecord", "RecordReader", "positions_only"]
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+
+PARTITION_RECORDS: Final = 4_000
+"""A partition holding this many records is paused in librdkafka, and resumed at half."""
+STALLED_S: Final = 1.0
+"""Records held this long for a partition not asked for may be dropped to make room."""
+HELD_BACK_WAIT_S: Final = 0.01
+"""The longest a fetch call waits while records are held for partitions not asked for."""
 
 
 class FetchedRecord:
@@ -92,6 +106,17 @@ class _Partition:
     """Batches of polls before this change number are stale for this partition."""
     records: deque[Any] = field(default_factory=deque)
     highwater: int | None = None
+    asked_at: float = 0.0
+    """When Faust last asked for it (``time.monotonic``)."""
+    paused: bool = False
+    """Paused in librdkafka: it holds ``PARTITION_RECORDS`` records or more."""
+
+
+def _position(state: Any) -> int | None:
+    """aiokafka's position of a partition it holds, unpaused, with a valid position."""
+    if state is None or state.paused or not state.has_valid_position:
+        return None
+    return int(state.position)
 
 
 def positions_only(fetcher: Any) -> None:
@@ -136,7 +161,10 @@ class RecordReader:
         max_records: int | None,
     ) -> dict[TP, list[FetchedRecord]]:
         """Records of the ``active`` partitions, from aiokafka's positions; waits up to
-        ``timeout`` seconds for some. ``states(tp)``: aiokafka's partition state or None."""
+        ``timeout`` seconds for some, or ``HELD_BACK_WAIT_S`` while records are held for
+        partitions not asked for: flow control asks for them again once their agent has
+        room, and only a new call says so. ``states(tp)``: aiokafka's partition state or
+        None."""
         deadline = time.monotonic() + timeout
         active = list(active)
         while True:
@@ -145,6 +173,9 @@ class RecordReader:
             self._reconcile(states, active)
             drained = self._hand_over(states, active, max_records)
             remaining = deadline - time.monotonic()
+            if not drained and self._holds_back(active):
+                remaining = min(remaining, HELD_BACK_WAIT_S)
+                deadline = time.monotonic() + remaining
             if drained or remaining <= 0:
                 return drained
             self._waiter = self._loop.create_future()
@@ -155,39 +186,46 @@ class RecordReader:
             finally:
                 self._waiter = None
 
+    def _holds_back(self, active: list[TP]) -> bool:
+        return any(part.records and tp not in active for tp, part in self._parts.items())
+
     def _reconcile(self, states: Callable[[TP], Any], active: list[TP]) -> None:
-        """Assign what is asked for at aiokafka's positions, unassign what is not."""
-        now_ms = time.time() * 1000
-        wanted: dict[TP, int] = {}
+        """Assign what is asked for at aiokafka's positions; unassign what aiokafka no
+        longer holds, paused or moved; keep what flow control holds back, unless the
+        bound is reached and it was not asked for in ``STALLED_S``."""
+        parts = self._parts
+        assign: list[tuple[TP, int]] = []
+        unassign = [tp for tp, part in parts.items() if _position(states(tp)) != part.next]
+        for tp in unassign:
+            self._drop(parts.pop(tp))
+        now, now_ms = time.monotonic(), time.time() * 1000
         for tp in active:
             state = states(tp)
-            if state is not None and state.has_valid_position:
-                wanted[tp] = state.position
-                state.timestamp = now_ms
-        assign: list[tuple[TP, int]] = []
-        unassign: list[TP] = []
-        for tp, part in list(self._parts.items()):
-            if tp not in wanted:
-                unassign.append(tp)
-                self._drop(part)
-                del self._parts[tp]
-        for tp, position in wanted.items():
-            known = self._parts.get(tp)
-            if known is not None and known.next != position:  # moved by a seek
-                unassign.append(tp)
-                self._drop(known)
-                known = None
-            if known is None:
-                self._parts[tp] = _Partition(position, position)
+            position = _position(state)
+            if position is None:
+                continue
+            state.timestamp = now_ms  # Faust's "no fetch sent" check reads it
+            if (part := parts.get(tp)) is None:
+                parts[tp] = part = _Partition(position, position)
                 assign.append((tp, position))
+            part.asked_at = now
+        if self._thread.full():
+            stalled = [
+                tp for tp, part in parts.items() if part.records and now - part.asked_at > STALLED_S
+            ]
+            for tp in stalled:
+                self._drop(parts.pop(tp))
+            unassign += stalled
         if assign or unassign:
             change = self._thread.change(unassign, assign)
             for tp, _ in assign:
-                self._parts[tp].since = change
+                parts[tp].since = change
 
     def _take_arrived(self) -> None:
-        """Batches from the thread into each partition's records, without stale ones."""
+        """Batches from the thread into each partition's records, without stale ones;
+        a partition that now holds ``PARTITION_RECORDS`` is paused."""
         parts = self._parts
+        pause: list[TP] = []
         for applied, messages, highwaters in self._thread.take():
             for tp, high in highwaters.items():
                 if (part := parts.get(tp)) is not None and high is not None:
@@ -203,8 +241,13 @@ class RecordReader:
                     continue
                 part.records.append(message)
                 part.fetch_from = offset + 1
+                if not part.paused and len(part.records) >= PARTITION_RECORDS:
+                    part.paused = True
+                    pause.append(tp)
             if dropped:
                 self._thread.release(dropped, dropped_bytes)
+        if pause:
+            self._thread.change(pause=pause)
 
     def _drop(self, part: _Partition) -> None:
         if part.records:
@@ -215,6 +258,7 @@ class RecordReader:
         self, states: Callable[[TP], Any], active: list[TP], max_records: int | None
     ) -> dict[TP, list[FetchedRecord]]:
         drained: dict[TP, list[FetchedRecord]] = {}
+        resume: list[TP] = []
         budget = max_records or 1 << 30
         self._rotation = (self._rotation + 1) % max(1, len(active))
         for tp in active[self._rotation :] + active[: self._rotation]:
@@ -231,9 +275,14 @@ class RecordReader:
             state.consumed_to(part.next)
             if part.highwater is not None:
                 state.highwater = part.highwater
+            if part.paused and len(records) <= PARTITION_RECORDS // 2:
+                part.paused = False
+                resume.append(tp)
             budget -= len(taken)
             if not budget:
                 break
+        if resume:
+            self._thread.change(resume=resume)
         return drained
 
 

@@ -49,6 +49,12 @@ class Consumer:
     def incremental_unassign(self, partitions: Any) -> None:
         self.calls.append(("unassign", [(p.topic, p.partition) for p in partitions]))
 
+    def pause(self, partitions: Any) -> None:
+        self.calls.append(("pause", [(p.topic, p.partition) for p in partitions]))
+
+    def resume(self, partitions: Any) -> None:
+        self.calls.append(("resume", [(p.topic, p.partition) for p in partitions]))
+
     def poll(self, timeout: float) -> Message | None:
         with self.lock:
             if self.queued:
@@ -126,6 +132,27 @@ def test_changes_are_applied_in_order_before_the_next_poll_and_batches_carry_the
     assert [m.offset() for m in arrival.messages] == [2, 3]
     assert arrival.highwaters == {("events", 0): 42}
     assert consumer.closed
+
+
+def test_a_paused_partition_is_resumed_before_it_is_unassigned() -> None:
+    """librdkafka would keep it paused through a new assignment."""
+    thread, consumer = started()
+    events0, events1 = ("events", 0), ("events", 1)
+    try:
+        thread.change(assign=[(events0, 0), (events1, 0)], pause=[events0, events1])
+        thread.change(resume=[events1])
+        thread.change(unassign=[events0, events1], assign=[(events0, 7)])
+        wait_for(lambda: len(consumer.calls) == 6)
+    finally:
+        thread.stop()
+    assert consumer.calls == [
+        ("assign", [("events", 0, 0), ("events", 1, 0)]),
+        ("pause", [("events", 0), ("events", 1)]),
+        ("resume", [("events", 1)]),
+        ("resume", [("events", 0)]),  # paused still: resumed first
+        ("unassign", [("events", 0), ("events", 1)]),
+        ("assign", [("events", 0, 7)]),
+    ]
 
 
 def test_each_arrival_wakes_the_loop_and_errors_librdkafka_retries_are_skipped() -> None:

@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from schemas.errors import FetchError
+from streams.faust_glue import record_reader
 from streams.faust_glue.fetch_thread import Arrival
 from streams.faust_glue.record_reader import RecordReader, positions_only
 
@@ -64,6 +65,7 @@ class State:
         self.position = position
         self.timestamp: float | None = None
         self.highwater: int | None = None
+        self.paused = False
 
     @property
     def has_valid_position(self) -> bool:
@@ -82,12 +84,23 @@ class Thread:
         self.failure: BaseException | None = None
         self.on_arrival: Any = None
         self.held = 0
+        self.bound = 1_000
+        self.pauses: list[tuple[int, list[Any], list[Any]]] = []
+
+    def full(self) -> bool:
+        return self.held >= self.bound
 
     def release(self, records: int, nbytes: int) -> None:
         self.held -= records
 
-    def change(self, unassign: Any, assign: Any) -> int:
-        self.changes.append((len(self.changes) + 1, list(unassign), list(assign)))
+    def change(
+        self, unassign: Any = (), assign: Any = (), pause: Any = (), resume: Any = ()
+    ) -> int:
+        if pause or resume:
+            self.pauses.append((len(self.changes) + 1, list(pause), list(resume)))
+            self.changes.append((len(self.changes) + 1, [], []))
+        else:
+            self.changes.append((len(self.changes) + 1, list(unassign), list(assign)))
         return len(self.changes)
 
     def take(self) -> list[Arrival]:
@@ -177,20 +190,101 @@ async def test_stale_and_repeated_records_are_not_handed_over() -> None:
 
 
 @in_loop
-async def test_a_partition_not_asked_for_is_dropped_and_fetched_again_from_its_position() -> None:
+async def test_a_partition_held_back_by_flow_control_keeps_what_was_fetched() -> None:
     states = {EVENTS0: State(0), EVENTS1: State(0)}
     _reader, thread, fetch = reader_with(states)
     await fetch()
     thread.deliver(1, Message(EVENTS0, 0), Message(EVENTS0, 1), Message(EVENTS1, 0))
-    assert await fetch(active=[EVENTS1]) == {EVENTS1: [0]}  # events-0 paused by Faust
-    assert thread.changes[-1] == (2, [EVENTS0], [])
-    assert thread.held == 0  # what the loop holds is what Faust takes
-    thread.deliver(1, Message(EVENTS0, 2))  # polled before the unassignment: dropped
-    assert await fetch(active=[EVENTS0, EVENTS1]) == {}
-    assert thread.changes[-1] == (3, [], [(EVENTS0, 0)])
-    thread.deliver(3, Message(EVENTS0, 0), Message(EVENTS0, 1))
-    assert await fetch() == {EVENTS0: [0, 1]}
+    assert await fetch(active=[EVENTS1]) == {EVENTS1: [0]}  # events-0's buffer is full
+    thread.deliver(1, Message(EVENTS0, 2))  # still assigned: still fetched
+    assert await fetch(active=[EVENTS1]) == {}
+    assert await fetch(active=[EVENTS0, EVENTS1]) == {EVENTS0: [0, 1, 2]}
+    assert len(thread.changes) == 1  # never unassigned
+    assert states[EVENTS0].position == 3
     assert thread.held == 0
+
+
+def test_records_held_back_from_a_stalled_agent_are_dropped_when_they_fill_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(record_reader, "STALLED_S", 0.05)
+    asyncio.run(stalled_agent())
+
+
+async def stalled_agent() -> None:
+    states = {EVENTS0: State(0), EVENTS1: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    thread.bound = 2
+    await fetch()
+    thread.deliver(1, Message(EVENTS0, 0), Message(EVENTS0, 1))  # the thread waits now
+    assert await fetch(active=[EVENTS1]) == {}  # held back a moment: kept
+    assert len(thread.changes) == 1
+    await asyncio.sleep(0.06)
+    assert await fetch(active=[EVENTS1]) == {}  # held back too long: make room
+    assert thread.changes[-1] == (2, [EVENTS0], [])
+    assert thread.held == 0
+    thread.deliver(1, Message(EVENTS0, 2))  # polled before the unassignment: dropped
+    thread.deliver(2, Message(EVENTS1, 0))
+    assert await fetch(active=[EVENTS0, EVENTS1]) == {EVENTS1: [0]}
+    assert thread.changes[-1] == (3, [], [(EVENTS0, 0)])  # fetched again from its position
+    thread.deliver(3, Message(EVENTS0, 0))
+    assert await fetch() == {EVENTS0: [0]}
+
+
+@in_loop
+async def test_a_partition_aiokafka_pauses_is_dropped_and_fetched_again_when_resumed() -> None:
+    states = {EVENTS0: State(0), EVENTS1: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, Message(EVENTS0, 0), Message(EVENTS1, 0))
+    states[EVENTS0].paused = True  # Faust pauses it (recovery) in aiokafka too
+    assert await fetch(active=[EVENTS1]) == {EVENTS1: [0]}
+    assert thread.changes[-1] == (2, [EVENTS0], [])
+    assert thread.held == 0
+    states[EVENTS0].paused = False
+    assert await fetch() == {}
+    assert thread.changes[-1] == (3, [], [(EVENTS0, 0)])
+
+
+@in_loop
+async def test_a_held_back_partition_moved_by_a_seek_is_dropped() -> None:
+    states = {EVENTS0: State(4)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, Message(EVENTS0, 4), Message(EVENTS0, 5))
+    states[EVENTS0].position = 2  # Faust seeks back while the partition is held back
+    assert await fetch(active=[]) == {}
+    assert thread.changes[-1] == (2, [EVENTS0], [])
+    assert thread.held == 0
+    assert await fetch() == {}
+    assert thread.changes[-1] == (3, [], [(EVENTS0, 2)])
+
+
+def test_a_partition_holding_its_share_is_paused_in_librdkafka_until_it_is_half_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(record_reader, "PARTITION_RECORDS", 4)
+    asyncio.run(pause_and_resume())
+
+
+async def pause_and_resume() -> None:
+    states = {EVENTS0: State(0), EVENTS1: State(0)}
+    _reader, thread, fetch = reader_with(states)
+    await fetch()
+    thread.deliver(1, *(Message(EVENTS0, i) for i in range(3)), Message(EVENTS1, 0))
+    assert await fetch(active=[EVENTS1]) == {EVENTS1: [0]}
+    assert thread.pauses == []
+    thread.deliver(1, Message(EVENTS0, 3), Message(EVENTS0, 4))  # polled before the pause
+    assert await fetch(active=[EVENTS1]) == {}
+    assert thread.pauses == [(2, [EVENTS0], [])]  # once
+    assert await fetch(active=[EVENTS0], limit=2) == {EVENTS0: [0, 1]}
+    assert len(thread.pauses) == 1  # 3 left: more than half
+    assert await fetch(active=[EVENTS0], limit=1) == {EVENTS0: [2]}
+    assert thread.pauses[-1] == (3, [], [EVENTS0])
+    thread.deliver(3, Message(EVENTS0, 5))  # fetched on from where the thread stopped
+    assert await fetch() == {EVENTS0: [3, 4, 5]}
+    assert states[EVENTS0].position == 6
+    assert len(thread.changes) == 3  # never unassigned
 
 
 @in_loop
