@@ -30,9 +30,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.settings import Settings
 
-__all__ = ["faust_noop", "noop_process", "raw_kafka"]
+__all__ = ["NOOP_FETCH_CLIENTS", "faust_noop", "noop_ceiling", "noop_process", "raw_kafka"]
 
 HERE = Path(__file__).resolve().parent
+
+NOOP_FETCH_CLIENTS = {"faust_noop": "librdkafka", "faust_noop_aiokafka": "aiokafka"}
+"""(b) twice, by result name: records fetched by the worker's record reader
+(``librdkafka``) and by Faust's own fetcher (``aiokafka``)."""
+
+
+def noop_ceiling(results: dict[str, Any]) -> float | None:
+    """(b): the faster of the no-op agent's two drains, so the pipeline is measured against
+    the higher ceiling, whichever fetch client gives it."""
+    rates = [results.get(name, {}).get("records_per_s") for name in NOOP_FETCH_CLIENTS]
+    measured = [rate for rate in rates if isinstance(rate, int | float)]
+    return max(measured) if measured else None
 
 
 def _cycled(pool: list[Record], count: int) -> list[Record]:
@@ -112,14 +124,16 @@ def faust_noop(
     count: int,
     work_dir: Path,
     timeout_s: float,
+    fetch_client: str = "librdkafka",
 ) -> dict[str, Any]:
-    """Pre-produce ``count`` records, start the no-op agent, time its first to last."""
-    topic = f"{namespace}.bench.faust"
-    app_id = f"consent-stream-{namespace}-noop"
+    """Pre-produce ``count`` records, start the no-op agent (records fetched by
+    ``fetch_client``), time its first to last."""
+    topic = f"{namespace}.bench.faust-{fetch_client}"
+    app_id = f"consent-stream-{namespace}-noop-{fetch_client}"
     create_topics(settings, [topic])
-    out = work_dir / "noop-result.json"
+    out = work_dir / f"noop-result-{fetch_client}.json"
     args = ["--topic", topic, "--count", str(count), "--out", str(out)]
-    agent = noop_process(settings, app_id, work_dir, args)
+    agent = noop_process(settings, app_id, work_dir, args, fetch_client)
     try:
         delivered, _, _ = produce_all(settings, topic, _cycled(pool, count), timeout_s)
         started = time.monotonic()
@@ -136,6 +150,7 @@ def faust_noop(
     span = timing["last"] - timing["first"]
     return {
         "records": count,
+        "fetch_client": fetch_client,
         "produced": delivered,
         "mean_record_bytes": round(_mean_size(pool), 1),
         "first_to_last_s": round(span, 3),
@@ -145,8 +160,16 @@ def faust_noop(
     }
 
 
-def noop_process(settings: Settings, app_id: str, work_dir: Path, args: list[str]) -> ChildProcess:
-    """``noop_agent.py ARGS`` under its own Faust app id (not started yet)."""
+def noop_process(
+    settings: Settings,
+    app_id: str,
+    work_dir: Path,
+    args: list[str],
+    fetch_client: str = "librdkafka",
+) -> ChildProcess:
+    """``noop_agent.py ARGS`` under its own Faust app id (not started yet); its records are
+    fetched by ``fetch_client`` (``CONSENT_STREAM_FETCH_CLIENT``: the worker's record
+    reader, ``librdkafka``, or Faust's own fetcher, ``aiokafka``)."""
     env = child_env(
         {
             "CONSENT_STREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -155,6 +178,7 @@ def noop_process(settings: Settings, app_id: str, work_dir: Path, args: list[str
             "CONSENT_STREAM_HTTP_PORT": str(free_port()),
             "CONSENT_STREAM_DATA_DIR": str(work_dir / f"{app_id}-data"),
             "CONSENT_STREAM_DEV_MODE": "1",
+            "CONSENT_STREAM_FETCH_CLIENT": fetch_client,
         }
     )
     argv = [sys.executable, str(HERE / "noop_agent.py"), *args]

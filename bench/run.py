@@ -38,7 +38,7 @@ from benchlib import (  # noqa: E402
     free_port,
     new_namespace,
 )
-from ceilings import faust_noop, raw_kafka  # noqa: E402
+from ceilings import NOOP_FETCH_CLIENTS, faust_noop, noop_ceiling, raw_kafka  # noqa: E402
 from footprint import redis_per_subject, worker_rss  # noqa: E402
 from latency import Planned, run_latency_steps  # noqa: E402
 from machine import describe_machine  # noqa: E402
@@ -228,13 +228,16 @@ def run(sizes: Sizes, out: Path, budget: Budget) -> dict[str, Any]:
             10,
             lambda: raw_kafka(settings, ns, pool, sizes.raw_records, budget.bound(120)),
         )
-        step(
-            results,
-            "faust_noop",
-            budget,
-            20,
-            lambda: faust_noop(settings, ns, pool, sizes.faust_records, work, budget.bound(180)),
-        )
+        for name, fetch_client in NOOP_FETCH_CLIENTS.items():
+            step(
+                results,
+                name,
+                budget,
+                20,
+                lambda fc=fetch_client: faust_noop(
+                    settings, ns, pool, sizes.faust_records, work, budget.bound(180), fc
+                ),
+            )
         pipe = step(
             results,
             "pipeline",
@@ -348,7 +351,7 @@ def _rss(
 def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
     pipe = results["pipeline"].get("rate_events_per_s")
     raw = results["raw_kafka"].get("end_to_end_records_per_s")
-    noop = results["faust_noop"].get("records_per_s")
+    noop = noop_ceiling(results)
 
     def ratio(a: Any, b: Any) -> float | None:
         ok = isinstance(a, int | float) and isinstance(b, int | float) and b > 0
