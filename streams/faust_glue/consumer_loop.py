@@ -36,7 +36,12 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from mode.utils.futures import maybe_async
 
 from streams.faust_glue.fetch_thread import FetchThread
-from streams.faust_glue.record_reader import RecordReader, assigned_states, positions_only
+from streams.faust_glue.record_reader import (
+    RecordReader,
+    assigned_states,
+    faust_messages,
+    positions_only,
+)
 
 __all__ = ["InLoopConsumerThread", "fetch_config_of", "fetch_with_librdkafka"]
 
@@ -71,6 +76,8 @@ class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         if config is not None and not self.app.client_only:
             positions_only(self._ensure_consumer()._fetcher)
             self._reader = RecordReader(FetchThread(lambda: Consumer(config)), self.thread_loop)
+            faust_consumer: Any = self.consumer  # its driver's _to_message, replaced
+            faust_consumer._to_message = faust_messages(self.app)
             self._reader.start()
 
     async def _fetch_records(

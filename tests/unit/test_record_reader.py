@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
+from faust.types import TP
 
 from schemas.errors import FetchError
 from streams.faust_glue import record_reader
 from streams.faust_glue.fetch_thread import Arrival
-from streams.faust_glue.record_reader import RecordReader, positions_only
+from streams.faust_glue.record_reader import RecordReader, faust_messages, positions_only
 
 EVENTS0, EVENTS1 = ("events", 0), ("events", 1)
 
@@ -126,7 +128,7 @@ def reader_with(states: dict[Any, State]) -> tuple[RecordReader, Thread, Any]:
     async def fetch(active: Any = None, timeout: float = 0.0, limit: int | None = None) -> Any:
         asked = list(states) if active is None else active
         got = await reader.fetched(states.get, asked, timeout, limit)
-        return {tp: [r.offset for r in records] for tp, records in got.items()}
+        return {tp: [m.offset() for m in messages] for tp, messages in got.items()}
 
     return reader, thread, fetch
 
@@ -147,17 +149,16 @@ async def test_assigns_at_aiokafkas_positions_and_moves_them() -> None:
     assert thread.changes[-1] == (2, [], [(EVENTS1, 0)])
 
 
-@in_loop
-async def test_a_record_becomes_what_fausts_aiokafka_driver_reads() -> None:
-    states = {EVENTS0: State(0)}
-    reader, thread, _fetch = reader_with(states)
-    await reader.fetched(states.get, [EVENTS0], 0, None)
-    thread.deliver(1, Message(EVENTS0, 0, b"body"))
-    [record] = (await reader.fetched(states.get, [EVENTS0], 0, None))[EVENTS0]
-    assert (record.topic, record.partition, record.offset) == ("events", 0, 0)
-    assert (record.key, record.value, record.headers) == (b"k", b"body", ())
-    assert (record.timestamp, record.timestamp_type) == (1_700_000_000_000, 0)
-    assert (record.serialized_key_size, record.serialized_value_size) == (1, 4)
+def test_a_message_becomes_what_fausts_aiokafka_driver_makes_of_a_record() -> None:
+    app = SimpleNamespace(consumer_generation_id=3)
+    tp = TP("events", 0)
+    message = faust_messages(app)(tp, Message(EVENTS0, 7, b"body"))
+    assert (message.topic, message.partition, message.offset, message.tp) == ("events", 0, 7, tp)
+    assert (message.key, message.value, message.headers) == (b"k", b"body", [])
+    assert (message.timestamp, message.timestamp_type) == (1_700_000_000.007, 0)
+    assert (message.serialized_key_size, message.serialized_value_size) == (1, 4)
+    assert message.checksum is None
+    assert message.generation_id == 3
 
 
 @in_loop
