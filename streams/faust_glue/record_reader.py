@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
-from faust.types.tuples import Message
+from faust.types.tuples import ConsumerMessage
 
 from streams.faust_glue.fetch_thread import FetchThread
 
@@ -67,16 +67,18 @@ HELD_BACK_WAIT_S: Final = 0.01
 """The longest a fetch call waits while records are held for partitions not asked for."""
 
 
-def faust_messages(app: Any) -> Callable[[TP, Any], Message]:
+def faust_messages(app: Any) -> Callable[[TP, Any], ConsumerMessage]:
     """Faust's ``Consumer._to_message`` for the records the reader hands over: a
-    librdkafka message becomes the ``Message`` Faust's aiokafka driver makes of aiokafka's
-    record (no record object in between: 6 % of a backlog drain's samples went to one)."""
+    librdkafka message becomes the ``ConsumerMessage`` Faust's aiokafka driver makes of
+    aiokafka's record (no record object in between). It must be that class: its messages
+    are tracked until acknowledged, and a plain ``Message`` is not, so its offsets were
+    never committed."""
 
-    def to_message(tp: Any, message: Any) -> Message:  # tp: Faust's TP
+    def to_message(tp: Any, message: Any) -> ConsumerMessage:  # tp: Faust's TP
         kind, stamp = message.timestamp()
         key, value = message.key(), message.value()
         seconds: Any = stamp / 1000.0 if kind else None  # None as in Faust's driver
-        return Message(
+        return ConsumerMessage(
             tp[0],
             tp[1],
             message.offset(),

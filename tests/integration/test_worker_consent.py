@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from consumers.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
@@ -179,3 +180,38 @@ def test_after_account_closure_a_grant_is_not_applied(
     assert set(closed_hash) == {b"v", b"closed"}
     research = read_all(settings, settings.topics.instructions("research"))
     assert instructions_for(research, grant.event_id) == []
+
+
+def _uncommitted(settings: Settings, group: str, topics: list[str]) -> dict[str, int]:
+    """Records of ``topics`` not committed by ``group``, by partition (a plain consumer
+    with the group's id reads the committed offsets without joining the group)."""
+    consumer = Consumer(settings.consumer_config(group))
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+        left = {}
+        for tp in consumer.committed(parts, timeout=10):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > max(tp.offset, 0):
+                left[f"{tp.topic}[{tp.partition}]"] = high - max(tp.offset, 0)
+        return left
+    finally:
+        consumer.close()
+
+
+def test_what_the_worker_processed_is_committed(
+    worker: WorkerProcess, publisher: ConsentPublisher, settings: Settings
+) -> None:
+    """Faust commits an offset once the agent acknowledged its record: a message Faust does
+    not track (130ce1a built plain ``Message``s from librdkafka's) is never committed, and
+    every restart would process the whole topic again."""
+    subjects = [new_subject() for _ in range(30)]
+    for subject in subjects:
+        publisher.publish(consent_changed(subject, ADS, granted=False))
+    publisher.flush()
+    topics = [settings.topics.events, settings.topics.ledger]
+    worker.poll(
+        lambda: not _uncommitted(settings, worker.config.app_id, topics),
+        TIMEOUT_S,
+        "the events and ledger topics committed to their ends",
+        interval_s=0.5,
+    )

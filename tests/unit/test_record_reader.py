@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 from schemas.errors import FetchError
 from streams.faust_glue import record_reader
@@ -159,6 +160,8 @@ def test_a_message_becomes_what_fausts_aiokafka_driver_makes_of_a_record() -> No
     assert (message.serialized_key_size, message.serialized_value_size) == (1, 4)
     assert message.checksum is None
     assert message.generation_id == 3
+    assert isinstance(message, ConsumerMessage)
+    assert not message.tracked  # tracked (and so committed) once an agent takes it
 
 
 @in_loop
