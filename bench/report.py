@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from ceilings import NOOP_FETCH_CLIENTS, noop_ceiling
 
-__all__ = ["JUST_STARTED", "markdown", "plot", "write_json"]
+__all__ = ["JUST_STARTED", "markdown", "plot", "ratio", "write_json"]
 
 JUST_STARTED: Final = "just after start"
 """The label of a first step at the first rate, measured right after the worker is ready:
@@ -72,9 +72,10 @@ def _throughput(r: dict[str, Any]) -> list[str]:
         how = NOOP_ROWS[fetch_client]
         noop = r.get(name, {"skipped": "not measured"})
         rate = noop.get("records_per_s")
+        share = ratio(pipe.get("rate_events_per_s"), rate)
         rows.append(
             f"| (b) no-op Faust agent (concurrency=1), {_num(noop.get('records'))} records, {how}"
-            f" | {_missing(noop) or _num(rate)} | {_pct(_share_of(pipe, rate))} |"
+            f" | {_missing(noop) or _num(rate)} | {_pct(share)} |"
         )
     rows.append(
         "| (b) the ceiling: the faster of the two | "
@@ -102,10 +103,10 @@ NOOP_ROWS = {
 }
 
 
-def _share_of(pipe: dict[str, Any], rate: Any) -> float | None:
-    pipe_rate = pipe.get("rate_events_per_s")
-    ok = isinstance(pipe_rate, int | float) and isinstance(rate, int | float) and rate > 0
-    return pipe_rate / rate if ok else None
+def ratio(a: Any, b: Any) -> float | None:
+    """``a / b`` (5 decimals) when both are measured and ``b`` is positive, else None."""
+    ok = isinstance(a, int | float) and isinstance(b, int | float) and b > 0
+    return round(a / b, 5) if ok else None
 
 
 def _share(value: Any) -> str:

@@ -45,7 +45,7 @@ from machine import describe_machine  # noqa: E402
 from noop_latency import NoopLatency  # noqa: E402
 from pipeline import prepare, run_pipeline  # noqa: E402
 from rebuild import rebuild_time  # noqa: E402
-from report import markdown, plot, write_json  # noqa: E402
+from report import markdown, plot, ratio, write_json  # noqa: E402
 from sweep import sweep_step  # noqa: E402
 from workerproc import WorkerProcess  # noqa: E402
 from workload import Workload  # noqa: E402
@@ -352,10 +352,6 @@ def _ratios(results: dict[str, Any]) -> dict[str, float | None]:
     pipe = results["pipeline"].get("rate_events_per_s")
     raw = results["raw_kafka"].get("end_to_end_records_per_s")
     noop = noop_ceiling(results)
-
-    def ratio(a: Any, b: Any) -> float | None:
-        ok = isinstance(a, int | float) and isinstance(b, int | float) and b > 0
-        return round(a / b, 5) if ok else None
 
     return {
         "pipeline_to_raw_kafka": ratio(pipe, raw),

@@ -21,10 +21,12 @@ from streams.faust_glue.record_reader import RecordReader, faust_messages, posit
 EVENTS0, EVENTS1 = ("events", 0), ("events", 1)
 
 
-def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """An async test run in a new event loop, with its fixtures."""
+
     @functools.wraps(test)
-    def run() -> None:
-        asyncio.run(test())
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
 
     return run
 
@@ -208,14 +210,11 @@ async def test_a_partition_held_back_by_flow_control_keeps_what_was_fetched() ->
     assert thread.held == 0
 
 
-def test_records_held_back_from_a_stalled_agent_are_dropped_when_they_fill_the_bound(
+@in_loop
+async def test_records_held_back_from_a_stalled_agent_are_dropped_when_they_fill_the_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(record_reader, "STALLED_S", 0.05)
-    asyncio.run(stalled_agent())
-
-
-async def stalled_agent() -> None:
     states = {EVENTS0: State(0), EVENTS1: State(0)}
     _reader, thread, fetch = reader_with(states)
     thread.bound = 2
@@ -264,14 +263,11 @@ async def test_a_held_back_partition_moved_by_a_seek_is_dropped() -> None:
     assert thread.changes[-1] == (3, [], [(EVENTS0, 2)])
 
 
-def test_a_partition_holding_its_share_is_paused_in_librdkafka_until_it_is_half_taken(
+@in_loop
+async def test_a_partition_holding_its_share_is_paused_in_librdkafka_until_it_is_half_taken(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(record_reader, "PARTITION_RECORDS", 4)
-    asyncio.run(pause_and_resume())
-
-
-async def pause_and_resume() -> None:
     states = {EVENTS0: State(0), EVENTS1: State(0)}
     _reader, thread, fetch = reader_with(states)
     await fetch()
