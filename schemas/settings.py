@@ -74,12 +74,11 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 env_int = _int
-
-FETCH_CLIENTS: Final = ("librdkafka", "aiokafka")
-
-
 """``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
 ``default`` when unset; a ``ConfigurationError`` naming the variable otherwise."""
+
+FETCH_CLIENTS: Final = ("librdkafka", "aiokafka")
+"""What may fetch the worker's records (``CONSENT_STREAM_FETCH_CLIENT``)."""
 
 
 @dataclass(frozen=True)
