@@ -1,17 +1,21 @@
 """The one explicit converter between domain objects and Avro records (dicts).
 
 ``to_record`` turns any contract object into the dict its ``.avsc`` describes;
-``from_record`` turns a decoded dict back. Times are ms since the epoch in the domain;
-fastavro may hand back ``datetime`` / ``UUID`` for logical types, normalised here.
+``from_record`` turns a decoded dict back. Times are ms since the epoch in the domain
+and ids strings; the single-object decoder reads them so (``Contract.parsed`` has no
+logical types), a Schema Registry's deserializer hands back ``datetime`` / ``UUID``:
+both are normalised and checked here, as fastavro's logical types would (a UUID's form, a
+timestamp within ``datetime``'s range).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from schemas import contracts as c
 from schemas.errors import SchemaMismatchError
@@ -42,7 +46,7 @@ from schemas.views import (
     RequestStatus,
 )
 
-__all__ = ["Contracted", "contract_name_of", "from_record", "to_record"]
+__all__ = ["CANONICAL_UUID", "Contracted", "contract_name_of", "from_record", "to_record"]
 
 Record = dict[str, Any]
 Contracted = (
@@ -50,10 +54,18 @@ Contracted = (
 )
 
 
+_MS_RANGE: Final = range(-62_135_596_800_000, 253_402_300_800_000)
+"""Milliseconds since the epoch that a ``datetime`` holds (years 1-9999)."""
+CANONICAL_UUID: Final = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _ms(value: Any) -> int:
     if isinstance(value, datetime):
         return round(value.timestamp() * 1000)
-    return int(value)
+    ms = int(value)
+    if ms not in _MS_RANGE:
+        raise ValueError(f"timestamp-millis {ms} out of range")
+    return ms
 
 
 def _opt_ms(value: Any) -> int | None:
@@ -61,6 +73,8 @@ def _opt_ms(value: Any) -> int | None:
 
 
 def _uuid(value: Any) -> str:
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):
+        return value  # already what str(UUID(value)) gives
     return str(value) if isinstance(value, uuid.UUID) else str(uuid.UUID(str(value)))
 
 

@@ -21,6 +21,7 @@ from schemas.events import (
     PermissionRevoked,
 )
 from schemas.policy import Policy
+from schemas.records import CANONICAL_UUID
 
 __all__ = ["MAX_ID_LENGTH", "validate_event"]
 
@@ -28,11 +29,10 @@ MAX_ID_LENGTH: Final = 256
 _EARLIEST_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 _MAX_FUTURE_MS: Final = 86_400_000  # one day of clock skew
 _CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f]")
-_CANONICAL_UUID: Final = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _uuid(value: str, field: str) -> None:
-    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):
         return  # the usual form, checked without building a UUID
     try:
         uuid.UUID(value)

@@ -350,6 +350,12 @@ def _single(obj: Contracted = DATA_SHARED) -> bytes:
     return AvroSerde().encode(obj, TOPIC)
 
 
+def _single_with(**fields: Any) -> bytes:
+    """A ``DATA_SHARED`` body with ``fields`` written as given (no checks on the way)."""
+    record = {**to_record(DATA_SHARED), **fields}
+    return AvroSerde.encode_single_object(contract(CONSENT_EVENT), record)
+
+
 BAD_SINGLE_OBJECT: dict[str, tuple[bytes, type[DecodeError], str]] = {
     "empty": (b"", UnknownSchemaError, "unknown_schema"),
     "truncated header": (SINGLE_OBJECT_MAGIC + b"\x01\x02\x03", TruncatedRecordError, "truncated"),
@@ -364,6 +370,22 @@ BAD_SINGLE_OBJECT: dict[str, tuple[bytes, type[DecodeError], str]] = {
     "unknown magic": (b"\xc3\x02" + _single()[2:], UnknownSchemaError, "unknown_schema"),
     "json": (b'{"type": "consent.changed"}', UnknownSchemaError, "unknown_schema"),
     "trailing garbage": (_single() + b"\x00\x01", SchemaMismatchError, "schema_mismatch"),
+    # what fastavro's logical types refused, the records module refuses
+    "timestamp past datetime's range": (
+        _single_with(occurred_at=253_402_300_800_000),
+        SchemaMismatchError,
+        "schema_mismatch",
+    ),
+    "timestamp before datetime's range": (
+        _single_with(occurred_at=-62_135_596_800_001),
+        SchemaMismatchError,
+        "schema_mismatch",
+    ),
+    "uuid field not a uuid": (
+        _single_with(event_id="not-a-uuid"),
+        SchemaMismatchError,
+        "schema_mismatch",
+    ),
     "confluent frame without registry": (
         CONFLUENT_MAGIC + b"\x00\x00\x00\x01" + _single()[10:],
         UnknownSchemaError,
@@ -381,6 +403,17 @@ def test_bad_bytes_raise_a_typed_error(data: bytes, error: type[DecodeError], re
     assert type(info.value) is error
     assert info.value.reason == reason
     assert info.value.retriable is False
+
+
+def test_a_uuid_in_another_form_decodes_to_the_canonical_one() -> None:
+    upper = DATA_SHARED.event_id.upper()
+    decoded = AvroSerde().decode_as(_single_with(event_id="{" + upper + "}"), ConsentEvent)
+    assert decoded == DATA_SHARED
+
+
+def test_the_last_millisecond_datetime_holds_decodes() -> None:
+    decoded = AvroSerde().decode_as(_single_with(occurred_at=253_402_300_799_999), ConsentEvent)
+    assert decoded.occurred_at == 253_402_300_799_999
 
 
 def test_every_truncation_of_a_body_is_truncated() -> None:
