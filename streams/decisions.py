@@ -50,8 +50,18 @@ def _applied(
     *,
     consent_changed: bool = False,
     request: RequestOpening | None = None,
+    purposes: tuple[PurposeDecision, ...] | None = None,
+    permissions: tuple[PermissionRevocation, ...] | None = None,
+    shares: tuple[Share, ...] | None = None,
 ) -> Decision:
-    state = state.remember(event.event_id, version=state.version + 1)
+    """The event applied: ``state`` (with the fields given) remembers it, one version on."""
+    state = state.remember(
+        event.event_id,
+        version=state.version + 1,
+        purposes=purposes,
+        permissions=permissions,
+        shares=shares,
+    )
     return Decision(Outcome.APPLIED, state, instructions, request, consent_changed)
 
 
@@ -69,7 +79,6 @@ def _consent(state: SubjectState, event: ConsentEvent, p: ConsentChanged, fan: F
     was_allowed = current.granted if current else fan.policy.purposes[p.purpose].default_allowed
     decision = PurposeDecision(p.purpose, granted, event.occurred_at, p.notice_version)
     others = tuple(d for d in state.purposes if d.purpose != p.purpose)
-    state = replace(state, purposes=(*others, decision))
     instructions: tuple[PartnerInstruction, ...] = ()
     if granted != was_allowed:
         action = (
@@ -79,7 +88,7 @@ def _consent(state: SubjectState, event: ConsentEvent, p: ConsentChanged, fan: F
             fan.instruction(event, partner, action, purposes=(p.purpose,))
             for partner in fan.policy.partners_processing(p.purpose)
         )
-    return _applied(state, event, instructions, consent_changed=True)
+    return _applied(state, event, instructions, consent_changed=True, purposes=(*others, decision))
 
 
 def _permission(
@@ -93,14 +102,15 @@ def _permission(
     if current is not None and event.occurred_at < current.event_time:
         return _not_applied(state, event, Outcome.STALE)
     others = tuple(r for r in state.permissions if permission_key(r) != key)
-    state = replace(state, permissions=(*others, revocation))
     partner = fan.policy.partner_of_app(p.app_id) if p.app_id else None
     instructions: tuple[PartnerInstruction, ...] = ()
     if partner is not None and current is None:
         instructions = (
             fan.instruction(event, partner, InstructionAction.REVOKE_ACCESS, app_id=p.app_id),
         )
-    return _applied(state, event, instructions, consent_changed=True)
+    return _applied(
+        state, event, instructions, consent_changed=True, permissions=(*others, revocation)
+    )
 
 
 def _shared(state: SubjectState, event: ConsentEvent, p: DataShared, fan: FanOut) -> Decision:
@@ -117,7 +127,7 @@ def _shared(state: SubjectState, event: ConsentEvent, p: DataShared, fan: FanOut
         # holds data it must delete under the closure request.
         instructions = deletion_fan_out((share,), None, event, fan, state.closed_by_request)
         return _applied(state, event, instructions)
-    return _applied(replace(state, shares=(*state.shares, share)), event)
+    return _applied(state, event, shares=(*state.shares, share))
 
 
 def _deletion(

