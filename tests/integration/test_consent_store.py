@@ -18,7 +18,7 @@ from consumers.consent_store import (
     make_async_redis,
     make_redis,
 )
-from consumers.store_layout import ApplyOutcome, state_fields
+from consumers.store_layout import APPLY_STATES_SHA, STATES_PER_CALL, ApplyOutcome, state_fields
 from consumers.store_rebuild import rebuild_from_topic, run_rebuild_store
 from schemas.errors import StoreUnavailableError
 from schemas.policy import load_policy
@@ -192,6 +192,29 @@ def test_apply_states_pipelines_in_order(store: ConsentStore, client: redis.Redi
     ]
     assert text_hash(client, store.key(a)) == {"v": "2"}
     assert store.is_allowed(b, "marketing_push") is False
+
+
+@pytest.mark.parametrize("count", [1, STATES_PER_CALL + 1], ids=["one call", "pipelined"])
+def test_apply_states_loads_the_script_when_redis_has_lost_it(
+    redis_url: str, store: ConsentStore, client: redis.Redis, prefix: str, count: int
+) -> None:
+    """What a Redis restart does to the script cache (SCRIPT FLUSH), between writes."""
+    subjects = [subject_id() for _ in range(count)]
+    client.script_flush()
+    assert store.apply_states([state(s, 1) for s in subjects]) == [ApplyOutcome.APPLIED] * count
+    assert client.script_exists(APPLY_STATES_SHA) == [True]
+
+    async def apply_async() -> list[ApplyOutcome]:
+        aclient = make_async_redis(Settings(redis_url=redis_url))
+        try:
+            astore = AsyncConsentStore(aclient, POLICY, SECRET, prefix=prefix)
+            return await astore.apply_states([state(s, 2) for s in subjects])
+        finally:
+            await aclient.aclose()
+
+    client.script_flush()
+    assert asyncio.run(apply_async()) == [ApplyOutcome.APPLIED] * count
+    assert [text_hash(client, store.key(s))["v"] for s in subjects] == ["2"] * count
 
 
 def test_many_fields_in_one_state(store: ConsentStore, client: redis.Redis) -> None:

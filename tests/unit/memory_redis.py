@@ -1,6 +1,7 @@
 """An in-memory stand-in for the few Redis commands the consent store sends (unit tests).
 
-Hashes only: ``HMGET``, ``HGETALL``, ``SCRIPT LOAD``, ``EVALSHA`` of ``APPLY_STATE_LUA`` and
+Hashes only: ``HMGET``, ``HGETALL``, ``SCRIPT LOAD``, ``EVALSHA`` (``NOSCRIPT`` until the
+script is loaded) of ``APPLY_STATE_LUA`` and
 of ``APPLY_STATES_LUA`` (run by ``apply_state_model``, a line-by-line Python model of the
 script, and ``apply_states_model``, which splits a batch call the way the script does; the
 scripts themselves run against a real Redis in tests/integration/test_consent_store.py)
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
 
 from consumers.store_layout import (
     APPLY_STATE_LUA,
@@ -66,8 +69,8 @@ def apply_states_model(hashes: Hashes, keys: list[str], argv: list[str]) -> list
 
 
 class _Commands:
-    def __init__(self, hashes: Hashes, log: list[tuple[Any, ...]]) -> None:
-        self.hashes, self.log = hashes, log
+    def __init__(self, hashes: Hashes, log: list[tuple[Any, ...]], scripts: set[str]) -> None:
+        self.hashes, self.log, self.scripts = hashes, log, scripts
 
     def _hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
         self.log.append(("HMGET", key, *fields))
@@ -80,10 +83,15 @@ class _Commands:
 
     def _script_load(self, script: str) -> str:
         self.log.append(("SCRIPT LOAD",))
-        return APPLY_STATE_SHA if script == APPLY_STATE_LUA else APPLY_STATES_SHA
+        sha = APPLY_STATE_SHA if script == APPLY_STATE_LUA else APPLY_STATES_SHA
+        self.scripts.add(sha)
+        return sha
 
     def _evalsha(self, sha: str, numkeys: int, *args: Any) -> int | list[int]:
         assert sha in (APPLY_STATE_SHA, APPLY_STATES_SHA)
+        if sha not in self.scripts:
+            self.log.append(("EVALSHA", "NOSCRIPT"))
+            raise NoScriptError("No matching script. Please use EVAL.")
         keys, argv = [str(a) for a in args[:numkeys]], [str(a) for a in args[numkeys:]]
         self.log.append(("EVALSHA", numkeys, *keys))
         if sha == APPLY_STATES_SHA:
@@ -93,7 +101,7 @@ class _Commands:
 
 class _Pipeline(_Commands):
     def __init__(self, owner: _Commands) -> None:
-        super().__init__(owner.hashes, owner.log)
+        super().__init__(owner.hashes, owner.log, owner.scripts)
         self.queued: list[tuple[str, tuple[Any, ...]]] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -102,8 +110,17 @@ class _Pipeline(_Commands):
         raise AttributeError(name)
 
     def run(self) -> list[Any]:
-        replies = [getattr(self, "_" + name)(*args) for name, args in self.queued]
+        """Every queued command; then, as redis-py does, the first error is raised."""
+        replies: list[Any] = []
+        for name, args in self.queued:
+            try:
+                replies.append(getattr(self, "_" + name)(*args))
+            except ResponseError as exc:
+                replies.append(exc)
         self.queued.clear()
+        errors = [r for r in replies if isinstance(r, ResponseError)]
+        if errors:
+            raise errors[0]
         return replies
 
 
@@ -111,8 +128,12 @@ class MemoryRedis(_Commands):
     """The sync client (``redis.Redis``) as the store uses it."""
 
     def __init__(self, hashes: Hashes | None = None) -> None:
-        super().__init__({} if hashes is None else hashes, [])
+        super().__init__({} if hashes is None else hashes, [], set())
         self.round_trips = 0
+
+    def script_flush(self) -> None:
+        """What a Redis restart does to the scripts (the hashes are kept)."""
+        self.scripts.clear()
 
     def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
         self.round_trips += 1

@@ -58,7 +58,13 @@ def test_without_rotation_a_check_is_one_hmget_and_a_write_one_key() -> None:
     assert client.log == [("HMGET", store.key(SUBJECT), "p:research_sharing", "closed")]
     client.log.clear()
     assert store.apply_states([state(2, False)]) == [ApplyOutcome.APPLIED]
-    assert client.log == [("SCRIPT LOAD",), ("EVALSHA", 1, store.key(SUBJECT))]
+    evalsha = ("EVALSHA", 1, store.key(SUBJECT))
+    assert client.log == [("EVALSHA", "NOSCRIPT"), ("SCRIPT LOAD",), evalsha]
+    client.log.clear()
+    client.round_trips = 0
+    assert store.apply_states([state(3, True)]) == [ApplyOutcome.APPLIED]
+    assert client.log == [evalsha]  # the script is loaded once, not sent with every write
+    assert client.round_trips == 1
 
 
 def test_a_subject_written_under_the_old_key_is_found_in_one_round_trip() -> None:
