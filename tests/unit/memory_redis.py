@@ -131,10 +131,6 @@ class MemoryRedis(_Commands):
         super().__init__({} if hashes is None else hashes, [], set())
         self.round_trips = 0
 
-    def script_flush(self) -> None:
-        """What a Redis restart does to the scripts (the hashes are kept)."""
-        self.scripts.clear()
-
     def hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
         self.round_trips += 1
         return self._hmget(key, fields)
