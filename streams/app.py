@@ -89,11 +89,18 @@ def _sequencers(
     return sequencers
 
 
+def _batches(stream: Any, parts: WorkerParts, stage: str) -> EventBatches:
+    return EventBatches(
+        stream, MAX_BATCH_RECORDS, parts.metrics.batch_records.labels(stage).observe
+    )
+
+
 async def _in_batches(
-    stream: Any, sequencer: SourceSequencer, handle: Callable[[Plan], Awaitable[object]]
+    batches: EventBatches,
+    sequencer: SourceSequencer,
+    handle: Callable[[Plan], Awaitable[object]],
 ) -> None:
     """The agent loop: a batch, in offset order, handled, then acknowledged."""
-    batches = EventBatches(stream, MAX_BATCH_RECORDS)
     async for events in batches:
         plan = await sequencer.plan([inbound(e) for e in events])
         if plan.records:
@@ -175,7 +182,7 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
 
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
-        batches = EventBatches(stream, MAX_BATCH_RECORDS)
+        batches = _batches(stream, parts, "events")
         await events_in_flights(
             batches, in_order["events"], parts.events, subjects, lambda: out.outputs("events")
         )
@@ -187,7 +194,8 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
         async def handle(plan: Plan) -> None:
             await parts.ledger.forward_acks(plan.records, outputs)
 
-        await _in_batches(stream, in_order["acknowledgements"], handle)
+        batches = _batches(stream, parts, "acknowledgements")
+        await _in_batches(batches, in_order["acknowledgements"], handle)
 
     @app.agent(ledger, concurrency=1, name="instruction-ledger")
     async def instruction_ledger(stream: Any) -> None:
@@ -196,7 +204,8 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
         async def handle(plan: Plan) -> None:
             await parts.ledger.handle_batch(plan.records, tickets, outputs, plan.positions)
 
-        await _in_batches(stream, in_order["ledger"], handle)
+        batches = _batches(stream, parts, "ledger")
+        await _in_batches(batches, in_order["ledger"], handle)
 
     sweeps = out.outputs("sweep")
 

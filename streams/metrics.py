@@ -13,7 +13,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["HOP_BUCKETS_SECONDS", "StreamMetrics", "stream_metrics"]
+__all__ = ["BATCH_BUCKETS_RECORDS", "HOP_BUCKETS_SECONDS", "StreamMetrics", "stream_metrics"]
 
 HOP_BUCKETS_SECONDS: Final = (
     # fine below 250 ms, where the latency target (50 ms) and the worker's hops sit, so
@@ -58,6 +58,8 @@ ACK_BUCKETS_SECONDS: Final = (
     604800.0,
 )
 
+BATCH_BUCKETS_RECORDS: Final = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
 
 @dataclass(frozen=True)
 class StreamMetrics:
@@ -79,6 +81,7 @@ class StreamMetrics:
     requests_finished: Counter
     source_records: Counter
     ledger_tickets: Gauge
+    batch_records: Histogram
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -196,5 +199,14 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             "Ledger tickets this worker holds with work ahead (open instructions, "
             "retention holds, settled tickets until their grace period ends).",
             registry=registry,
+        ),
+        batch_records=Histogram(
+            "consent_batch_records",
+            "Records an agent took at once, by stage (events, acknowledgements, ledger): a "
+            "few at low rates, hundreds on a backlog; every batch costs a round trip per "
+            "wave of its effects.",
+            ["stage"],
+            registry=registry,
+            buckets=BATCH_BUCKETS_RECORDS,
         ),
     )

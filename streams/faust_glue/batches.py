@@ -12,7 +12,7 @@ the broker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faust.types import EventT
@@ -41,8 +41,11 @@ class EventBatches:
     ``ack(events)``. Ends when the worker stops (Faust throws ``StopAsyncIteration`` into
     the channel, as its own stream iterator expects)."""
 
-    def __init__(self, stream: Any, max_records: int) -> None:
-        self._stream, self._max = stream, max_records
+    def __init__(
+        self, stream: Any, max_records: int, taken: Callable[[int], object] | None = None
+    ) -> None:
+        """``taken`` is called with the size of every batch (a histogram's ``observe``)."""
+        self._stream, self._max, self._taken = stream, max_records, taken
         self._app = stream.app
         self._queue = stream.channel.queue
         self._started = False
@@ -62,6 +65,8 @@ class EventBatches:
                 items.append(queue.get_nowait())
             events = [item for item in items if self._admit(item)]
             if events:
+                if self._taken is not None:
+                    self._taken(len(events))
                 return events
 
     def _admit(self, item: Any) -> bool:

@@ -187,6 +187,9 @@ def test_worker_and_partner_pages_pass_promtool_check_metrics(
     # labelled series exist, so promtool sees label-bearing samples of every kind
     assert metrics.value("consent_instructions_total", partner=PARTNER, action="ERASE") >= 1
     assert metrics.series("consent_instruction_to_ack_seconds_bucket")
+    for stage in ("events", "acknowledgements", "ledger"):  # every agent sizes its batches
+        taken = metrics.value("consent_batch_records_sum", stage=stage)
+        assert taken >= metrics.value("consent_batch_records_count", stage=stage) >= 1
     assert "partner=" in partner_page and 'le="5.0"' in partner_page
     for name, page in (("worker", worker_page), ("partner", partner_page)):
         result = promtool_check(page)
