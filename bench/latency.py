@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 STORE_HISTOGRAM = "consent_publish_to_store_seconds"
 PARTNER_HISTOGRAM = "consent_publish_to_partner_topic_seconds"
 WORKER_HISTOGRAM = "consent_publish_to_worker_seconds"
+BATCH_HISTOGRAM = "consent_batch_records"
 
 
 class Observer(threading.Thread):
@@ -145,6 +146,17 @@ def _hist_quantiles(before: Samples, after: Samples, name: str) -> dict[str, flo
     return out
 
 
+def _mean_batch(before: Samples, after: Samples, stage: str = "events") -> float | None:
+    """The agent's mean batch over the step (``consent_batch_records``: sum / count)."""
+
+    def total(samples: Samples, name: str) -> float:
+        return sum(v for n, labels, v in samples if n == name and labels.get("stage") == stage)
+
+    count = total(after, BATCH_HISTOGRAM + "_count") - total(before, BATCH_HISTOGRAM + "_count")
+    taken = total(after, BATCH_HISTOGRAM + "_sum") - total(before, BATCH_HISTOGRAM + "_sum")
+    return round(taken / count, 1) if count > 0 else None
+
+
 def _observed(step: Step, observer: Observer, partner_from: int) -> dict[str, dict[str, float]]:
     store = [t - step.subjects[k] for k, t in observer.store_seen.items() if k in step.subjects]
     partner = [
@@ -195,6 +207,7 @@ def run_step(
             v for n, _, v in after if n == "consent_instructions_pending"
         ),
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "events_per_batch": _mean_batch(before, after),
         **cpu,
         "observed_ms": _observed(step, observer, partner_from),
         "histogram_ms": {

@@ -139,8 +139,9 @@ def _ratio(a: Any, b: Any) -> str:
 LATENCY_HEADER = [
     "| offered ev/s (publisher's own rate) | achieved ev/s pipeline / no-op | "
     "store p50 / p99 | partner topic p50 / p99 | no-op p50 / p99 | p99 store / no-op | "
-    "taken by the agent p50 / p99 | worker CPU µs/event | no-op CPU µs/event |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "taken by the agent p50 / p99 | events per batch | worker CPU µs/event | "
+    "no-op CPU µs/event |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
 
@@ -153,7 +154,7 @@ def _offered(s: dict[str, Any]) -> str:
 def _latency_row(s: dict[str, Any]) -> str:
     missing = _missing(s)
     if missing:
-        return f"| {_offered(s)} | {missing} | | | | | | | |"
+        return f"| {_offered(s)} | {missing} | | | | | | | | |"
     obs = s["observed_ms"]
     noop = s.get("noop") or {"skipped": "not asked for"}
     noop_missing = _missing(noop)
@@ -167,6 +168,7 @@ def _latency_row(s: dict[str, Any]) -> str:
         noop_missing or _pair(noop_q),
         _ratio(obs["store"].get("p99"), noop_q.get("p99")),
         _pair(s.get("histogram_ms", {}).get("worker", {})),
+        _num(s.get("events_per_batch"), 1),
         _us_per_event(s),
         _us_per_event(noop),
     ]
@@ -184,7 +186,9 @@ def _latency(steps: Any) -> list[str]:
         "minus `cs_published_at`; the no-op agent gets the same events at the same rate first. "
         "Taken by the agent: the worker's `consent_publish_to_worker_seconds` (from its "
         "buckets), measured where the no-op agent measures, so store minus it is what the "
-        "processing adds. CPU: the process's own time over the step, per event offered. p95, "
+        "processing adds. Events per batch: the events agent's mean batch over the step "
+        "(`consent_batch_records`). CPU: the process's own time over the step, per event "
+        "offered. p95, "
         "max, the worker's other histograms and the machine's busy share are in latest.json.",
     ]
 

@@ -119,6 +119,7 @@ def _step(**extra: Any) -> dict[str, Any]:
         "achieved_events_per_s": 700.0,
         "saturated": True,
         "worker_cpu_ms_per_event": 1.234,
+        "events_per_batch": 3.44,
         "observed_ms": {"store": quantiles, "partner": quantiles},
         "histogram_ms": {
             "store": quantiles,
@@ -148,9 +149,25 @@ def test_latency_table_has_noop_ratio_and_cpu_per_event_columns() -> None:
         "2 / 4",
         "25",
         "6 / 12",
+        "3.4",
         "1,234",
         "81",
     ]
+
+
+def test_mean_batch_is_the_events_agents_over_the_step() -> None:
+    import latency
+
+    def samples(count: float, taken: float) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            ("consent_batch_records_count", {"stage": "events"}, count),
+            ("consent_batch_records_sum", {"stage": "events"}, taken),
+            ("consent_batch_records_count", {"stage": "ledger"}, count * 7),
+            ("consent_batch_records_sum", {"stage": "ledger"}, taken * 7),
+        ]
+
+    assert latency._mean_batch(samples(10, 50), samples(14, 70)) == 5.0
+    assert latency._mean_batch(samples(10, 50), samples(10, 50)) is None  # no batch taken
 
 
 def test_latency_table_rows_without_noop_or_skipped() -> None:
