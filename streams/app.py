@@ -28,6 +28,7 @@ from streams.events_loop import events_in_flights
 from streams.faust_glue import transport
 from streams.faust_glue.batches import EventBatches, inbound
 from streams.faust_glue.consumer_loop import fetch_with_librdkafka
+from streams.faust_glue.direct import deliver_directly
 from streams.faust_glue.raw_topics import raw_topic
 from streams.faust_glue.tables import StagedTable
 from streams.ledger_processor import LedgerProcessor
@@ -179,6 +180,7 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     tickets = StagedTable(tickets_table)
     in_order = _sequencers(app, parts, tickets)
     out = parts.output
+    deliver_directly(app, [names.events, names.ledger, *(names.acks(p) for p in policy.partners)])
 
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:

@@ -29,6 +29,14 @@ limitation and says how to tell when it can go:
     Faust's aiokafka driver fetches at a fraction of that cost, or Faust has a librdkafka
     driver that keeps its group protocol (``CONSENT_STREAM_FETCH_CLIENT=aiokafka``
     compares the two).
+``direct``
+    The conductor turns every fetched record into an ``Event`` for every channel of its
+    topic (producer-buffer wait, reference count, schema decode), which the stream then
+    acknowledges layer by layer; the agents read raw bytes in batches. For the agents'
+    topics, the message itself goes into the agent's channel queue, under Faust's flow
+    control and back-pressure, and is acknowledged with ``Consumer.ack``. Uses
+    ``Conductor._build_handler``. Can go when Faust hands a message to a raw-bytes
+    channel without an event.
 ``batches``
     ``Stream.take_events`` only yields on a timer or a full buffer and acknowledges the
     buffer when resumed, not when the caller's effects are done. Uses the agent channel's

@@ -4,7 +4,8 @@
 buffered or a timer fires, so at low rates every event waits for the timer, and it
 acknowledges the whole buffer when the consumer of the generator resumes it. Here a batch
 is whatever the agent's channel holds when the agent is ready for more: one record at a
-low rate, up to ``max_records`` on a backlog, with no added wait. Events are tracked the
+low rate, up to ``max_records`` on a backlog, with no added wait. The queue holds the
+fetched messages themselves (``streams.faust_glue.direct``), or Faust events, tracked the
 way Faust's stream iterator tracks them; acknowledgement is explicit (``ack``), after the
 batch's effects, so the consumer's commits never pass a record whose effects are not on
 the broker.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from faust.types import EventT
+from faust.types import EventT, Message
 
 from schemas.cloudevents import header_map
 from streams.inbound import Inbound
@@ -23,12 +24,13 @@ from streams.inbound import Inbound
 __all__ = ["EventBatches", "inbound"]
 
 
-def inbound(event: Any) -> Inbound:
-    """A Faust event as plain data."""
-    msg = event.message
+def inbound(item: Any) -> Inbound:
+    """A batch's record as plain data: a message handed over directly
+    (``streams.faust_glue.direct``) or a Faust event (raw bytes either way)."""
+    msg = item if isinstance(item, Message) else item.message
     return Inbound(
-        event.key,
-        event.value or b"",
+        msg.key,
+        msg.value or b"",
         header_map(msg.headers),
         msg.topic,
         msg.partition,
@@ -70,21 +72,32 @@ class EventBatches:
                 return events
 
     def _admit(self, item: Any) -> bool:
-        """Faust's checks for a channel value: a current-generation event while the flow
-        is active (else it is read again after the rebalance), tracked as unacked."""
-        if not isinstance(item, EventT):
+        """Faust's checks for a channel value: a current-generation record while the flow
+        is active (else it is read again after the rebalance); an event is tracked as
+        unacked (a message handed over directly is acknowledged to the consumer)."""
+        if isinstance(item, Message):
+            message = item
+        elif isinstance(item, EventT):
+            message = item.message
+        else:
             return False
-        app, message = self._app, item.message
+        app = self._app
         if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
             return False
+        if message is item:
+            return True
         if message.topic in app.topics.acking_topics and not message.tracked:
             message.tracked = True
             app.consumer._unacked_messages.add(message)
             self._stream._on_message_in(message.tp, message.offset, message)
         return True
 
-    async def ack(self, events: Sequence[Any]) -> None:
-        """The events' effects are acknowledged by the broker: their offsets may be committed."""
-        ack = self._stream.ack
-        for event in events:
-            await ack(event)
+    async def ack(self, records: Sequence[Any]) -> None:
+        """The records' effects are acknowledged by the broker: their offsets may be
+        committed."""
+        ack_event, ack_message = self._stream.ack, self._app.consumer.ack
+        for record in records:
+            if isinstance(record, Message):
+                ack_message(record)
+            else:
+                await ack_event(record)
