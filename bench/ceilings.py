@@ -30,19 +30,29 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.settings import Settings
 
-__all__ = ["NOOP_FETCH_CLIENTS", "faust_noop", "noop_ceiling", "noop_process", "raw_kafka"]
+__all__ = ["CEILING_PATHS", "NOOP_PATHS", "faust_noop", "noop_ceiling", "noop_process", "raw_kafka"]
 
 HERE = Path(__file__).resolve().parent
 
-NOOP_FETCH_CLIENTS = {"faust_noop": "librdkafka", "faust_noop_aiokafka": "aiokafka"}
-"""(b) twice, by result name: records fetched by the worker's record reader
-(``librdkafka``) and by Faust's own fetcher (``aiokafka``)."""
+NOOP_PATHS = {
+    "faust_noop": "librdkafka",
+    "faust_noop_aiokafka": "aiokafka",
+    "faust_noop_direct": "direct",
+}
+"""The no-op agent three times, by result name: (b), a Faust agent iterating its stream's
+events, fetched by the worker's record reader (``librdkafka``) and by Faust's own fetcher
+(``aiokafka``); and the worker's own path without its work (``direct``: the reader's
+messages handed to the agent's queue, taken and acknowledged in batches,
+``streams.faust_glue.direct``), reported beside (b), not as (b)."""
+CEILING_PATHS = ("faust_noop", "faust_noop_aiokafka")
+"""(b): the no-op Faust agent as the issue defines it (``async for event in
+stream.events()``), whichever fetch client."""
 
 
 def noop_ceiling(results: dict[str, Any]) -> float | None:
-    """(b): the faster of the no-op agent's two drains, so the pipeline is measured against
-    the higher ceiling, whichever fetch client gives it."""
-    rates = [results.get(name, {}).get("records_per_s") for name in NOOP_FETCH_CLIENTS]
+    """(b): the faster of the no-op Faust agent's drains, so the pipeline is measured
+    against the higher ceiling, whichever fetch client gives it."""
+    rates = [results.get(name, {}).get("records_per_s") for name in CEILING_PATHS]
     measured = [rate for rate in rates if isinstance(rate, int | float)]
     return max(measured) if measured else None
 
@@ -124,15 +134,18 @@ def faust_noop(
     count: int,
     work_dir: Path,
     timeout_s: float,
-    fetch_client: str = "librdkafka",
+    path: str = "librdkafka",
 ) -> dict[str, Any]:
-    """Pre-produce ``count`` records, start the no-op agent (records fetched by
-    ``fetch_client``), time its first to last."""
-    topic = f"{namespace}.bench.faust-{fetch_client}"
-    app_id = f"consent-stream-{namespace}-noop-{fetch_client}"
+    """Pre-produce ``count`` records, start the no-op agent (records taken by ``path``, a
+    value of ``NOOP_PATHS``), time its first to last."""
+    topic = f"{namespace}.bench.faust-{path}"
+    app_id = f"consent-stream-{namespace}-noop-{path}"
     create_topics(settings, [topic])
-    out = work_dir / f"noop-result-{fetch_client}.json"
+    out = work_dir / f"noop-result-{path}.json"
     args = ["--topic", topic, "--count", str(count), "--out", str(out)]
+    fetch_client = "aiokafka" if path == "aiokafka" else "librdkafka"
+    if path == "direct":
+        args.append("--direct")
     agent = noop_process(settings, app_id, work_dir, args, fetch_client)
     try:
         delivered, _, _ = produce_all(settings, topic, _cycled(pool, count), timeout_s)
@@ -150,6 +163,7 @@ def faust_noop(
     span = timing["last"] - timing["first"]
     return {
         "records": count,
+        "path": path,
         "fetch_client": fetch_client,
         "produced": delivered,
         "mean_record_bytes": round(_mean_size(pool), 1),

@@ -38,7 +38,7 @@ from benchlib import (  # noqa: E402
     free_port,
     new_namespace,
 )
-from ceilings import NOOP_FETCH_CLIENTS, faust_noop, noop_ceiling, raw_kafka  # noqa: E402
+from ceilings import NOOP_PATHS, faust_noop, noop_ceiling, raw_kafka  # noqa: E402
 from footprint import redis_per_subject, worker_rss  # noqa: E402
 from latency import Planned, run_latency_steps  # noqa: E402
 from machine import describe_machine  # noqa: E402
@@ -228,14 +228,14 @@ def run(sizes: Sizes, out: Path, budget: Budget) -> dict[str, Any]:
             10,
             lambda: raw_kafka(settings, ns, pool, sizes.raw_records, budget.bound(120)),
         )
-        for name, fetch_client in NOOP_FETCH_CLIENTS.items():
+        for name, path in NOOP_PATHS.items():
             step(
                 results,
                 name,
                 budget,
                 20,
-                lambda fc=fetch_client: faust_noop(
-                    settings, ns, pool, sizes.faust_records, work, budget.bound(180), fc
+                lambda p=path: faust_noop(
+                    settings, ns, pool, sizes.faust_records, work, budget.bound(180), p
                 ),
             )
         pipe = step(

@@ -21,6 +21,7 @@ MEASURED = (
     "raw_kafka",
     "faust_noop",
     "faust_noop_aiokafka",
+    "faust_noop_direct",
     "pipeline",
     "redis_memory",
     "worker_rss",
@@ -90,11 +91,13 @@ def test_quick_bench_writes_every_section(
     ratios = results["ratios"]
     assert 0 < ratios["pipeline_to_raw_kafka"] < 1
     assert ratios["pipeline_to_faust_noop"] > 0
-    ceiling = max(results[name]["records_per_s"] for name in ("faust_noop", "faust_noop_aiokafka"))
+    noops = ("faust_noop", "faust_noop_aiokafka")  # (b); the direct path is shown beside it
+    ceiling = max(results[name]["records_per_s"] for name in noops)
     assert ratios["pipeline_to_faust_noop"] == pytest.approx(
         results["pipeline"]["rate_events_per_s"] / ceiling, rel=1e-3
     )
     assert results["faust_noop_aiokafka"]["fetch_client"] == "aiokafka"
+    assert results["faust_noop_direct"]["path"] == "direct"
 
     assert (tmp_path / "latency-vs-throughput.png").read_bytes()[:8] == PNG_MAGIC
     table = (tmp_path / "latest.md").read_text()
