@@ -37,6 +37,11 @@ limitation and says how to tell when it can go:
     control and back-pressure, and is acknowledged with ``Consumer.ack``. Uses
     ``Conductor._build_handler``. Can go when Faust hands a message to a raw-bytes
     channel without an event.
+``fetched``
+    ``Consumer.getmany`` yields, checks and hands over every record on its own. For a
+    partition of ``direct``, a fetch's records go over as one chunk, checked once (a
+    copy of ``getmany``; uses ``_wait_next_records`` and ``Conductor._tp_to_callback``).
+    Goes with ``direct`` (``test_fetched.py`` guards the copy).
 ``batches``
     ``Stream.take_events`` only yields on a timer or a full buffer and acknowledges the
     buffer when resumed, not when the caller's effects are done. Uses the agent channel's

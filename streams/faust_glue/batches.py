@@ -5,10 +5,10 @@ buffered or a timer fires, so at low rates every event waits for the timer, and 
 acknowledges the whole buffer when the consumer of the generator resumes it. Here a batch
 is whatever the agent's channel holds when the agent is ready for more: one record at a
 low rate, up to ``max_records`` on a backlog, with no added wait. The queue holds the
-fetched messages themselves (``streams.faust_glue.direct``), or Faust events, tracked the
-way Faust's stream iterator tracks them; acknowledgement is explicit (``ack``), after the
-batch's effects, so the consumer's commits never pass a record whose effects are not on
-the broker.
+fetched messages themselves, one by one or a partition's fetch as one chunk
+(``streams.faust_glue.direct``), or Faust events, tracked the way Faust's stream iterator
+tracks them; acknowledgement is explicit (``ack``), after the batch's effects, so the
+consumer's commits never pass a record whose effects are not on the broker.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from faust.types import EventT, Message
 
 from schemas.cloudevents import header_map
+from streams.faust_glue.direct import Chunk
 from streams.inbound import Inbound
 
 __all__ = ["EventBatches", "inbound"]
@@ -38,6 +39,13 @@ def inbound(item: Any) -> Inbound:
     )
 
 
+def _add(items: list[Any], item: Any) -> None:
+    if type(item) is Chunk:
+        items.extend(item)
+    else:
+        items.append(item)
+
+
 class EventBatches:
     """Reads an agent's stream in batches (``async for events in batches``), then
     ``ack(events)``. Ends when the worker stops (Faust throws ``StopAsyncIteration`` into
@@ -51,6 +59,8 @@ class EventBatches:
         self._app = stream.app
         self._queue = stream.channel.queue
         self._started = False
+        self._rest: list[Any] = []
+        """A chunk's records past the last batch's limit: the next batch starts with them."""
 
     def __aiter__(self) -> EventBatches:
         return self
@@ -62,9 +72,14 @@ class EventBatches:
             self._started = True
         queue, limit = self._queue, self._max
         while True:
-            items = [await queue.get()]
+            items, self._rest = self._rest, []
+            if not items:
+                _add(items, await queue.get())
             while len(items) < limit and not queue.empty():
-                items.append(queue.get_nowait())
+                _add(items, queue.get_nowait())
+            if len(items) > limit:
+                self._rest = items[limit:]
+                del items[limit:]
             events = [item for item in items if self._admit(item)]
             if events:
                 if self._taken is not None:

@@ -12,7 +12,9 @@ same flow control (``FlowControlEvent.acquire``: nothing is delivered while a re
 holds the flow) and back-pressure (``Consumer.on_buffer_full`` / ``on_buffer_drop`` at
 the queue's pressure marks, a full queue waited on) as Faust's handler, and the batch
 acknowledges it with ``Consumer.ack``. The queue is the channel's own, so Faust still
-clears it when the flow resumes and still ends the agent by throwing into it.
+clears it when the flow resumes and still ends the agent by throwing into it. The fetch
+loop hands a partition's fetched records over as one ``Chunk`` (one item in the queue,
+``streams.faust_glue.fetched``), so the queue's pressure marks count chunks there.
 
 A topic read by more than one channel (an agent with ``concurrency`` above 1, or two
 agents) keeps Faust's handler: a message would be acknowledged by the first batch that
@@ -26,34 +28,49 @@ from __future__ import annotations
 from collections.abc import Collection, MutableSet
 from typing import Any
 
-__all__ = ["deliver_directly"]
+__all__ = ["Chunk", "DirectHandler", "deliver_directly"]
 
 
-def _direct_handler(app: Any, tp: Any, channels: MutableSet[Any]) -> Any:
-    consumer = app.consumer
-    acquire_flow_control = app.flow_control.acquire
-    on_topic_buffer_full = app.sensors.on_topic_buffer_full
+class Chunk(list[Any]):
+    """Fetched messages of one partition, in offset order, handed over as one item
+    (``streams.faust_glue.fetched``): ``tp`` routes it as a message's would."""
 
-    def on_pressure_high() -> None:
-        on_topic_buffer_full(tp)
-        consumer.on_buffer_full(tp)
+    __slots__ = ("tp",)
 
-    def on_pressure_drop() -> None:
-        consumer.on_buffer_drop(tp)
+    def __init__(self, tp: Any, messages: Collection[Any] = ()) -> None:
+        super().__init__(messages)
+        self.tp = tp
 
-    async def on_message(message: Any) -> None:
-        await acquire_flow_control()
-        for channel in channels:  # one (see deliver_directly)
+
+class DirectHandler:
+    """Puts a message, or a ``Chunk`` of them, into the queue of the partition's one
+    channel, under Faust's flow control and back-pressure."""
+
+    def __init__(self, app: Any, tp: Any, channels: MutableSet[Any]) -> None:
+        self._consumer, self._tp, self._channels = app.consumer, tp, channels
+        self._acquire_flow_control = app.flow_control.acquire
+        self._on_topic_buffer_full = app.sensors.on_topic_buffer_full
+
+    def _on_pressure_high(self) -> None:
+        self._on_topic_buffer_full(self._tp)
+        self._consumer.on_buffer_full(self._tp)
+
+    def _on_pressure_drop(self) -> None:
+        self._consumer.on_buffer_drop(self._tp)
+
+    async def __call__(self, item: Any) -> None:
+        await self._acquire_flow_control()
+        for channel in self._channels:  # one (see deliver_directly)
             queue = channel.queue
             if queue.full():
-                on_topic_buffer_full(tp)
-                await queue.put(message)
+                self._on_topic_buffer_full(self._tp)
+                await queue.put(item)
             else:
                 queue.put_nowait_enhanced(
-                    message, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                    item,
+                    on_pressure_high=self._on_pressure_high,
+                    on_pressure_drop=self._on_pressure_drop,
                 )
-
-    return on_message
 
 
 def deliver_directly(app: Any, topics: Collection[str]) -> None:
@@ -67,7 +84,7 @@ def deliver_directly(app: Any, topics: Collection[str]) -> None:
 
     def build_handler(tp: Any, channels: MutableSet[Any]) -> Any:
         if tp.topic in direct and len(channels) == 1:
-            return _direct_handler(app, tp, channels)
+            return DirectHandler(app, tp, channels)
         return faust_handler(tp, channels)
 
     conductor._build_handler = build_handler

@@ -9,10 +9,13 @@ worker's CPU in the demo, a quarter of its event loop in a backlog drain), altho
 callback almost never has to wait: it decodes the record and puts it into an agent's
 queue.
 
-``drain_messages`` is that loop with one change: ``deliver`` runs the callback to its
+``drain_messages`` is that loop with two changes: ``deliver`` runs the callback to its
 first suspension point directly, and only if it has to wait (flow control, a full queue,
 the producer's buffer) finishes it under ``wait_first`` exactly as before; when the flow
-is suspended or the consumer stopping, ``wait_first`` is used from the start. Can go when
+is suspended or the consumer stopping, ``wait_first`` is used from the start. And a
+``Chunk`` (a direct partition's records, ``streams.faust_glue.fetched``) is handed over
+in one call, after the read-offset and gap bookkeeping the loop makes record by record
+(``_fresh``). Can go when
 faust-streaming's ``_drain_messages`` no longer calls ``wait_first`` per record
 (``tests/unit/test_fetch_loop.py`` compares this copy with the installed one).
 """
@@ -24,6 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
+
+from streams.faust_glue.direct import Chunk
 
 __all__ = ["deliver", "drain_messages"]
 
@@ -75,9 +80,25 @@ async def deliver(
     await wait_first(_Resumed(coro, yielded), suspend_flow.wait())
 
 
+async def _fresh(consumer: Any, tp: Any, chunk: Chunk, read_offset: int | None) -> Chunk:
+    """The chunk's records the loop would hand over one by one (at or past the read
+    offset), and the gaps it would note between them (a topic whose acks are enabled)."""
+    fresh = Chunk(tp)
+    acks_enabled = consumer.app.topics.acks_enabled_for(tp.topic)
+    for message in chunk:
+        offset = message.offset
+        if read_offset is None or offset >= read_offset:
+            if acks_enabled and read_offset and offset - read_offset > 1:
+                await consumer._add_gap(tp, read_offset + 1, offset)
+            fresh.append(message)
+            read_offset = offset
+    return fresh
+
+
 async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cover - Faust's
     """``faust.transport.consumer.Consumer._drain_messages`` (faust-streaming 0.15.3) with
-    ``deliver`` in place of the per-record ``wait_first``; otherwise unchanged."""
+    ``deliver`` in place of the per-record ``wait_first`` and chunks handed over whole;
+    otherwise unchanged."""
     self = consumer
     callback = self.callback
     getmany = self.getmany
@@ -109,6 +130,17 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
             await self.sleep(0)
             if not self.should_stop:
                 async for tp, message in ait:
+                    if type(message) is Chunk:  # a direct partition's records, in one call
+                        chunk = await _fresh(self, tp, message, get_read_offset(tp))
+                        if chunk:
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            await deliver(
+                                callback(chunk), self.suspend_flow, stopping, self.wait_first
+                            )
+                            set_read_offset(tp, chunk[-1].offset)
+                        continue
                     num_since_yield += 1
                     if num_since_yield > yield_every:
                         await sleep(0)

@@ -46,7 +46,9 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types.tuples import ack_lock
 
 from streams.faust_glue.consumer_loop import InLoopConsumerThread
+from streams.faust_glue.direct import Chunk
 from streams.faust_glue.fetch_loop import drain_messages
+from streams.faust_glue.fetched import fetched
 
 __all__ = ["SCHEME", "RedeliveringConsumer", "Transport", "register"]
 
@@ -79,24 +81,22 @@ class RedeliveringConsumer(aiokafka_driver.Consumer):
         self,
         timeout: float,  # noqa: ASYNC109 - the signature is Faust's
     ) -> AsyncIterator[tuple[Any, Any]]:
+        """Faust's, with a direct partition's records as one chunk (``fetched``)."""
         read_offset = self._read_offset
-        async for tp, message in super().getmany(timeout):
+        async for tp, item in fetched(self, timeout):
+            offset = item[0].offset if type(item) is Chunk else item.offset
             current = read_offset.get(tp)
-            if (
-                current is not None
-                and message.offset < current
-                and not tp.topic.endswith(CHANGELOG_SUFFIX)
-            ):
+            if current is not None and offset < current and not tp.topic.endswith(CHANGELOG_SUFFIX):
                 log.info(
                     "%s[%d]: handing over re-fetched records from offset %d (read offset %d)",
                     tp.topic,
                     tp.partition,
-                    message.offset,
+                    offset,
                     current,
                 )
-                read_offset[tp] = message.offset  # so the fetch loop hands it over
+                read_offset[tp] = offset  # so the fetch loop hands it over
                 self.rewinds += 1
-            yield tp, message
+            yield tp, item
 
     async def seek_to_committed(self) -> Mapping[Any, int]:
         """Every source partition to its committed offset; with none (or 0), to its start."""

@@ -13,7 +13,7 @@ from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
 from streams.faust_glue.batches import EventBatches, inbound
-from streams.faust_glue.direct import deliver_directly
+from streams.faust_glue.direct import Chunk, deliver_directly
 
 EVENTS = TP("consent.events.v1", 0)
 OTHER = TP("consent.other.v1", 0)
@@ -161,3 +161,34 @@ def test_a_full_queue_is_waited_on_not_overrun() -> None:
         return waiting, app.queue.qsize()
 
     assert asyncio.run(run()) == (True, 2)
+
+
+def test_a_chunk_is_one_item_in_the_queue_and_batches_take_its_records_in_order() -> None:
+    async def run() -> tuple[int, list[list[int]], Consumer]:
+        app, handler = direct_app()
+        await handler(Chunk(EVENTS, [message(offset) for offset in range(7)]))
+        await handler(message(7))
+        held = app.queue.qsize()
+        batches = EventBatches(app.stream(), max_records=5)
+        taken = []
+        for _ in range(2):
+            batch = await batches.__anext__()
+            await batches.ack(batch)
+            taken.append([m.offset for m in batch])
+        return held, taken, app.consumer
+
+    held, taken, consumer = asyncio.run(run())
+    assert held == 2
+    # the chunk's records past the limit start the next batch, before what queued after it
+    assert taken == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    assert consumer.acked == list(range(8))
+
+
+def test_a_chunk_of_an_earlier_generation_is_left_out() -> None:
+    async def run() -> list[Any]:
+        app, handler = direct_app()
+        await handler(Chunk(EVENTS, [message(0, generation=0), message(1, generation=0)]))
+        await handler(Chunk(EVENTS, [message(2)]))
+        return await EventBatches(app.stream(), max_records=10).__anext__()
+
+    assert [m.offset for m in asyncio.run(run())] == [2]

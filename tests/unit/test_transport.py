@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from schemas.settings import Settings
 from streams.app import create_app
+from streams.faust_glue import transport
+from streams.faust_glue.direct import Chunk
 from streams.faust_glue.transport import RedeliveringConsumer
 
 # -- the consumer: a re-fetched record below Faust's read offset is handed over -------------
@@ -25,25 +26,34 @@ class FakeMessage:
     offset: int
 
 
-def drain(consumer: RedeliveringConsumer, batch: list[tuple[TP, int]]) -> list[tuple[str, int]]:
+def drain(
+    consumer: RedeliveringConsumer, batch: list[tuple[TP, int]], *, chunked: bool = False
+) -> list[tuple[str, int]]:
     """What Faust's fetch loop (``Consumer._drain_messages``) hands to the streams: a record
-    passes when its offset is not below the read offset, which then moves to it."""
+    passes when its offset is not below the read offset, which then moves to it. With
+    ``chunked``, the fetch yields each partition's records as one ``Chunk`` (a direct
+    partition's, ``streams.faust_glue.fetched``)."""
 
-    async def faust_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, FakeMessage]]:
-        for tp, offset in batch:
-            yield tp, FakeMessage(offset)
+    async def fetched(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        if not chunked:
+            for tp, offset in batch:
+                yield tp, FakeMessage(offset)
+            return
+        for tp in dict.fromkeys(tp for tp, _ in batch):
+            yield tp, Chunk(tp, [FakeMessage(offset) for t, offset in batch if t == tp])
 
     async def scenario() -> list[tuple[str, int]]:
         handed: list[tuple[str, int]] = []
-        async for tp, message in consumer.getmany(timeout=1.0):
-            read = consumer._read_offset[tp]
-            if read is None or message.offset >= read:
-                handed.append((tp.topic, message.offset))
-                consumer._read_offset[tp] = message.offset
+        async for tp, item in consumer.getmany(timeout=1.0):
+            for message in item if isinstance(item, Chunk) else [item]:
+                read = consumer._read_offset[tp]
+                if read is None or message.offset >= read:
+                    handed.append((tp.topic, message.offset))
+                    consumer._read_offset[tp] = message.offset
         return handed
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(FaustConsumer, "getmany", faust_getmany)
+        mp.setattr(transport, "fetched", fetched)
         result: list[tuple[str, int]] = asyncio.run(scenario())
     return result
 
@@ -63,6 +73,18 @@ def test_records_refetched_after_a_seek_back_are_handed_over(
     consumer._read_offset[events] = 786  # left there by a batch that never reached the stream
     refetched = [(events, offset) for offset in range(759, 789)]
     handed = drain(consumer, refetched)
+    assert handed == [("ns.consent.events.v1", offset) for offset in range(759, 789)]
+    assert consumer.rewinds == 1
+    assert consumer._read_offset[events] == 788
+
+
+def test_a_chunk_refetched_after_a_seek_back_is_handed_over_whole(
+    consumer: RedeliveringConsumer,
+) -> None:
+    events = TP("ns.consent.events.v1", 2)
+    consumer._read_offset[events] = 786
+    refetched = [(events, offset) for offset in range(759, 789)]
+    handed = drain(consumer, refetched, chunked=True)
     assert handed == [("ns.consent.events.v1", offset) for offset in range(759, 789)]
     assert consumer.rewinds == 1
     assert consumer._read_offset[events] == 788
