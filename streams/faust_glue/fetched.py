@@ -20,7 +20,7 @@ Faust's order and checks. A 40,000-event backlog drained at 7,991 events/s befor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from streams.faust_glue.direct import Chunk, DirectHandler
@@ -48,7 +48,7 @@ async def fetched(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Any
     }
     others = {tp: rs for tp, rs in records.items() if tp not in chunked}
     to_message = self._to_message
-    for tp, chunk in _taken(self, chunked, active_partitions, generation_id):
+    for tp, chunk in _taken(self, chunked.items(), active_partitions, generation_id):
         yield tp, Chunk(tp, [to_message(tp, record) for record in chunk])
     one_by_one = self.scheduler.iterate(others)
     for tp, record in _taken(self, one_by_one, active_partitions, generation_id):
@@ -57,13 +57,12 @@ async def fetched(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Any
 
 def _taken(
     self: Any,
-    items: Mapping[Any, Any] | Iterable[tuple[Any, Any]],
+    pairs: Iterable[tuple[Any, Any]],
     active_partitions: set[Any] | None,
     generation_id: int,
 ) -> Iterable[tuple[Any, Any]]:
     """Faust's checks before each item: stop when the flow stops or the generation
     changes; skip a partition no longer active (unless buffered)."""
-    pairs = items.items() if isinstance(items, Mapping) else items
     for tp, item in pairs:
         if not self.flow_active:
             break
