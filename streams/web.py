@@ -2,7 +2,9 @@
 
 ``/healthz`` is open; ``/consent/...`` and ``/requests/...`` serve personal data and need a
 bearer token of ``CONSENT_STREAM_HTTP_TOKENS``; ``/metrics`` needs
-``CONSENT_STREAM_METRICS_TOKEN`` when one is set (``streams.http_auth``).
+``CONSENT_STREAM_METRICS_TOKEN`` when one is set (``streams.http_auth``). ``/metrics`` takes
+``name[]`` parameters, as prometheus_client's own handler does: only those series are
+rendered (the whole page costs the event loop ~2-3 ms; the bench samples one counter).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def attach_views(app: faust.App, parts: WorkerParts, settings: Settings) -> None
         return web.json({"status": "ok", "consent_store": "ok"})
 
     async def metrics(web: Any, request: Any) -> Any:
-        body = generate_latest(parts.registry)
+        names = request.query.getall("name[]", [])
+        registry = parts.registry.restricted_registry(names) if names else parts.registry
+        body = generate_latest(registry)
         return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     async def consent(web: Any, request: Any, subject_id: str) -> Any:

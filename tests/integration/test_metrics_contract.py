@@ -198,4 +198,11 @@ def test_worker_and_partner_pages_pass_promtool_check_metrics(
         assert findings == "", f"promtool findings on the {name} page:\n{findings}"
 
     assert families(worker_page) == factory_names(stream_metrics)
+
+    # name[] renders only the series asked for (what the bench samples while it measures)
+    status, body = worker.http_get("/metrics?name[]=consent_events_total")
+    assert status == 200
+    assert families(body.decode()) == {"consent_events_total"}
+    events = Metrics(body.decode()).value("consent_events_total")
+    assert events == Metrics(worker_page).value("consent_events_total") >= 3
     assert families(partner_page) == factory_names(partner_metrics)
