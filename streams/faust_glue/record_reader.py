@@ -44,8 +44,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
@@ -64,6 +65,7 @@ PARTITION_RECORDS: Final = 4_000
 STALLED_S: Final = 1.0
 """Records held this long for a partition not asked for may be dropped to make room."""
 HELD_BACK_WAIT_S: Final = 0.01
+_NONE_ASSIGNED: Final[Mapping[TP, Any]] = MappingProxyType({})
 """The longest a fetch call waits while records are held for partitions not asked for."""
 
 
@@ -158,7 +160,7 @@ class RecordReader:
 
     async def fetched(
         self,
-        states: Callable[[TP], Any],
+        states: Callable[[], Mapping[TP, Any]],
         active: Iterable[TP],
         timeout: float,  # noqa: ASYNC109 - aiokafka's fetched_records signature
         max_records: int | None,
@@ -166,15 +168,16 @@ class RecordReader:
         """librdkafka's messages of the ``active`` partitions, from aiokafka's positions;
         waits up to ``timeout`` seconds for some, or ``HELD_BACK_WAIT_S`` while records are held for
         partitions not asked for: flow control asks for them again once their agent has
-        room, and only a new call says so. ``states(tp)``: aiokafka's partition state or
-        None."""
+        room, and only a new call says so. ``states()``: aiokafka's partition states as
+        they are now (read again after every wait)."""
         deadline = time.monotonic() + timeout
         active = list(active)
         while True:
             self._thread.raise_failure()
             self._take_arrived()
-            self._reconcile(states, active)
-            drained = self._hand_over(states, active, max_records)
+            now = states()
+            self._reconcile(now, active)
+            drained = self._hand_over(now, active, max_records)
             remaining = deadline - time.monotonic()
             if not drained and self._holds_back(active):
                 remaining = min(remaining, HELD_BACK_WAIT_S)
@@ -192,18 +195,19 @@ class RecordReader:
     def _holds_back(self, active: list[TP]) -> bool:
         return any(part.records and tp not in active for tp, part in self._parts.items())
 
-    def _reconcile(self, states: Callable[[TP], Any], active: list[TP]) -> None:
+    def _reconcile(self, states: Mapping[TP, Any], active: list[TP]) -> None:
         """Assign what is asked for at aiokafka's positions; unassign what aiokafka no
         longer holds, paused or moved; keep what flow control holds back, unless the
         bound is reached and it was not asked for in ``STALLED_S``."""
         parts = self._parts
         assign: list[tuple[TP, int]] = []
-        unassign = [tp for tp, part in parts.items() if _position(states(tp)) != part.next]
+        state_of: Callable[[TP], Any] = states.get
+        unassign = [tp for tp, part in parts.items() if _position(state_of(tp)) != part.next]
         for tp in unassign:
             self._drop(parts.pop(tp))
         now, now_ms = time.monotonic(), time.time() * 1000
         for tp in active:
-            state = states(tp)
+            state = state_of(tp)
             position = _position(state)
             if position is None:
                 continue
@@ -258,7 +262,7 @@ class RecordReader:
             part.records.clear()
 
     def _hand_over(
-        self, states: Callable[[TP], Any], active: list[TP], max_records: int | None
+        self, states: Mapping[TP, Any], active: list[TP], max_records: int | None
     ) -> dict[TP, list[Any]]:
         drained: dict[TP, list[Any]] = {}
         resume: list[TP] = []
@@ -277,7 +281,7 @@ class RecordReader:
             self._thread.release(len(taken), sum(map(len, taken)))
             drained[tp] = taken
             part.next = taken[-1].offset() + 1
-            state = states(tp)
+            state = states[tp]
             state.consumed_to(part.next)
             if part.highwater is not None:
                 state.highwater = part.highwater
@@ -292,15 +296,18 @@ class RecordReader:
         return drained
 
 
-def assigned_states(consumer: Any) -> Callable[[TP], Any]:
-    """``tp -> aiokafka's state of it`` while assigned, else None."""
+def assigned_states(consumer: Any) -> Callable[[], Mapping[TP, Any]]:
+    """``() -> {tp: aiokafka's state of it}`` for the partitions assigned now (none while
+    unassigned): the reader looks each partition up in one dict per pass (aiokafka's
+    ``Assignment.state_value`` is that dict's ``get``)."""
     subscription = consumer._subscription
 
-    def state(tp: TP) -> Any:
+    def states() -> Mapping[TP, Any]:
         current = subscription.subscription
         assignment = None if current is None else current.assignment
-        if assignment is None or tp not in assignment.tps:
-            return None
-        return assignment.state_value(tp)
+        if assignment is None:
+            return _NONE_ASSIGNED
+        tp_states: Mapping[TP, Any] = assignment._tp_state
+        return tp_states
 
-    return state
+    return states

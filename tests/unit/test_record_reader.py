@@ -130,7 +130,7 @@ def reader_with(states: dict[Any, State]) -> tuple[RecordReader, Thread, Any]:
 
     async def fetch(active: Any = None, timeout: float = 0.0, limit: int | None = None) -> Any:
         asked = list(states) if active is None else active
-        got = await reader.fetched(states.get, asked, timeout, limit)
+        got = await reader.fetched(lambda: states, asked, timeout, limit)
         return {tp: [m.offset() for m in messages] for tp, messages in got.items()}
 
     return reader, thread, fetch
