@@ -208,13 +208,13 @@ class RecordReader:
         now, now_ms = time.monotonic(), time.time() * 1000
         for tp in active:
             state = state_of(tp)
-            position = _position(state)
-            if position is None:
-                continue
-            state.timestamp = now_ms  # Faust's "no fetch sent" check reads it
-            if (part := parts.get(tp)) is None:
+            if (part := parts.get(tp)) is None:  # else kept above: at a valid position
+                position = _position(state)
+                if position is None:
+                    continue
                 parts[tp] = part = _Partition(position, position)
                 assign.append((tp, position))
+            state.timestamp = now_ms  # Faust's "no fetch sent" check reads it
             part.asked_at = now
         if self._thread.full():
             stalled = [
