@@ -136,8 +136,12 @@ def test_latency_table_has_noop_ratio_and_cpu_per_event_columns() -> None:
         "latency_ms": {"p50": 2.0, "p99": 4.0},
         "worker_cpu_ms_per_event": 0.081,
     }
-    header, rule, row = report._latency([_step(noop=noop)])[:3]
+    partner = {"count": 5.0, "p50": 30.0, "p95": 150.0, "p99": 180.0, "max": 200.0}
+    step = _step(noop=noop)
+    step["observed_ms"] = {**step["observed_ms"], "partner": partner}
+    header, rule, row = report._latency([step])[:3]
     assert "no-op p50 / p99" in header and "no-op CPU µs/event" in header
+    assert "p99 ÷ no-op's: store / partner topic" in header
     assert "taken by the agent p50 / p99" in header
     assert len(header.split("|")) == len(rule.split("|")) == len(row.split("|"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -145,9 +149,9 @@ def test_latency_table_has_noop_ratio_and_cpu_per_event_columns() -> None:
         "1,000 (1000/s; sent 998)",
         "700 (saturated) / 1,001",
         "20 / 100",
-        "20 / 100",
+        "30 / 180",
         "2 / 4",
-        "25",
+        "25 / 45",  # the p99s over the no-op's: store, partner topic
         "6 / 12",
         "3.4",
         "1,234",
