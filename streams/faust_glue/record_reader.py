@@ -65,8 +65,9 @@ PARTITION_RECORDS: Final = 4_000
 STALLED_S: Final = 1.0
 """Records held this long for a partition not asked for may be dropped to make room."""
 HELD_BACK_WAIT_S: Final = 0.01
-_NONE_ASSIGNED: Final[Mapping[TP, Any]] = MappingProxyType({})
 """The longest a fetch call waits while records are held for partitions not asked for."""
+_NONE_ASSIGNED: Final[Mapping[TP, Any]] = MappingProxyType({})
+"""aiokafka's partition states while the consumer holds no assignment."""
 
 
 def faust_messages(app: Any) -> Callable[[TP, Any], ConsumerMessage]:
@@ -175,9 +176,9 @@ class RecordReader:
         while True:
             self._thread.raise_failure()
             self._take_arrived()
-            now = states()
-            self._reconcile(now, active)
-            drained = self._hand_over(now, active, max_records)
+            assigned = states()
+            self._reconcile(assigned, active)
+            drained = self._hand_over(assigned, active, max_records)
             remaining = deadline - time.monotonic()
             if not drained and self._holds_back(active):
                 remaining = min(remaining, HELD_BACK_WAIT_S)

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.structs import TopicPartition
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
@@ -16,7 +18,12 @@ from faust.types.tuples import ConsumerMessage
 from schemas.errors import FetchError
 from streams.faust_glue import record_reader
 from streams.faust_glue.fetch_thread import Arrival
-from streams.faust_glue.record_reader import RecordReader, faust_messages, positions_only
+from streams.faust_glue.record_reader import (
+    RecordReader,
+    assigned_states,
+    faust_messages,
+    positions_only,
+)
 
 EVENTS0, EVENTS1 = ("events", 0), ("events", 1)
 
@@ -344,3 +351,19 @@ def test_aiokafkas_fetcher_keeps_resetting_positions_but_sends_no_fetch() -> Non
     fetcher = Fetcher()
     positions_only(fetcher)
     assert fetcher._get_actions_per_node(None) == ([], {1: ["events-0"]}, 0.2, False, ["resume"])
+
+
+@in_loop
+async def test_assigned_states_are_aiokafkas_own_states_of_the_assignment_now() -> None:
+    subscription = SubscriptionState()
+    consumer = SimpleNamespace(_subscription=subscription)
+    states = assigned_states(consumer)
+    assert states() == {}  # nothing assigned yet
+
+    subscription.assign_from_user({TopicPartition(*EVENTS0)})
+    assignment = subscription.subscription.assignment
+    assert states()[EVENTS0] is assignment.state_value(EVENTS0)  # Faust's TP finds it
+    assert states().get(EVENTS1) is None
+
+    subscription.assign_from_user({TopicPartition(*EVENTS1)})  # a new assignment
+    assert set(states()) == {EVENTS1}
