@@ -28,6 +28,7 @@ from streams.fanout import RequestOpening
 from streams.pseudonyms import instruction_id
 
 __all__ = [
+    "AckEntry",
     "AckOutcome",
     "Ticket",
     "TrackedInstruction",
@@ -47,6 +48,16 @@ class AckOutcome(StrEnum):
     UNKNOWN_INSTRUCTION = "unknown_instruction"
     WRONG_PARTNER = "wrong_partner"
     REPEATED = "repeated"
+
+
+@dataclass(frozen=True, slots=True)
+class AckEntry:
+    """A partner's acknowledgement as the ledger received it (a ledger entry, and what a
+    ticket keeps of an acknowledgement that came before its instruction: ``parked``)."""
+
+    partner: str  # the partner whose acks topic it came from
+    ack: PartnerAcknowledgement
+    received_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,8 @@ class Ticket:
     when a retention follow-up reopens it."""
     overdue: bool = False
     updated_at: int = 0
+    parked: tuple[AckEntry, ...] = ()
+    """Acknowledgements of instructions the ticket does not track yet (``streams.parked``)."""
 
     def find(self, iid: str) -> TrackedInstruction | None:
         return next((t for t in self.instructions if t.outcome.instruction_id == iid), None)
@@ -85,7 +98,10 @@ class Ticket:
 
     @property
     def settled(self) -> bool:
-        """Nothing left to wait for: no pending instruction, no retention to follow up."""
+        """Nothing left to wait for: no pending instruction, no retention to follow up, no
+        parked acknowledgement."""
+        if self.parked:
+            return False
         return not any(t.pending or awaits_follow_up(self, t) for t in self.instructions)
 
 

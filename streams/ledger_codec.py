@@ -26,7 +26,7 @@ from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.records import from_record, to_record
 from schemas.views import OutcomeStatus, PartnerOutcome, RequestState
 from streams.fanout import RequestOpening
-from streams.ledger import Ticket, TrackedInstruction
+from streams.ledger import AckEntry, Ticket, TrackedInstruction
 
 __all__ = [
     "AckEntry",
@@ -50,13 +50,6 @@ class OpenEntry:
     key: str
     request: RequestOpening | None
     instructions: tuple[tuple[PartnerInstruction, str], ...]  # with refs digest
-
-
-@dataclass(frozen=True, slots=True)
-class AckEntry:
-    partner: str  # the partner whose acks topic it came from
-    ack: PartnerAcknowledgement
-    received_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +170,7 @@ def _entry_from(doc: dict[str, Any]) -> LedgerEntry:
 
 
 def ticket_to_json(t: Ticket) -> bytes:
-    doc = {
+    doc: dict[str, Any] = {
         "key": t.key,
         "request": t.request,
         "status": t.status.value,
@@ -190,6 +183,8 @@ def ticket_to_json(t: Ticket) -> bytes:
             [i.outcome, None if i.sent is None else _ins(i.sent)] for i in t.instructions
         ],
     }
+    if t.parked:
+        doc["parked"] = [_entry_doc(a) for a in t.parked]
     return orjson.dumps(doc)
 
 
@@ -208,4 +203,12 @@ def ticket_from_json(data: bytes) -> Ticket:
             TrackedInstruction(_outcome_from(o), None if s is None else _ins_from(s))
             for o, s in doc["instructions"]
         ),
+        parked=tuple(_ack_from(a) for a in doc.get("parked", ())),
     )
+
+
+def _ack_from(doc: dict[str, Any]) -> AckEntry:
+    entry = _entry_from(doc)
+    if not isinstance(entry, AckEntry):
+        raise ValueError(f"a parked acknowledgement of kind {doc['kind']!r}")
+    return entry

@@ -25,6 +25,7 @@ from schemas.views import FINAL_REQUEST_STATES, RequestStatus
 from streams.faust_glue.tables import Sealed, StagedTable
 from streams.inbound import Inbound
 from streams.ledger import (
+    AckEntry,
     AckOutcome,
     Ticket,
     apply_ack,
@@ -35,7 +36,6 @@ from streams.ledger import (
     sweep,
 )
 from streams.ledger_codec import (
-    AckEntry,
     DispatchedEntry,
     LedgerEntry,
     OpenEntry,
@@ -47,6 +47,7 @@ from streams.ledger_codec import (
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.output import Outputs
+from streams.parked import drop_stale, park, parks, release
 from streams.request_views import AsyncRequestViews
 from streams.sequencer import POSITION_KEY_PREFIX
 from streams.store_retry import wait_out_store_outages
@@ -75,6 +76,7 @@ class _Changes:
     finished: list[str] = field(default_factory=list)
     acks: list[tuple[AckEntry, Ticket]] = field(default_factory=list)
     ignored: list[AckOutcome] = field(default_factory=list)
+    parked: list[AckEntry] = field(default_factory=list)
 
 
 class LedgerProcessor:
@@ -181,18 +183,32 @@ class LedgerProcessor:
     ) -> Ticket | None:
         match entry:
             case OpenEntry():
-                return open_ticket(ticket, key, entry.request, list(entry.instructions), now)
+                opened = open_ticket(ticket, key, entry.request, list(entry.instructions), now)
+                opened, released = release(opened, now)
+                for ack, outcome in released:
+                    if outcome is AckOutcome.APPLIED:
+                        changes.acks.append((ack, opened))
+                    else:
+                        changes.ignored.append(outcome)
+                return opened
             case DispatchedEntry():
                 return mark_dispatched(ticket, entry.at)
             case AckEntry():
                 updated, outcome = apply_ack(ticket, entry.ack, entry.partner, now)
+                if outcome is AckOutcome.UNKNOWN_INSTRUCTION and parks(ticket):
+                    changes.parked.append(entry)  # its ticket may not be on the ledger yet
+                    return park(ticket, key, entry, now)
                 if outcome is not AckOutcome.APPLIED or updated is None:
                     changes.ignored.append(outcome)
                     return ticket
                 changes.acks.append((entry, updated))
                 return updated
             case SweepEntry():
-                if ticket is None or not needs_sweep(ticket, now):
+                if ticket is None:
+                    return None
+                ticket, dropped = drop_stale(ticket, now, self.index.grace_ms)
+                changes.ignored += [AckOutcome.UNKNOWN_INSTRUCTION] * dropped
+                if not needs_sweep(ticket, now):
                     return ticket
                 ticket, follow_ups = sweep(ticket, now, self._policy)
                 changes.follow_ups += follow_ups
@@ -226,6 +242,8 @@ class LedgerProcessor:
             m.requests_finished.labels(status).inc()
         for outcome in changes.ignored:
             m.acknowledgements_ignored.labels(outcome.value).inc()
+        for parked in changes.parked:
+            m.acknowledgements_parked.labels(parked.partner).inc()
         for entry, ticket in changes.acks:
             ack = entry.ack
             m.acknowledgements.labels(ack.partner, ack.status.value).inc()

@@ -68,6 +68,7 @@ class StreamMetrics:
     instructions: Counter
     acknowledgements: Counter
     acknowledgements_ignored: Counter
+    acknowledgements_parked: Counter
     retention_follow_ups: Counter
     store_retries: Counter
     requests_open: Gauge
@@ -117,6 +118,14 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             "Acknowledgements that changed nothing, by "
             "reason (unknown_instruction, wrong_partner, repeated, undecodable).",
             ["reason"],
+            registry=registry,
+        ),
+        acknowledgements_parked=Counter(
+            "consent_acknowledgements_parked_total",
+            "Acknowledgements received before a ticket tracked their instruction, by the "
+            "partner whose topic they came on; applied once it does, or dropped after the "
+            "grace period and counted as ignored (unknown_instruction).",
+            ["partner"],
             registry=registry,
         ),
         retention_follow_ups=Counter(

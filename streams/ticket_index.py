@@ -3,7 +3,9 @@
 The ledger tells the index about every write (``update`` with the ticket before and
 after); the periodic scan then asks only for the keys that are due (``pop_due``) instead
 of decoding every open ticket. Due work is what ``needs_sweep`` reports, plus *expiry*:
-a settled ticket with a final answer is deleted ``grace_ms`` after its last write.
+a settled ticket with a final answer is deleted ``grace_ms`` after its last write, and an
+acknowledgement parked ahead of its ticket (``streams.parked``) is dropped ``grace_ms``
+after it was received.
 
 Memory per ticket is one ``(due_ms, key)`` heap entry and one ``key -> due_ms`` dict
 entry; stale heap entries (the key's due time changed or was popped) are skipped lazily
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from streams.ledger import Ticket, awaits_follow_up, needs_sweep
+from streams.parked import parked_due
 
 __all__ = ["LedgerGauges", "TicketIndex", "expired", "next_due", "sweep_or_expiry_due"]
 
@@ -58,7 +61,7 @@ def next_due(ticket: Ticket, grace_ms: int) -> int | None:
         until = t.outcome.retain_until
         if until is not None and awaits_follow_up(ticket, t):
             times.append(until)
-    for at in (_request_due(ticket), _expires_at(ticket, grace_ms)):
+    for at in (_request_due(ticket), _expires_at(ticket, grace_ms), parked_due(ticket, grace_ms)):
         if at is not None:
             times.append(at)
     return min(times, default=None)
@@ -71,8 +74,11 @@ def expired(ticket: Ticket, now: int, grace_ms: int) -> bool:
 
 
 def sweep_or_expiry_due(ticket: Ticket, now: int, grace_ms: int) -> bool:
-    """What ``next_due`` predicts: the ticket needs a sweep or may be deleted."""
-    return needs_sweep(ticket, now) or expired(ticket, now, grace_ms)
+    """What ``next_due`` predicts: the ticket needs a sweep, may be deleted, or parks an
+    acknowledgement to drop."""
+    parked = parked_due(ticket, grace_ms)
+    stale = parked is not None and parked <= now
+    return needs_sweep(ticket, now) or expired(ticket, now, grace_ms) or stale
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ TIMEOUT_S = 30.0
 DAY_MS = 86_400_000
 RETENTION_MS = 1095 * DAY_MS  # transaction records: 3 years after the transaction
 IGNORED = "consent_acknowledgements_ignored_total"
+PARKED = "consent_acknowledgements_parked_total"
 
 
 class Acks:
@@ -247,17 +248,28 @@ def test_account_deletion_reaches_exactly_the_partners_that_hold_data_and_comple
         for secret in (subject, "PA-1001", "WB-2002", "ORD-3003"):
             assert secret.encode() not in (rec.value or b""), secret
 
-    # A repeated ack and an ack for an unknown instruction change nothing either.
+    # A repeated ack and an ack for an instruction the request does not have change
+    # nothing either; an ack under a key no ticket was opened for is parked (it may have
+    # come before its ticket: streams.parked) and changes nothing.
     repeated_before = worker.metric(IGNORED, reason="repeated")
     unknown_before = worker.metric(IGNORED, reason="unknown_instruction")
+    parked_before = worker.metric(PARKED, partner="payment")
     acks.answer(erase, AcknowledgementStatus.FAILED)
     stray = PartnerAcknowledgement(str(uuid.uuid4()), "payment", AcknowledgementStatus.DONE, 1)
-    acks.send("payment", stray, stray.instruction_id)
+    acks.send("payment", stray, request_id)
+    early = PartnerAcknowledgement(str(uuid.uuid4()), "payment", AcknowledgementStatus.DONE, 1)
+    acks.send("payment", early, early.instruction_id)
     wait_ignored(worker, "repeated", repeated_before)
     wait_ignored(worker, "unknown_instruction", unknown_before)
+    worker.poll(
+        lambda: worker.metric(PARKED, partner="payment") >= parked_before + 1,
+        TIMEOUT_S,
+        f"{PARKED} to increase",
+    )
     assert request_view(worker, request_id) == final
     assert worker.metric(IGNORED, reason="repeated") == repeated_before + 1
     assert worker.metric(IGNORED, reason="unknown_instruction") == unknown_before + 1
+    assert worker.metric(PARKED, partner="payment") == parked_before + 1
     finished = worker.metric(
         "consent_requests_finished_total", status="COMPLETED_WITH_RESTRICTIONS"
     )

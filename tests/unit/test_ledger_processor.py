@@ -433,15 +433,6 @@ def test_ignored_acknowledgements_are_counted_and_change_nothing(
     assert h.metric("consent_acknowledgements_total", partner="ads", status="DONE") == 1
 
 
-def test_ack_for_an_unknown_ticket_is_ignored() -> None:
-    h = Harness()
-
-    h.handle(eid("nothing"), answer(ADS))
-
-    assert h.tickets == {} and h.outbox.records == []
-    assert h.metric("consent_acknowledgements_ignored_total", reason="unknown_instruction") == 1
-
-
 def test_lone_instruction_ticket_is_deleted_once_answered_and_never_published() -> None:
     h = Harness()
     ins = lone_instruction()
