@@ -8,8 +8,8 @@ failpoint fires once per data directory (the file exists afterwards), so the res
 worker runs normally.
 
 Places: ``events.mid_instructions`` (half of a batch's instructions acknowledged by the
-broker, the other half and the subjects' states not yet sent; its state records and store
-writes, and those of the batches in flight after it, may be out already).
+broker; the other half, the batch's tickets, state records, store writes and subjects'
+states not yet sent; those of the batches in flight before it may be out already).
 """
 
 from __future__ import annotations

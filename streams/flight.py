@@ -1,17 +1,16 @@
 """A batch in flight: its effects on their way while the events agent decides the next.
 
 The events agent decides a batch, sends its first wave and goes on to the next batch; the
-rest of the batch's life (the waves' round trips, the table, the acknowledgement) is a
-task of its own. Batches in flight keep the order of what must stay ordered through two
-gates per batch: a batch sends its instructions only after the batch before it has sent
-its own, and its subjects' states (and "dispatched" ledger entries) only after the batch
-before it has sent those, so on every topic and partition a later batch's records follow
-an earlier one's (the idempotent producer keeps per-partition order, and fails a later
-record of a partition whose earlier record failed). A batch is settled (its table writes
-committed, its records acknowledged) only after the batch before it.
+rest of the batch's life (the first wave's round trips, the last wave, the table, the
+acknowledgement) is a task of its own. First waves go out in the batches' order, as each
+is decided. A batch's subjects' states (and "dispatched" ledger entries) go out only after
+the batch before it has sent those, so on every topic and partition a later batch's
+records follow an earlier one's (the idempotent producer keeps per-partition order, and
+fails a later record of a partition whose earlier record failed). A batch is settled (its
+table writes committed, its records acknowledged) only after the batch before it.
 
-When a batch fails, every batch after it fails at its next gate: their decisions were
-made on top of the failed one's states, so all of them are processed again.
+When a batch fails, every batch after it fails at its gate or when it settles: their
+decisions were made on top of the failed one's states, so all of them are processed again.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ class FlightAborted(Exception):
 
 
 class Gate:
-    """Opened once, when a batch has sent one kind of its records, or when it failed."""
+    """Opened once, when a batch has sent its last wave's records, or when it failed."""
 
     def __init__(self) -> None:
         self._open = asyncio.Event()
@@ -55,7 +54,6 @@ class Flight:
 
     def __init__(self, before: Flight | None) -> None:
         self.before = before
-        self.instructions_sent = Gate()
         self.states_sent = Gate()
         self._task: asyncio.Task[Any] | None = None
 
@@ -75,13 +73,8 @@ class Flight:
         )
 
     def fail(self, error: BaseException) -> None:
-        """Open both gates with ``error`` (those not opened yet), so later batches stop."""
-        self.instructions_sent.fail(error)
+        """Open the gate with ``error`` (if not opened yet), so later batches stop."""
         self.states_sent.fail(error)
-
-    async def after_instructions_before(self) -> None:
-        if self.before is not None:
-            await self.before.instructions_sent.passed()
 
     async def after_states_before(self) -> None:
         if self.before is not None:

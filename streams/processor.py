@@ -4,17 +4,19 @@
 changed subjects' states in the table (the next batch is decided on top of them), sends
 the first wave and returns a ``Flight`` whose task carries the rest, so the agent can
 take the next batch while this one's round trips are under way. The effects go out in
-three waves, each sent without awaiting its records and then awaited once (the ordering
+two waves, each sent without awaiting its records and then awaited once (the ordering
 barriers):
 
-1. ledger tickets, dead letters and state records on Kafka, and the consent store (one
-   pipelined Redis round trip); a ticket is on the ledger before its instructions exist, so
-   no partner's acknowledgement can reach the ledger before the ticket it answers; a state
-   record depends on nothing else, so it goes out beside the store write (publish ->
-   store does not wait for the instructions' wave);
-2. partner instructions (after the batch before has sent its own: ``streams.flight``);
-3. "dispatched" ledger entries and the changed subject states (table changelog; after the
-   batch before has sent its own).
+1. ledger tickets, partner instructions, dead letters and state records on Kafka, and the
+   consent store (one pipelined Redis round trip). Nothing in it depends on another of
+   its effects: the store and the partners both learn of a change one round trip after
+   the batch is decided. A ticket and its instructions are sent together, so a partner
+   may answer before the ticket is on the ledger (after a crash between the two); the
+   ledger parks such an answer until the ticket opens (``streams.parked``). A batch's
+   first wave is sent when it is decided, so a later batch's instructions follow an
+   earlier one's on every partition;
+2. "dispatched" ledger entries and the changed subject states (table changelog; after the
+   batch before has sent its own: ``streams.flight``).
 
 The subjects' states are written last, so a crash at any point leads to a redelivery
 that redoes every effect; every effect is idempotent (deterministic instruction ids,
@@ -34,14 +36,13 @@ from typing import Any
 
 from schemas.errors import ValidationError
 from schemas.events import ConsentEvent
-from schemas.partner import PartnerInstruction
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from schemas.validation import validate_event
 from schemas.views import ConsentState
 from streams.deadletter import DeadLetter, deadletter_headers
-from streams.event_batch import EventBatch, StoreWrite, plan_batch
+from streams.event_batch import EventBatch, plan_batch
 from streams.failpoint import Failpoint
 from streams.fanout import FanOut
 from streams.faust_glue.tables import Sealed, StagedTable
@@ -118,8 +119,11 @@ class EventProcessor:
         sealed = subjects.seal()
         views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
         first = outputs()
-        self._send_tickets_and_states(batch, views, first)
         flight = Flight(before)
+        if self._failpoint.armed("events.mid_instructions", len(batch.instructions)):
+            flight.start(self._stop_mid_instructions(batch, first))
+            return flight
+        self._send_first_wave(batch, views, first)
         carried = self._carry(flight, batch, views, first, outputs, subjects, sealed, settle)
         flight.start(carried)
         return flight
@@ -137,12 +141,8 @@ class EventProcessor:
     ) -> EventBatch:
         try:
             await asyncio.gather(
-                first.delivered(),
-                wait_out_store_outages(lambda: self._store.apply_states(views), self._metrics),
+                self._first_delivered(batch, first), self._write_store(batch, views)
             )
-            self._observe_store(batch.store.values())
-            await flight.after_instructions_before()
-            await self._instructions(batch, outputs(), flight)
             await flight.after_states_before()
             last = outputs()
             self._sender.send_ledger(
@@ -170,10 +170,12 @@ class EventProcessor:
             )
         return event
 
-    def _send_tickets_and_states(
+    def _send_first_wave(
         self, batch: EventBatch, views: list[ConsentState], outputs: Outputs
     ) -> None:
         self._sender.send_ledger(outputs, batch.tickets)
+        for ins, _ in batch.instructions:
+            self._sender.send_instruction(outputs, ins)
         for view in views:
             self._sender.send_object(outputs, self._topics.state, view.subject_id, view)
         now = self._now()
@@ -183,26 +185,7 @@ class EventProcessor:
             headers = deadletter_headers(r.headers, dl)
             outputs.send(self._topics.deadletter, r.key, r.value, headers)  # as it came
 
-    def _observe_taken(self, taken: Iterable[int], now: int) -> None:
-        """Publish -> worker: how old each record was when the agent took the batch."""
-        observe = self._metrics.publish_to_worker.observe
-        for published in taken:
-            observe(max(0, now - published) / 1000)
-
-    def _observe_store(self, writes: Iterable[StoreWrite]) -> None:
-        now = self._now()
-        observe = self._metrics.publish_to_store.observe
-        for write in writes:
-            for published in write.published:
-                observe(max(0, now - published) / 1000)
-
-    async def _instructions(self, batch: EventBatch, outputs: Outputs, flight: Flight) -> None:
-        instructions = [ins for ins, _ in batch.instructions]
-        if self._failpoint.armed("events.mid_instructions", len(instructions)):
-            await self._stop_mid_instructions(batch, instructions, outputs)
-        for ins in instructions:
-            self._sender.send_instruction(outputs, ins)
-        flight.instructions_sent.open()
+    async def _first_delivered(self, batch: EventBatch, outputs: Outputs) -> None:
         await outputs.delivered()
         now = self._now()
         m = self._metrics
@@ -213,10 +196,24 @@ class EventProcessor:
                     max(0, now - published) / 1000
                 )
 
-    async def _stop_mid_instructions(
-        self, batch: EventBatch, instructions: list[PartnerInstruction], outputs: Outputs
-    ) -> None:
-        """The crash test's failpoint: half the instructions on the broker, then stop."""
+    async def _write_store(self, batch: EventBatch, views: list[ConsentState]) -> None:
+        await wait_out_store_outages(lambda: self._store.apply_states(views), self._metrics)
+        now = self._now()
+        observe = self._metrics.publish_to_store.observe
+        for write in batch.store.values():
+            for published in write.published:
+                observe(max(0, now - published) / 1000)
+
+    def _observe_taken(self, taken: Iterable[int], now: int) -> None:
+        """Publish -> worker: how old each record was when the agent took the batch."""
+        observe = self._metrics.publish_to_worker.observe
+        for published in taken:
+            observe(max(0, now - published) / 1000)
+
+    async def _stop_mid_instructions(self, batch: EventBatch, outputs: Outputs) -> EventBatch:
+        """The crash test's failpoint: half the instructions on the broker, none of the
+        batch's tickets, states or store writes; then stop."""
+        instructions = [ins for ins, _ in batch.instructions]
         half = instructions[: len(instructions) // 2]
         for ins in half:
             self._sender.send_instruction(outputs, ins)
@@ -228,6 +225,7 @@ class EventProcessor:
             "subjects_changed": len(batch.states),
         }
         self._failpoint.hit(facts)
+        return batch
 
     def _count(self, batch: EventBatch) -> None:
         events = self._metrics.events

@@ -1,31 +1,38 @@
 """A worker killed in the middle of a large batch: half of the batch's instructions are on
-the partners' topics (the state records and the store went out before them), the rest and
-the subjects' states are not.
+the partners' topics, and nothing else of the batch is out (not its tickets, its state
+records, its store writes or its subjects' states).
 
 The worker runs with the ``events.mid_instructions`` failpoint (``streams.failpoint``):
 on the first batch with at least ``MIN_INSTRUCTIONS`` instructions it sends half of them,
-waits for the broker, records which, and stops; the test SIGKILLs it by its pid. After a
-restart every effect is compared with the pure decisions over the same events, exactly:
-the store of every subject, the set of instruction ids per partner (a duplicate only for
-an instruction the killed batch had already sent), one status per deletion request, and
-the ledger's pending instructions (each instruction tracked once, none lost or doubled).
+waits for the broker, records which, and stops; the test SIGKILLs it by its pid. The
+partners answer the instructions that are out before the worker is restarted, so their
+acknowledgements may reach the ledger before their tickets do (``streams.parked``). After
+the restart every effect is compared with the pure decisions over the same events,
+exactly: the store of every subject; the set of instruction ids per partner (each one the
+killed batch had sent is there twice, and nothing of an event the worker had acknowledged
+before the kill is); one status per deletion request; and the ledger's instructions:
+each tracked once, none lost or doubled, and the answered ones answered.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 import redis
 
 from consumers.consent_store import ConsentStore, make_redis
 from producers.publisher import ConsentPublisher
+from schemas.partner import AcknowledgementStatus, PartnerInstruction
+from schemas.settings import Settings
+from streams.subject import state_from_json
 
 from .processes import WorkerFactory, WorkerProcess, poll_until, read_all, read_until
 from .processes import worker_factory as worker_factory
 from .test_worker_crash import expected_effects, ids_on, make_workload, store_mismatches
+from .test_worker_deletion import Acks
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +42,9 @@ SEED = 20261202
 MIN_INSTRUCTIONS = 40
 FAILPOINT = "events.mid_instructions"
 CATCH_UP_TIMEOUT_S = 150.0
+ACKS = "consent_acknowledgements_total"
+IGNORED = "consent_acknowledgements_ignored_total"
+PARKED = "consent_acknowledgements_parked_total"
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +76,13 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     assert len(receipts) == EVENTS
     poll_until(marker.exists, 60.0, "the worker to reach the failpoint", explain=worker.describe)
     worker.kill()
+    settled = applied_events(worker)
     stopped = json.loads(marker.read_text())
     sent_before_kill = set(stopped["sent"])
     assert stopped["instructions"] >= MIN_INSTRUCTIONS and stopped["records"] > 1
     assert 0 < len(sent_before_kill) < stopped["instructions"]
+
+    answered = answer_sent_instructions(settings, policy.partners, sent_before_kill)
 
     worker.start()
     worker.wait_ready(CATCH_UP_TIMEOUT_S)
@@ -83,6 +96,7 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
         explain=lambda: "\n".join(store_mismatches(redis_client, store, expected.store)[:10]),
     )
     duplicated: Counter[str] = Counter()
+    sources: dict[str, str] = {}
     for partner, ids in sorted(expected.instructions.items()):
         records = read_until(
             settings,
@@ -94,8 +108,14 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
         )
         seen = ids_on(records)
         assert set(seen) == ids, f"{partner}: instructions no event implies"
+        sources.update({r.obj.instruction_id: r.obj.source_event_id for r in records})
         duplicated.update({i: n for i, n in seen.items() if n > 1})
-    assert set(duplicated) <= sent_before_kill, "a duplicate the killed batch had not sent"
+    # the killed batch is done again; so are the batches in flight beside it, whose
+    # instructions may have been out too (a batch's first wave goes out when it is
+    # decided), but nothing the worker had acknowledged before the kill
+    assert sent_before_kill <= set(duplicated)
+    again = {sources[iid] for iid in duplicated}
+    assert not again & settled, "an event whose subject's state was written, done again"
     assert all(n == 2 for n in duplicated.values())
     statuses = read_until(
         settings,
@@ -108,8 +128,36 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     assert {r.obj.request_id for r in statuses} == expected.requests
     total = sum(len(ids) for ids in expected.instructions.values())
     worker.poll(
-        lambda: worker.metric("consent_instructions_pending") == total or None,
+        lambda: worker.metric("consent_instructions_pending") == total - answered or None,
         30.0,
-        f"the ledger to track each of the {total} instructions once",
+        f"the ledger to track each of the {total} instructions once, {answered} answered",
     )
+    applied = sum(worker.metric(ACKS, partner=p, status="DONE") for p in policy.partners)
+    assert applied == answered
+    assert worker.metric(IGNORED, reason="unknown_instruction") == 0
+    parked = sum(worker.metric(PARKED, partner=p) for p in policy.partners)
+    assert parked <= answered
     assert read_all(settings, settings.topics.deadletter, decode=False) == []
+
+
+def answer_sent_instructions(settings: Settings, partners: Iterable[str], sent: set[str]) -> int:
+    """Each partner answers DONE to the instructions of ``sent`` on its topic; how many."""
+    acks = Acks(settings)
+    answered: set[str] = set()
+    for partner in partners:
+        for record in read_all(settings, settings.topics.instructions(partner)):
+            ins: PartnerInstruction = record.obj
+            if ins.instruction_id in sent and ins.instruction_id not in answered:
+                acks.answer(ins, AcknowledgementStatus.DONE)
+                answered.add(ins.instruction_id)
+    assert answered == sent
+    return len(answered)
+
+
+def applied_events(worker: WorkerProcess) -> set[str]:
+    """The events the subjects' states on the table's changelog record (a redelivery of
+    one of them is a duplicate, with no effect)."""
+    changelog = f"{worker.config.app_id}-consent-subjects-changelog"
+    last = {r.key: r.value for r in read_all(worker.settings, changelog, decode=False)}
+    states = [state_from_json(v) for v in last.values() if v is not None]
+    return {event_id for state in states for event_id in state.recent_event_ids}

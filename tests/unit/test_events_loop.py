@@ -105,10 +105,8 @@ class Processor:
         self.in_flight += 1
         try:
             await self.deliveries[first]
-            await flight.after_instructions_before()
-            self.log.append(f"instructions {first}")
-            flight.instructions_sent.open()
             await flight.after_states_before()
+            self.log.append(f"states {first}")
             flight.states_sent.open()
             await flight.after_settled_before()
         except BaseException as exc:
@@ -182,7 +180,7 @@ def test_batches_are_launched_while_the_ones_before_are_in_flight() -> None:
         await settle_down()
         run.batches.release()  # the stream ends
         await run.loop
-        assert of(run.log, "instructions") == ["instructions 0", "instructions 2", "instructions 3"]
+        assert of(run.log, "states") == ["states 0", "states 2", "states 3"]
         assert of(run.log, "ack") == ["ack [0, 1]", "ack [2]", "ack [3, 4]"]
         assert run.sequencer.expected(TOPIC, 0) == 5
         assert run.store == {b"0": b"staged", b"2": b"staged", b"3": b"staged"}
@@ -198,7 +196,7 @@ def test_no_more_than_max_flights_are_in_the_air() -> None:
         assert run.log == ["launch 0", "launch 1"]  # the third waits for the oldest to land
         run.processor.deliver(0)
         await settle_down()
-        assert run.log == ["launch 0", "launch 1", "instructions 0", "ack [0]", "launch 2"]
+        assert run.log == ["launch 0", "launch 1", "states 0", "ack [0]", "launch 2"]
         run.processor.deliver(1)
         run.processor.deliver(2)
         await settle_down()
@@ -222,7 +220,7 @@ def test_a_failure_leaves_it_and_the_batches_after_it_unacknowledged() -> None:
             await run.loop
         assert "ack [0, 1]" in run.log  # the batch before the failed one settled
         assert "ack [2, 3]" not in run.log and "ack [4]" not in run.log
-        assert "instructions 4" not in run.log  # not sent before the failed batch's
+        assert "states 4" not in run.log  # not sent before the failed batch's
         assert "launch 5" not in run.log
         assert run.sequencer.expected(TOPIC, 0) == 2  # read again from offset 2
         assert run.store == {b"0": b"staged"}  # what the others staged is forgotten

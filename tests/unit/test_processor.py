@@ -349,7 +349,7 @@ def test_oversized_record_is_dead_lettered() -> None:
 
     assert h.run(record).outcomes == []
 
-    assert h.outputs.waves() == [[DEADLETTER], [], []]
+    assert h.outputs.waves() == [[DEADLETTER], []]
     assert h.metric("consent_deadletters_total", reason="oversized") == 1
 
 
@@ -371,8 +371,8 @@ def test_a_bad_record_does_not_hold_up_the_rest_of_its_batch() -> None:
 # ---- effects of an applied event ------------------------------------------------------
 
 
-def test_withdrawal_effects_go_out_in_three_waves_then_the_table() -> None:
-    """Tickets and the state record beside the store write, then the instruction, then the
+def test_withdrawal_effects_go_out_in_two_waves_then_the_table() -> None:
+    """The ticket, the instruction and the state record beside the store write, then the
     dispatched entry and the subject's state."""
     h = Harness()
     e = withdraw()
@@ -381,16 +381,16 @@ def test_withdrawal_effects_go_out_in_three_waves_then_the_table() -> None:
     batch = h.run(inbound(e))
 
     assert batch.outcomes == [("consent.changed", Outcome.APPLIED)]
-    assert h.outputs.waves() == [[LEDGER, STATE], [ADS_INSTRUCTIONS], [LEDGER, CHANGELOG]]
-    assert h.store.waves == [1]  # beside the tickets, before the instructions
-    assert h.table.data.writes == [(KEY, 3)]  # once all three waves are delivered
-    opened, state, sent, dispatched, changelog = h.outputs.sent
+    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.store.waves == [1]  # beside the first wave
+    assert h.table.data.writes == [(KEY, 2)]  # once both waves are delivered
+    opened, sent, state, dispatched, changelog = h.outputs.sent
 
     assert opened.partition == ledger_partition(ins.instruction_id, LEDGER_PARTITIONS)
     assert dispatched.partition == opened.partition
     key = ins.instruction_id
     assert ledger_entries(h.outputs, 1) == [(key, OpenEntry(key, None, ((ins, ""),)))]
-    assert ledger_entries(h.outputs, 3) == [(key, DispatchedEntry(NOW))]
+    assert ledger_entries(h.outputs, 2) == [(key, DispatchedEntry(NOW))]
 
     assert sent.key == ins.subject_ref.encode() and sent.partition is None
     assert SERDE.decode_as(sent.value or b"", PartnerInstruction) == ins
@@ -432,7 +432,7 @@ def test_stale_event_is_only_remembered() -> None:
 
     assert h.run(inbound(older)).outcomes == [("consent.changed", Outcome.STALE)]
 
-    assert h.outputs.waves() == [[], [], [CHANGELOG]]
+    assert h.outputs.waves() == [[], [CHANGELOG]]
     assert len(h.store.writes) == 1
     assert h.state().seen(older.event_id) and h.state().version == 1
 
@@ -443,7 +443,7 @@ def test_data_shared_only_updates_the_table() -> None:
     batch = h.run(inbound(share("ads", ["behaviour"], {"ad_id": "AD-1"})))
 
     assert batch.outcomes == [("data.shared", Outcome.APPLIED)]
-    assert h.outputs.waves() == [[], [], [CHANGELOG]]
+    assert h.outputs.waves() == [[], [CHANGELOG]]
     assert h.store.writes == []
     assert [s.partner for s in h.state().shares] == ["ads"]
 
@@ -460,8 +460,7 @@ def test_account_deletion_opens_the_request_with_all_its_instructions() -> None:
     assert h.run(inbound(close_account())).outcomes == [("deletion.requested", Outcome.APPLIED)]
 
     assert h.outputs.waves() == [
-        [LEDGER, STATE],
-        [ADS_INSTRUCTIONS, LOGISTICS_INSTRUCTIONS],
+        [LEDGER, ADS_INSTRUCTIONS, LOGISTICS_INSTRUCTIONS, STATE],
         [LEDGER, CHANGELOG],
     ]
     assert instructions(h.outputs) == list(expected)
@@ -473,7 +472,7 @@ def test_account_deletion_opens_the_request_with_all_its_instructions() -> None:
     assert [d for _, d in opened.instructions] == [
         PSEUDONYMS.refs_digest(i.partner_refs.items()) for i in expected
     ]
-    assert ledger_entries(h.outputs, 3) == [(REQUEST, DispatchedEntry(NOW))]
+    assert ledger_entries(h.outputs, 2) == [(REQUEST, DispatchedEntry(NOW))]
     ((view,),) = h.store.writes
     assert view.account_closed_at == NOW - HOUR and view.purposes == ()
     assert h.store.waves == [1]
@@ -484,7 +483,7 @@ def test_deletion_without_lineage_opens_the_request_and_dispatches_nothing() -> 
 
     assert h.run(inbound(close_account())).outcomes == [("deletion.requested", Outcome.APPLIED)]
 
-    assert h.outputs.waves() == [[LEDGER, STATE], [], [CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, STATE], [CHANGELOG]]
     ((_, opened),) = ledger_entries(h.outputs, 1)
     assert isinstance(opened, OpenEntry)
     assert opened.request is not None and opened.instructions == ()
@@ -501,8 +500,8 @@ def test_store_outage_is_retried_not_skipped(monkeypatch: pytest.MonkeyPatch) ->
 
     assert h.store.calls == 3 and len(h.store.writes) == 1
     assert h.metric("consent_store_write_retries_total") == 2
-    assert h.store.waves == [1]  # the instructions waited for it
-    assert h.outputs.waves() == [[LEDGER, STATE], [ADS_INSTRUCTIONS], [LEDGER, CHANGELOG]]
+    assert h.store.waves == [1]  # the last wave waited for it
+    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
 
 
 @pytest.mark.parametrize(
@@ -613,7 +612,7 @@ def test_only_the_last_consent_state_of_a_subject_is_written_per_batch() -> None
     assert [SERDE.decode_as(s.value or b"", ConsentState) for s in state_records] == [mine, other]
 
 
-@pytest.mark.parametrize("wave", [1, 2, 3])
+@pytest.mark.parametrize("wave", [1, 2])
 def test_a_failed_wave_leaves_the_table_unchanged_and_a_retry_redoes_every_effect(
     wave: int,
 ) -> None:
@@ -632,7 +631,7 @@ def test_a_failed_wave_leaves_the_table_unchanged_and_a_retry_redoes_every_effec
 
     assert h.run(record).outcomes == [("consent.changed", Outcome.APPLIED)]
 
-    assert h.outputs.waves() == [[LEDGER, STATE], [ADS_INSTRUCTIONS], [LEDGER, CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
     assert h.state().version == 2 and h.state().seen(eid("withdraw"))
     assert h.metric("consent_events_total", type="consent.changed", outcome="applied") == 1
 
@@ -651,7 +650,7 @@ def test_instructions_of_a_batch_keep_the_events_order() -> None:
     sent = instructions(h.outputs)
     assert [i.source_event_id for i in sent] == [e.event_id for e in events]
     assert [i.partner for i in sent] == ["ads", "research", "logistics", "ads"]
-    assert {s.wave for s in h.outputs.sent if s.topic.startswith("partner.")} == {2}
+    assert {s.wave for s in h.outputs.sent if s.topic.startswith("partner.")} == {1}
 
 
 def test_ledger_entries_are_packed_one_record_per_ledger_partition_in_order() -> None:
@@ -662,7 +661,7 @@ def test_ledger_entries_are_packed_one_record_per_ledger_partition_in_order() ->
 
     keys = [i.ack_key for i in instructions(h.outputs)]  # lone instructions: one ticket each
     assert len(keys) == len(subjects)
-    for wave in (1, 3):
+    for wave in (1, 2):
         packed = ledger_records(h.outputs, wave)
         partitions = [s.partition for s in h.outputs.on(LEDGER, wave)]
         assert len(packed) > 1 and len(set(partitions)) == len(partitions)
@@ -671,7 +670,7 @@ def test_ledger_entries_are_packed_one_record_per_ledger_partition_in_order() ->
                 k for k in keys if ledger_partition(k, LEDGER_PARTITIONS) == partition
             ]
     assert all(isinstance(e, OpenEntry) for _, e in ledger_entries(h.outputs, 1))
-    assert all(isinstance(e, DispatchedEntry) for _, e in ledger_entries(h.outputs, 3))
+    assert all(isinstance(e, DispatchedEntry) for _, e in ledger_entries(h.outputs, 2))
 
 
 # ---- batches in flight (``launch``: the next batch decided while this one's waves are out)
@@ -726,7 +725,7 @@ def test_a_batch_in_flight_is_decided_on_the_states_the_one_before_staged() -> N
         again = withdraw(name="withdraw-again")
         second = h.processor.launch([inbound(again, offset=44)], h.subjects, b, first)
         await turns()
-        for waves in (a, b, a, b, a, b):  # each batch's next wave, in turn
+        for waves in (a, b, a, b):  # each batch's next wave, in turn
             waves.ack(len(waves.waves))
             await turns()
         return await first.task, await second.task
@@ -751,23 +750,19 @@ def test_a_later_batch_sends_its_instructions_and_states_after_the_earlier_one()
         first = h.processor.launch([inbound(withdraw(), offset=43)], h.subjects, a)
         other = inbound(withdraw(subject=OTHER, name="w-other"), key=OTHER.encode(), offset=44)
         second = h.processor.launch([other], h.subjects, b, first)
+        # first waves go out as the batches are decided, in their order
+        assert log.index("a.1 " + ADS_INSTRUCTIONS) < log.index("b.1 " + ADS_INSTRUCTIONS)
         await turns()
         b.ack(1)  # the later batch's first wave is delivered first ...
         await turns()
-        assert "b.2 " + ADS_INSTRUCTIONS not in log  # ... its instructions wait for a's
+        assert "b.2 " + CHANGELOG not in log  # ... its subjects' states wait for a's
         a.ack(1)
         await turns()
-        assert log.index("a.2 " + ADS_INSTRUCTIONS) < log.index("b.2 " + ADS_INSTRUCTIONS)
+        assert log.index("a.2 " + CHANGELOG) < log.index("b.2 " + CHANGELOG)
         b.ack(2)
         await turns()
-        assert "b.3 " + CHANGELOG not in log  # its subjects' states wait for a's
-        a.ack(2)
-        await turns()
-        assert log.index("a.3 " + CHANGELOG) < log.index("b.3 " + CHANGELOG)
-        b.ack(3)
-        await turns()
         assert not second.task.done()  # settled only after the batch before it
-        a.ack(3)
+        a.ack(2)
         await asyncio.gather(first.task, second.task)
 
     asyncio.run(scenario())
@@ -796,6 +791,6 @@ def test_when_a_batch_fails_the_batches_after_it_stop_and_stage_nothing() -> Non
 
     assert isinstance(failed, PublishError)
     assert isinstance(stopped, FlightAborted) and stopped.__cause__ is failed
-    assert not [line for line in log if ".2 " in line or ".3 " in line]  # nothing more sent
+    assert not [line for line in log if ".2 " in line]  # nothing more sent
     h.subjects.discard()  # what the caller does once every flight has landed
     assert h.table.data == table and h.subjects.get(OTHER.encode()) is None
