@@ -83,7 +83,12 @@ class CounterSampler:
 def processing_rate(
     samples: list[tuple[float, float]], baseline: float, target: float
 ) -> dict[str, float]:
-    """Rate between the first sample above ``baseline`` and the last below ``target``."""
+    """Rate between the first sample above ``baseline`` and the last below ``target``.
+
+    A round shorter than two sampling intervals gets its end-to-end rate instead
+    (``rate_from_end_to_end``), and a round that went from ``baseline`` to ``target``
+    between two samples gets the rate over that interval, a lower bound
+    (``rate_lower_bound``)."""
     inside = [(t, c) for t, c in samples if baseline < c < target]
     done = next(((t, c) for t, c in samples if c >= target), None)
     first = next(((t, c) for t, c in samples if c > baseline), None)
@@ -92,6 +97,10 @@ def processing_rate(
         (t0, c0), (t1, c1) = inside[0], inside[-1]
         out["rate_events_per_s"] = (c1 - c0) / (t1 - t0)
         out["window_s"] = t1 - t0
+    if first is not None and first == done:  # all of it between two samples
+        first = next(((t, c) for t, c in reversed(samples) if c <= baseline and t < done[0]), None)
+        if first is not None:
+            out["rate_lower_bound"] = 1.0
     if first is not None and done is not None and done[0] > first[0]:
         out["first_to_last_s"] = done[0] - first[0]
         out["end_to_end_events_per_s"] = (target - baseline) / (done[0] - first[0])
