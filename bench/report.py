@@ -226,6 +226,20 @@ def _memory(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _sweep_runs(sw: dict[str, Any]) -> str:
+    """How long the sweep held the event loop during (g)'s steps (its own histogram)."""
+    runs = sw.get("sweep_runs")
+    if not runs:
+        return "The worker's sweep histogram showed no run during the steps."
+    longest = sw.get("sweep_longest_within_ms")
+    bound = "longer than 1 s" if longest is None else f"at most {longest:g} ms"
+    return (
+        f"During the steps the sweep ran {_num(runs)} times and held the event loop "
+        f"{_num(sw.get('sweep_mean_ms'), 3)} ms on average, each run {bound} "
+        "(`consent_ledger_sweep_seconds`)."
+    )
+
+
 def _sweep(r: dict[str, Any]) -> list[str]:
     """(g): start-up with the held tickets, then latency at fixed rates beside (d)'s."""
     sw = r.get("sweep", {})
@@ -239,6 +253,8 @@ def _sweep(r: dict[str, Any]) -> list[str]:
         f"the worker recovered and indexed them and was ready in "
         f"{_num(sw.get('worker_ready_s'), 1)} s (RSS {_num(sw.get('worker_rss_mib'), 1)} MiB, "
         f"`consent_ledger_tickets` {_num(sw.get('tickets_indexed'))}); the sweep runs every 5 s.",
+        "",
+        _sweep_runs(sw),
         "",
         "| offered ev/s | achieved ev/s | store p50 / p99 with tickets | "
         "store p50 / p99 without (d) | partner topic p99 with / without |",

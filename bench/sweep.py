@@ -47,7 +47,7 @@ from streams.ledger import apply_ack, mark_dispatched, open_ticket
 from streams.ledger_codec import ledger_partition, ticket_to_json
 from streams.pseudonyms import instruction_id
 
-__all__ = ["held_tickets", "sweep_step"]
+__all__ = ["held_tickets", "sweep_runs_between", "sweep_step"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,37 @@ def held_tickets(
     }
 
 
+SWEEP_METRIC = "consent_ledger_sweep_seconds"
+
+
+def sweep_runs(worker: WorkerProcess) -> dict[str, float]:
+    """The worker's sweep histogram: ``count``, ``sum`` and each bucket's count by bound."""
+    found: dict[str, float] = {}
+    names = (f"{SWEEP_METRIC}_{suffix}" for suffix in ("bucket", "count", "sum"))
+    for name, labels, value in worker.metrics(*names):
+        if name == f"{SWEEP_METRIC}_bucket":
+            found[labels["le"]] = value
+        elif name in (f"{SWEEP_METRIC}_count", f"{SWEEP_METRIC}_sum"):
+            found[name.rpartition("_")[2]] = value
+    return found
+
+
+def sweep_runs_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """How often the sweep ran between two readings, its mean time on the event loop,
+    and the smallest bucket bound every run fitted in (ms; None: longer than all)."""
+    runs = after.get("count", 0.0) - before.get("count", 0.0)
+    if runs <= 0:
+        return {"sweep_runs": 0}
+    spent = after.get("sum", 0.0) - before.get("sum", 0.0)
+    bounds = sorted((float(le), le) for le in after if le not in ("count", "sum", "+Inf"))
+    longest = next((b for b, le in bounds if after[le] - before.get(le, 0.0) >= runs), None)
+    return {
+        "sweep_runs": int(runs),
+        "sweep_mean_ms": round(spent / runs * 1000, 3),
+        "sweep_longest_within_ms": None if longest is None else longest * 1000,
+    }
+
+
 def sweep_step(
     settings: Settings,
     policy: Policy,
@@ -133,8 +164,10 @@ def sweep_step(
             Planned(f"{rates[0]:.0f}/s {JUST_STARTED}", rates[0], duration_s, noop=False),
             *(Planned(f"{rate:.0f}/s", rate, duration_s, noop=False) for rate in rates),
         ]
+        before = sweep_runs(worker)
         steps = run_latency_steps(worker, policy, plan, 120.0, (50.0, 3.0))
         return {
+            **sweep_runs_between(before, sweep_runs(worker)),
             **written,
             "worker_ready_s": round(ready, 1),
             "tickets_indexed": held,

@@ -59,6 +59,20 @@ ACK_BUCKETS_SECONDS: Final = (
 )
 
 BATCH_BUCKETS_RECORDS: Final = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+SWEEP_BUCKETS_SECONDS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class StreamMetrics:
     requests_finished: Counter
     source_records: Counter
     ledger_tickets: Gauge
+    ledger_sweep: Histogram
     batch_records: Histogram
 
 
@@ -208,6 +223,14 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             "Ledger tickets this worker holds with work ahead (open instructions, "
             "retention holds, settled tickets until their grace period ends).",
             registry=registry,
+        ),
+        ledger_sweep=Histogram(
+            "consent_ledger_sweep_seconds",
+            "Time the periodic ledger sweep holds the event loop per run: finding the due "
+            "tickets in the index and sending their sweep entries (not the broker's "
+            "acknowledgement); grows with what is due, not with the tickets held.",
+            registry=registry,
+            buckets=SWEEP_BUCKETS_SECONDS,
         ),
         batch_records=Histogram(
             "consent_batch_records",

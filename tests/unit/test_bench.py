@@ -201,8 +201,14 @@ def test_a_round_shorter_than_two_samples_still_gets_a_rate() -> None:
     rate = processing_rate(samples, 100.0, 2_100.0)
     assert rate["rate_events_per_s"] == rate["end_to_end_events_per_s"] == 2_000 / 0.25
     assert rate["rate_from_end_to_end"] == 1.0
+    assert "rate_lower_bound" not in rate
     long = [(0.0, 100.0), (0.25, 600.0), (0.5, 1_100.0), (0.75, 1_600.0), (1.0, 2_100.0)]
     assert processing_rate(long, 100.0, 2_100.0)["rate_events_per_s"] == 1_000 / 0.5
+    # all of it between two samples: at least 2,000 events in 0.33 s
+    jump = [(0.0, 100.0), (0.25, 100.0), (0.5, 100.0), (0.83, 2_100.0), (1.1, 2_100.0)]
+    rate = processing_rate(jump, 100.0, 2_100.0)
+    assert rate["rate_events_per_s"] == pytest.approx(2_000 / 0.33)
+    assert rate["rate_lower_bound"] == rate["rate_from_end_to_end"] == 1.0
 
 
 def test_the_sweep_table_names_the_step_just_after_start() -> None:
@@ -225,3 +231,20 @@ def test_the_sweep_table_names_the_step_just_after_start() -> None:
     rows = [line for line in report._sweep(results) if line.startswith("| 300")]
     assert rows[0].startswith(f"| 300, {report.JUST_STARTED} | 300 | 9 / 50 | - / - |")
     assert rows[1].startswith("| 300 | 300 | 9 / 17 | 9 / 16 | 22 / 21 |")
+
+
+def test_the_sweep_runs_are_read_from_the_workers_histogram_between_two_readings() -> None:
+    from sweep import sweep_runs_between
+
+    before = {"count": 10.0, "sum": 0.004, "0.0001": 2.0, "0.00025": 9.0, "0.0005": 10.0}
+    before |= {"0.001": 10.0, "+Inf": 10.0}
+    after = {"count": 14.0, "sum": 0.005, "0.0001": 2.0, "0.00025": 12.0, "0.0005": 13.0}
+    after |= {"0.001": 14.0, "+Inf": 14.0}
+
+    runs = sweep_runs_between(before, after)
+
+    assert runs == {"sweep_runs": 4, "sweep_mean_ms": 0.25, "sweep_longest_within_ms": 1.0}
+    text = report._sweep_runs(runs)
+    assert "ran 4 times" in text and "0.250 ms on average" in text and "at most 1 ms" in text
+    assert sweep_runs_between(after, after) == {"sweep_runs": 0}
+    assert "no run" in report._sweep_runs({"sweep_runs": 0})

@@ -508,6 +508,18 @@ def test_request_sweeps_sends_one_record_per_ledger_partition() -> None:
     assert sorted(swept) == sorted(keys)
 
 
+def test_every_sweep_run_observes_the_time_it_held_the_loop_also_with_nothing_due() -> None:
+    h = Harness(now=NOW + 16 * DAY)
+    h.tickets.update(_tickets())
+    asyncio.run(h.processor.rebuild_index(list(h.tickets.items())))
+
+    assert len(_sweep_requests(h)) == 3
+    assert _sweep_requests(h) == []
+
+    assert h.metric("consent_ledger_sweep_seconds_count") == 2
+    assert 0 < h.metric("consent_ledger_sweep_seconds_sum") < 1.0
+
+
 # ---- the index: gauges, keys to sweep, expiry -----------------------------------------
 
 
