@@ -221,7 +221,8 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
         ledger_tickets=Gauge(
             "consent_ledger_tickets",
             "Ledger tickets this worker holds with work ahead (open instructions, "
-            "retention holds, settled tickets until their grace period ends).",
+            "retention holds, settled tickets until their grace period ends, "
+            "acknowledgements parked ahead of their tickets).",
             registry=registry,
         ),
         ledger_sweep=Histogram(
