@@ -24,11 +24,15 @@ from schemas.partner import (
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import RequestState, RequestStatus
+from streams.decisions import decide
+from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms, instruction_id
+from streams.subject import SubjectState
 
 from .processes import (
     TopicRecord,
     WorkerProcess,
+    consent_changed,
     data_shared,
     deletion_requested,
     new_subject,
@@ -306,3 +310,53 @@ def test_deletion_erased_everywhere_completes(
     for partner in ("payment", "ads", "research"):
         others = read_all(settings, settings.topics.instructions(partner))
         assert for_request(others, request_id) == [], partner
+
+
+def test_an_answer_before_its_ticket_is_parked_and_applied_when_the_ticket_opens(
+    worker: WorkerProcess, publisher: ConsentPublisher, settings: Settings, acks: Acks
+) -> None:
+    """A batch's tickets and instructions go out in one wave, so after a crash between
+    their deliveries a partner's answer can reach the ledger before its ticket
+    (``streams.parked``). Here the answer is sent first on purpose (instruction ids are
+    deterministic): it is parked, then applied when the withdrawal opens the ticket."""
+    subject = new_subject()
+    withdrawal = consent_changed(subject, "personalized_ads", False)
+    fan = FanOut(worker.policy, Pseudonyms(settings.subject_keys), now_ms())
+    (ins,) = decide(SubjectState(subject), withdrawal, fan).instructions
+    assert ins.partner == "ads" and ins.ack_key == ins.instruction_id
+    parked = worker.metric(PARKED, partner="ads")
+    applied = worker.metric("consent_acknowledgements_total", partner="ads", status="DONE")
+    unknown = worker.metric(IGNORED, reason="unknown_instruction")
+    pending = worker.metric("consent_instructions_pending", partner="ads")
+
+    acks.answer(ins, AcknowledgementStatus.DONE)
+    worker.poll(
+        lambda: worker.metric(PARKED, partner="ads") >= parked + 1, TIMEOUT_S, "the answer parked"
+    )
+    publisher.publish(withdrawal)
+
+    worker.poll(
+        lambda: (
+            worker.metric("consent_acknowledgements_total", partner="ads", status="DONE")
+            >= applied + 1
+        ),
+        TIMEOUT_S,
+        "the parked answer applied",
+    )
+    sent = read_until(
+        settings,
+        settings.topics.instructions("ads"),
+        lambda rs: any(r.obj.instruction_id == ins.instruction_id for r in rs),
+        timeout_s=TIMEOUT_S,
+        what="the withdrawal's instruction on the ads topic",
+        explain=worker.describe,
+    )
+    out = next(r.obj for r in sent if r.obj.instruction_id == ins.instruction_id)
+    assert (out.action, out.subject_ref, out.purposes) == (
+        ins.action,
+        ins.subject_ref,
+        ins.purposes,
+    )
+    assert worker.metric(PARKED, partner="ads") == parked + 1
+    assert worker.metric(IGNORED, reason="unknown_instruction") == unknown
+    assert worker.metric("consent_instructions_pending", partner="ads") == pending
