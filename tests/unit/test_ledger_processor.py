@@ -489,11 +489,11 @@ def test_sweep_entry_for_nothing_due_changes_nothing() -> None:
     assert h.tickets == stored and len(h.outbox.records) == sent
 
 
-def test_request_sweeps_sends_one_record_per_ledger_partition() -> None:
+def test_sweeps_are_sent_one_record_per_ledger_partition() -> None:
     h = Harness()
     keys = [f"ticket-{i}" for i in range(12)]
 
-    asyncio.run(h.processor.request_sweeps([k.encode() for k in keys], h.outbox))
+    h.processor.send_sweeps(keys, h.outbox)
 
     records = h.outbox.records
     assert all(r.topic == LEDGER and r.wave == 0 for r in records)
