@@ -51,6 +51,9 @@ class EventBatch:
     tickets: list[tuple[str, OpenEntry]] = field(default_factory=list)
     instructions: list[tuple[PartnerInstruction, int | None]] = field(default_factory=list)
     dispatched: list[str] = field(default_factory=list)
+    """The requests whose instructions the batch sends: each request's status becomes
+    IN_PROGRESS once they are out. A lone instruction's ticket has no status anyone reads,
+    so it gets no such entry."""
     store: dict[str, StoreWrite] = field(default_factory=dict)
     states: dict[bytes, tuple[int, SubjectState]] = field(default_factory=dict)
     taken: list[int] = field(default_factory=list)
@@ -113,8 +116,8 @@ def _effects(
     tickets = ticket_entries(d, fan.pseudonyms.refs_digest)
     batch.tickets += tickets
     batch.instructions += [(ins, published) for ins in d.instructions]
-    if tickets and d.instructions:
-        batch.dispatched += [key for key, _ in tickets]
+    if d.instructions:  # a request's status says when its instructions are out
+        batch.dispatched += [key for key, entry in tickets if entry.request is not None]
     if d.consent_changed:
         write = batch.store.get(event.subject_id)
         if write is None:

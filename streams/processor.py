@@ -15,8 +15,8 @@ barriers):
    ledger parks such an answer until the ticket opens (``streams.parked``). A batch's
    first wave is sent when it is decided, so a later batch's instructions follow an
    earlier one's on every partition;
-2. "dispatched" ledger entries and the changed subject states (table changelog; after the
-   batch before has sent its own: ``streams.flight``).
+2. the requests' "dispatched" ledger entries and the changed subject states (table
+   changelog; after the batch before has sent its own: ``streams.flight``).
 
 The subjects' states are written last, so a crash at any point leads to a redelivery
 that redoes every effect; every effect is idempotent (deterministic instruction ids,

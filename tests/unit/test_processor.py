@@ -373,7 +373,7 @@ def test_a_bad_record_does_not_hold_up_the_rest_of_its_batch() -> None:
 
 def test_withdrawal_effects_go_out_in_two_waves_then_the_table() -> None:
     """The ticket, the instruction and the state record beside the store write, then the
-    dispatched entry and the subject's state."""
+    subject's state (a lone instruction's ticket gets no "dispatched" entry)."""
     h = Harness()
     e = withdraw()
     (ins,) = expected_instructions(e)
@@ -381,16 +381,15 @@ def test_withdrawal_effects_go_out_in_two_waves_then_the_table() -> None:
     batch = h.run(inbound(e))
 
     assert batch.outcomes == [("consent.changed", Outcome.APPLIED)]
-    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [CHANGELOG]]
     assert h.store.waves == [1]  # beside the first wave
     assert h.table.data.writes == [(KEY, 2)]  # once both waves are delivered
-    opened, sent, state, dispatched, changelog = h.outputs.sent
+    opened, sent, state, changelog = h.outputs.sent
 
     assert opened.partition == ledger_partition(ins.instruction_id, LEDGER_PARTITIONS)
-    assert dispatched.partition == opened.partition
     key = ins.instruction_id
     assert ledger_entries(h.outputs, 1) == [(key, OpenEntry(key, None, ((ins, ""),)))]
-    assert ledger_entries(h.outputs, 2) == [(key, DispatchedEntry(NOW))]
+    assert ledger_entries(h.outputs, 2) == []
 
     assert sent.key == ins.subject_ref.encode() and sent.partition is None
     assert SERDE.decode_as(sent.value or b"", PartnerInstruction) == ins
@@ -501,7 +500,7 @@ def test_store_outage_is_retried_not_skipped(monkeypatch: pytest.MonkeyPatch) ->
     assert h.store.calls == 3 and len(h.store.writes) == 1
     assert h.metric("consent_store_write_retries_total") == 2
     assert h.store.waves == [1]  # the last wave waited for it
-    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [CHANGELOG]]
 
 
 @pytest.mark.parametrize(
@@ -631,7 +630,7 @@ def test_a_failed_wave_leaves_the_table_unchanged_and_a_retry_redoes_every_effec
 
     assert h.run(record).outcomes == [("consent.changed", Outcome.APPLIED)]
 
-    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [LEDGER, CHANGELOG]]
+    assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [CHANGELOG]]
     assert h.state().version == 2 and h.state().seen(eid("withdraw"))
     assert h.metric("consent_events_total", type="consent.changed", outcome="applied") == 1
 
@@ -661,16 +660,15 @@ def test_ledger_entries_are_packed_one_record_per_ledger_partition_in_order() ->
 
     keys = [i.ack_key for i in instructions(h.outputs)]  # lone instructions: one ticket each
     assert len(keys) == len(subjects)
-    for wave in (1, 2):
-        packed = ledger_records(h.outputs, wave)
-        partitions = [s.partition for s in h.outputs.on(LEDGER, wave)]
-        assert len(packed) > 1 and len(set(partitions)) == len(partitions)
-        for partition, entries in zip(partitions, packed, strict=True):
-            assert [k for k, _ in entries] == [
-                k for k in keys if ledger_partition(k, LEDGER_PARTITIONS) == partition
-            ]
+    packed = ledger_records(h.outputs, 1)
+    partitions = [s.partition for s in h.outputs.on(LEDGER, 1)]
+    assert len(packed) > 1 and len(set(partitions)) == len(partitions)
+    for partition, entries in zip(partitions, packed, strict=True):
+        assert [k for k, _ in entries] == [
+            k for k in keys if ledger_partition(k, LEDGER_PARTITIONS) == partition
+        ]
     assert all(isinstance(e, OpenEntry) for _, e in ledger_entries(h.outputs, 1))
-    assert all(isinstance(e, DispatchedEntry) for _, e in ledger_entries(h.outputs, 2))
+    assert ledger_records(h.outputs, 2) == []  # lone instructions: no "dispatched" entries
 
 
 # ---- batches in flight (``launch``: the next batch decided while this one's waves are out)
