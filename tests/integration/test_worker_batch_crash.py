@@ -5,6 +5,9 @@ records, its store writes or its subjects' states).
 The worker runs with the ``events.mid_instructions`` failpoint (``streams.failpoint``):
 on the first batch with at least ``MIN_INSTRUCTIONS`` instructions it sends half of them,
 waits for the broker, records which, and stops; the test SIGKILLs it by its pid. The
+first half of the events is published ``GROUP`` at a time, each group settled before the
+next (batches below the failpoint's size); the second half comes as a burst. So the kill
+comes with thousands of events settled, none of which may be done again. The
 partners answer the instructions that are out before the worker is restarted, so their
 acknowledgements may reach the ledger before their tickets do (``streams.parked``). After
 the restart every effect is compared with the pure decisions over the same events,
@@ -38,6 +41,9 @@ pytestmark = pytest.mark.integration
 
 SUBJECTS = 400
 EVENTS = 4000
+SETTLED_FIRST = EVENTS // 2
+"""Events published in small groups and processed before the burst that meets the failpoint."""
+GROUP = 10
 SEED = 20261202
 MIN_INSTRUCTIONS = 40
 FAILPOINT = "events.mid_instructions"
@@ -71,15 +77,27 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     expected = expected_effects(workload, policy, settings)
     marker = worker.config.data_dir / f"failpoint-{FAILPOINT}.json"
 
-    with ConsentPublisher(settings, policy) as publisher:  # a burst: large batches
-        receipts = publisher.publish_many(workload.events)
-    assert len(receipts) == EVENTS
+    first, burst = workload.events[:SETTLED_FIRST], workload.events[SETTLED_FIRST:]
+    with ConsentPublisher(settings, policy) as publisher:
+        for start in range(0, len(first), GROUP):  # small batches: below the failpoint
+            group = first[start : start + GROUP]
+            publisher.publish_many(group)
+            done = start + len(group)
+            worker.poll(
+                lambda done=done: worker.metric("consent_events_total") >= done or None,  # type: ignore[misc]
+                30.0,
+                f"the worker to settle the first {done} events",
+            )
+        assert not marker.exists()
+        receipts = publisher.publish_many(burst)  # a burst: large batches
+    assert len(receipts) == len(burst)
     poll_until(marker.exists, 60.0, "the worker to reach the failpoint", explain=worker.describe)
     worker.kill()
     settled = applied_events(worker)
     stopped = json.loads(marker.read_text())
     sent_before_kill = set(stopped["sent"])
     assert stopped["instructions"] >= MIN_INSTRUCTIONS and stopped["records"] > 1
+    assert len(settled) >= len(first) // 2, "the first events' states are on the changelog"
     assert 0 < len(sent_before_kill) < stopped["instructions"]
 
     answered = answer_sent_instructions(settings, policy.partners, sent_before_kill)
