@@ -8,7 +8,8 @@
   ``consent-subjects`` table), published as fast as possible, in two rounds of new
   subjects; VmRSS of the worker pid from /proc before and after each. The first round
   also fills what the worker allocates once under load (librdkafka's fetch queue, the
-  allocator's arenas: about 100 MiB), so the bytes per subject are the second round's.
+  allocator's arenas: about 100 MiB), so it overstates the bytes per subject; the second
+  may reuse memory the first freed, so it can understate them. Both are reported.
 """
 
 from __future__ import annotations

@@ -212,9 +212,10 @@ def _memory(r: dict[str, Any]) -> list[str]:
         f"{_num(rss.get('rss_after_first_round_mib'), 1)} MiB → "
         f"{_num(rss.get('rss_after_mib'), 1)} MiB with {_num(rss.get('events_processed'))} "
         f"subjects in the table, in two equal rounds: "
-        f"{_num(rss.get('rss_per_subject_bytes'))} B/subject over the second "
-        f"(the first, with what the worker allocates once under load: "
-        f"{_num(rss.get('rss_first_round_per_subject_bytes'))} B/subject)"
+        f"{_num(rss.get('rss_first_round_per_subject_bytes'))} B/subject over the first "
+        f"(with what the worker allocates once under load), "
+        f"{_num(rss.get('rss_per_subject_bytes'))} B/subject over the second (which "
+        f"may reuse memory the first freed)"
     )
     reb_text = _missing(reb) or (
         f"{_num(reb.get('elapsed_s'), 1)} s for {_num(reb.get('applied'))} states "
