@@ -76,7 +76,7 @@ def worker_rss(
     worker: WorkerProcess, policy: Policy, subjects: int, timeout_s: float
 ) -> dict[str, Any]:
     """RSS of a ready worker, then after one data.shared event for each of ``subjects``
-    new subjects, twice; bytes per subject over the second round."""
+    new subjects, twice; the bytes per subject over each round."""
     deadline = time.monotonic() + timeout_s
     rss = [rss_kib(worker.pid)]
     processed, rate = 0.0, 0.0
