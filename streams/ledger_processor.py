@@ -47,7 +47,7 @@ from streams.ledger_codec import (
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.output import Outputs
-from streams.parked import drop_stale, park, parks, release
+from streams.parked import drop_stale, only_parked_changed, park, parks, release
 from streams.request_views import AsyncRequestViews
 from streams.sequencer import POSITION_KEY_PREFIX
 from streams.store_retry import wait_out_store_outages
@@ -167,7 +167,7 @@ class LedgerProcessor:
         # a lone instruction that has been answered is done with: deleted
         done = after.request is None and after.settled
         changes.tickets[key], changes.partitions[key] = (None if done else after), partition
-        status = request_status(after, now)
+        status = None if only_parked_changed(before, after) else request_status(after, now)
         if status is not None:
             changes.statuses[status.request_id] = status
             was_final = before is not None and before.status in FINAL_REQUEST_STATES

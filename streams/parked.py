@@ -8,9 +8,12 @@ fails and is sent again when its batch is processed again, leaves a partner's an
 ahead of the ticket it answers. When no ticket has been opened under its key yet, the
 ledger *parks* the acknowledgement in a placeholder ticket under that key, applies it as
 soon as the ticket is opened, and drops it, counted as ``unknown_instruction``, if it is
-not opened within the grace period (``Settings.settled_ticket_grace_s``). An
-acknowledgement of an instruction that an opened ticket does not track is ignored at once:
-a ticket is opened with all its instructions.
+not opened within the grace period (``Settings.settled_ticket_grace_s``). A deletion
+request's ticket parks too: it gains instructions after it is opened, whenever data of the
+closed account turns up with a partner later (``streams.decisions``, a share after the
+closure), and such an instruction and its ticket entry can be split by a crash as well. An
+acknowledgement of an instruction that an opened lone instruction's ticket does not track
+is ignored at once: that ticket never gains an instruction.
 
 Pure functions over plain data; the ledger agent applies them in order per key.
 """
@@ -21,21 +24,29 @@ from dataclasses import replace
 
 from streams.ledger import AckEntry, AckOutcome, Ticket, apply_ack
 
-__all__ = ["drop_stale", "park", "parked_due", "parks", "release"]
+__all__ = ["drop_stale", "only_parked_changed", "park", "parked_due", "parks", "release"]
 
 
 def parks(ticket: Ticket | None) -> bool:
-    """No ticket has been opened under the key yet: none, or one that only parks."""
-    return ticket is None or (ticket.request is None and not ticket.instructions)
+    """An acknowledgement under the key that no instruction matches may still match one:
+    no ticket has been opened yet (none, or one that only parks), or it is a request's."""
+    return ticket is None or ticket.request is not None or not ticket.instructions
 
 
 def park(ticket: Ticket | None, key: str, entry: AckEntry, now: int) -> Ticket:
-    """Keep ``entry`` until the ticket of ``key`` is opened (``parks(ticket)`` holds)."""
+    """Keep ``entry`` until the ticket of ``key`` tracks its instruction (``parks(ticket)``
+    holds)."""
     if ticket is None:
         ticket = Ticket(key=key, request=None, instructions=(), updated_at=now)
     if entry in ticket.parked:  # the same ledger record, delivered again
         return ticket
     return replace(ticket, parked=(*ticket.parked, entry))
+
+
+def only_parked_changed(before: Ticket | None, after: Ticket) -> bool:
+    """The acknowledgements the ticket keeps are all that changed (a request's status is
+    the same: nothing to publish)."""
+    return before is not None and replace(before, parked=after.parked) == after
 
 
 def release(ticket: Ticket, now: int) -> tuple[Ticket, list[tuple[AckEntry, AckOutcome]]]:

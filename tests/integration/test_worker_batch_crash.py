@@ -145,10 +145,11 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(
     )
     assert {r.obj.request_id for r in statuses} == expected.requests
     total = sum(len(ids) for ids in expected.instructions.values())
-    worker.poll(
-        lambda: worker.metric("consent_instructions_pending") == total - answered or None,
+    poll_until(
+        lambda: worker.metric("consent_instructions_pending") == total - answered,
         30.0,
         f"the ledger to track each of the {total} instructions once, {answered} answered",
+        explain=lambda: ledger_counts(worker),
     )
     applied = sum(worker.metric(ACKS, partner=p, status="DONE") for p in policy.partners)
     assert applied == answered
@@ -179,3 +180,10 @@ def applied_events(worker: WorkerProcess) -> set[str]:
     last = {r.key: r.value for r in read_all(worker.settings, changelog, decode=False)}
     states = [state_from_json(v) for v in last.values() if v is not None]
     return {event_id for state in states for event_id in state.recent_event_ids}
+
+
+def ledger_counts(worker: WorkerProcess) -> str:
+    """What the ledger's metrics say (for a failure's message)."""
+    m = worker.metrics()
+    names = ("consent_instructions_pending", ACKS, IGNORED, PARKED, "consent_ledger_tickets")
+    return "; ".join(f"{n} {m.series(n)}" for n in names)

@@ -393,18 +393,11 @@ def test_repeated_open_and_dispatch_publish_nothing_new() -> None:
     assert h.tickets == stored
 
 
+# an instruction a request's ticket does not track is parked, not ignored: the request may
+# still gain it (test_parked_acks)
 @pytest.mark.parametrize(
     ("entry", "reason"),
     [
-        pytest.param(
-            AckEntry(
-                "ads",
-                PartnerAcknowledgement(eid("nobody"), "ads", DONE, NOW),
-                NOW,
-            ),
-            "unknown_instruction",
-            id="unknown-instruction",
-        ),
         pytest.param(answer(PAYMENT, via="logistics"), "wrong_partner", id="wrong-acks-topic"),
         pytest.param(
             AckEntry(

@@ -4,24 +4,40 @@ after the grace period."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import MappingProxyType
+
 from test_ledger_processor import (
     ADS,
     GRACE_MS,
+    HOUR,
     MINUTE,
     NOW,
     PAYMENT,
+    POLICY,
+    PSEUDONYMS,
     REQUEST,
+    REQUESTS,
+    SUBJECT,
+    TX_DONE,
     Harness,
     _sweep_requests,
     answer,
+    digest,
     eid,
+    event,
     in_progress,
     lone_instruction,
     published,
 )
 
+from schemas.events import DataShared
+from schemas.partner import PartnerInstruction
 from schemas.views import OutcomeStatus, RequestState
+from streams.decisions import decide
+from streams.fanout import FanOut
 from streams.ledger_codec import OpenEntry, SweepEntry, ticket_from_json, ticket_to_json
+from streams.subject import SubjectState
 from streams.ticket_index import next_due, sweep_or_expiry_due
 
 PARKED = "consent_acknowledgements_parked_total"
@@ -126,14 +142,52 @@ def test_an_opened_ticket_keeps_only_the_acks_still_unknown_and_their_due_time()
     assert not sweep_or_expiry_due(ticket, due - 1, GRACE_MS)
 
 
-def test_an_ack_for_an_instruction_an_opened_ticket_does_not_track_is_ignored_at_once() -> None:
+def test_an_ack_for_an_instruction_a_lone_ticket_does_not_track_is_ignored_at_once() -> None:
     h = Harness()
-    in_progress(h)
+    ins = lone_instruction()
+    key = ins.instruction_id
+    h.handle(key, OpenEntry(key, None, ((ins, ""),)))
+    other = replace(ins, instruction_id=eid("other"))
 
-    h.handle(REQUEST, answer(lone_instruction()))
+    h.handle(key, answer(other))
 
-    assert ticket_from_json(h.tickets[REQUEST.encode()]).parked == ()
+    assert ticket_from_json(h.tickets[key.encode()]).parked == ()
     assert (
         h.metric(IGNORED, reason="unknown_instruction") == 1
         and h.metric(PARKED, partner="ads") == 0
     )
+
+
+def share_after_closure() -> PartnerInstruction:
+    """The ERASE a share of the closed account's data adds to the closure's request."""
+    closed = SubjectState(SUBJECT, closed_at=NOW - HOUR, closed_by_request=REQUEST)
+    payload = DataShared("ads", ("behaviour",), MappingProxyType({"ad_id": "AD-9"}), TX_DONE)
+    late = event(payload, "share-after-closure", NOW - MINUTE)
+    (ins,) = decide(closed, late, FanOut(POLICY, PSEUDONYMS, NOW)).instructions
+    assert ins.ack_key == REQUEST
+    return ins
+
+
+def test_an_ack_ahead_of_an_instruction_added_to_an_opened_request_is_parked() -> None:
+    """A crash between the instruction and its ticket entry: the request's ticket is open,
+    the answer to its new instruction comes first and waits for the entry."""
+    h = Harness()
+    in_progress(h)
+    late = share_after_closure()
+    statuses = len(h.outbox.on(REQUESTS))
+
+    h.handle(REQUEST, answer(late))
+
+    ticket = ticket_from_json(h.tickets[REQUEST.encode()])
+    assert [p.ack.instruction_id for p in ticket.parked] == [late.instruction_id]
+    assert h.metric(PARKED, partner="ads") == 1
+    assert h.metric(IGNORED, reason="unknown_instruction") == 0
+    assert len(h.outbox.on(REQUESTS)) == statuses  # the request's status did not change
+
+    h.handle(REQUEST, OpenEntry(REQUEST, None, ((late, digest(late)),)))
+
+    ticket = ticket_from_json(h.tickets[REQUEST.encode()])
+    assert ticket.parked == ()
+    assert ticket.find(late.instruction_id).outcome.status is OutcomeStatus.DONE  # type: ignore[union-attr]
+    assert h.metric("consent_acknowledgements_total", partner="ads", status="DONE") == 1
+    assert len(h.outbox.on(REQUESTS)) == statuses + 1  # now with the answered instruction
