@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from consumers.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
+from schemas.events import ConsentEvent
 from schemas.partner import (
     AcknowledgementStatus,
     InstructionAction,
@@ -311,6 +312,36 @@ def test_deletion_erased_everywhere_completes(
         assert for_request(others, request_id) == [], partner
 
 
+def answer_then_publish(
+    worker: WorkerProcess,
+    publisher: ConsentPublisher,
+    acks: Acks,
+    ins: PartnerInstruction,
+    event: ConsentEvent,
+) -> float:
+    """The partner answers ``ins`` (DONE) before ``event``, which makes it, is published:
+    waits for the answer to be parked, then applied. Returns the parked count before."""
+    partner = ins.partner
+    parked = worker.metric(PARKED, partner=partner)
+    applied = worker.metric("consent_acknowledgements_total", partner=partner, status="DONE")
+    acks.answer(ins, AcknowledgementStatus.DONE)
+    worker.poll(
+        lambda: worker.metric(PARKED, partner=partner) >= parked + 1,
+        TIMEOUT_S,
+        "the answer parked",
+    )
+    publisher.publish(event)
+    worker.poll(
+        lambda: (
+            worker.metric("consent_acknowledgements_total", partner=partner, status="DONE")
+            >= applied + 1
+        ),
+        TIMEOUT_S,
+        "the parked answer applied",
+    )
+    return parked
+
+
 def test_an_answer_before_its_ticket_is_parked_and_applied_when_the_ticket_opens(
     worker: WorkerProcess, publisher: ConsentPublisher, settings: Settings, acks: Acks
 ) -> None:
@@ -323,25 +354,11 @@ def test_an_answer_before_its_ticket_is_parked_and_applied_when_the_ticket_opens
     fan = FanOut(worker.policy, Pseudonyms(settings.subject_keys), now_ms())
     (ins,) = decide(SubjectState(subject), withdrawal, fan).instructions
     assert ins.partner == "ads" and ins.ack_key == ins.instruction_id
-    parked = worker.metric(PARKED, partner="ads")
-    applied = worker.metric("consent_acknowledgements_total", partner="ads", status="DONE")
     unknown = worker.metric(IGNORED, reason="unknown_instruction")
     pending = worker.metric("consent_instructions_pending", partner="ads")
 
-    acks.answer(ins, AcknowledgementStatus.DONE)
-    worker.poll(
-        lambda: worker.metric(PARKED, partner="ads") >= parked + 1, TIMEOUT_S, "the answer parked"
-    )
-    publisher.publish(withdrawal)
+    parked = answer_then_publish(worker, publisher, acks, ins, withdrawal)
 
-    worker.poll(
-        lambda: (
-            worker.metric("consent_acknowledgements_total", partner="ads", status="DONE")
-            >= applied + 1
-        ),
-        TIMEOUT_S,
-        "the parked answer applied",
-    )
     sent = read_until(
         settings,
         settings.topics.instructions("ads"),
@@ -382,24 +399,10 @@ def test_an_answer_before_an_instruction_a_closed_accounts_request_gains_is_appl
     late = data_shared(subject, "ads", ("behaviour",), {"ad_id": "AD-9"})
     (ins,) = decide(state, late, fan).instructions
     assert ins.partner == "ads" and ins.ack_key == request_id
-    parked = worker.metric(PARKED, partner="ads")
-    applied = worker.metric("consent_acknowledgements_total", partner="ads", status="DONE")
     unknown = worker.metric(IGNORED, reason="unknown_instruction")
 
-    acks.answer(ins, AcknowledgementStatus.DONE)
-    worker.poll(
-        lambda: worker.metric(PARKED, partner="ads") >= parked + 1, TIMEOUT_S, "the answer parked"
-    )
-    publisher.publish(late)
+    answer_then_publish(worker, publisher, acks, ins, late)
 
-    worker.poll(
-        lambda: (
-            worker.metric("consent_acknowledgements_total", partner="ads", status="DONE")
-            >= applied + 1
-        ),
-        TIMEOUT_S,
-        "the parked answer applied",
-    )
     view = wait_view(worker, request_id, RequestState.IN_PROGRESS)
     answered = {p["instruction_id"]: p["status"] for p in view["partners"]}
     assert answered[ins.instruction_id] == "DONE"
