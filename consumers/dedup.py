@@ -4,24 +4,48 @@ A redelivered or republished instruction (same ``instruction_id``) is answered w
 acknowledgement remembered here, so the handler runs once and a lost ack is re-sent
 unchanged. ``InMemoryProcessedInstructions`` forgets on restart;
 ``SqliteProcessedInstructions`` keeps its answers in a file across restarts.
+
+Neither grows without end: the memory store keeps the ``MAX_IN_MEMORY`` answers given most
+recently, the file the answers of the last ``KEEP_ANSWERS_S`` (by their ``completed_at``),
+far longer than an instruction stays on its topic (the broker's default retention is 7
+days). An instruction delivered again after its answer was forgotten is handled again: the
+handler's idempotence (docs/partner-sdk.md) covers it, and the platform ignores a second
+answer to an answered instruction (``repeated``, or ``unknown_instruction`` once its
+settled ticket is gone).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Generic, Protocol, TypeVar
 
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement
 
 __all__ = [
+    "KEEP_ANSWERS_S",
+    "MAX_IN_MEMORY",
+    "FirstAnswers",
     "InMemoryProcessedInstructions",
     "ProcessedInstructions",
     "SentAck",
     "SqliteProcessedInstructions",
 ]
+
+MAX_IN_MEMORY: Final = 100_000
+"""Answers the memory store keeps (the most recent; ~0.5 KB each)."""
+KEEP_ANSWERS_S: Final = 30 * 86_400
+"""How long the file store keeps an answer, from its ``completed_at``."""
+PRUNE_EVERY_S: Final = 3_600
+"""How often the file store deletes the answers past ``KEEP_ANSWERS_S`` (and when opened)."""
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +68,36 @@ class ProcessedInstructions(Protocol):
     def close(self) -> None: ...
 
 
-class InMemoryProcessedInstructions:
-    """For tests and stateless partners: duplicates are caught within one process only."""
+class FirstAnswers(Generic[K, V]):
+    """The first answer given under each key, for the ``max_entries`` keys answered most
+    recently (the oldest is forgotten first). Not thread-safe."""
 
-    def __init__(self) -> None:
-        self._acks: dict[str, SentAck] = {}
+    def __init__(self, max_entries: int) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self._max = max_entries
+        self._answers: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        return self._answers.get(key)
+
+    def keep(self, key: K, answer: V) -> V:
+        """Keep ``answer`` unless ``key`` has one; return the one kept."""
+        kept = self._answers.setdefault(key, answer)
+        if len(self._answers) > self._max:
+            self._answers.popitem(last=False)
+        return kept
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+class InMemoryProcessedInstructions:
+    """For tests and stateless partners: duplicates are caught within one process only,
+    among its last ``max_answers`` answers."""
+
+    def __init__(self, max_answers: int = MAX_IN_MEMORY) -> None:
+        self._acks: FirstAnswers[str, SentAck] = FirstAnswers(max_answers)
         self._lock = threading.Lock()
 
     def get(self, instruction_id: str) -> SentAck | None:
@@ -57,7 +106,7 @@ class InMemoryProcessedInstructions:
 
     def remember(self, sent: SentAck) -> SentAck:
         with self._lock:
-            return self._acks.setdefault(sent.ack.instruction_id, sent)
+            return self._acks.keep(sent.ack.instruction_id, sent)
 
     def __len__(self) -> int:
         return len(self._acks)
@@ -77,24 +126,39 @@ CREATE TABLE IF NOT EXISTS processed_instructions (
     ce_id          TEXT NOT NULL
 )
 """
+_INDEX: Final = """
+CREATE INDEX IF NOT EXISTS processed_instructions_completed_at
+    ON processed_instructions (completed_at)
+"""
 _COLUMNS: Final = "instruction_id, partner, status, completed_at, retain_until, reason, ce_id"
 
 
 class SqliteProcessedInstructions:
     """Answers kept in a SQLite file (WAL, synchronous=FULL): survive a crash or restart.
 
-    One file per partner process; the parent directory is created if missing.
+    One file per partner process; the parent directory is created if missing. Answers
+    completed more than ``keep_for_s`` ago (None: never) are deleted when the file is
+    opened and then at most every ``PRUNE_EVERY_S``, by ``clock`` (epoch seconds).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        keep_for_s: float | None = KEEP_ANSWERS_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
+        self._keep_for_s, self._clock = keep_for_s, clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_INDEX)
+        self._pruned_at = clock()
+        self._prune(self._pruned_at)
 
     def get(self, instruction_id: str) -> SentAck | None:
         with self._lock:
@@ -121,8 +185,21 @@ class SqliteProcessedInstructions:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
+        now = self._clock()
+        if now - self._pruned_at >= PRUNE_EVERY_S:
+            self._pruned_at = now
+            self._prune(now)
         stored = self.get(ack.instruction_id)
         return sent if stored is None else stored
+
+    def _prune(self, now: float) -> None:
+        if self._keep_for_s is None:
+            return
+        before_ms = int((now - self._keep_for_s) * 1000)
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM processed_instructions WHERE completed_at < ?", (before_ms,)
+            )
 
     def __len__(self) -> int:
         with self._lock:

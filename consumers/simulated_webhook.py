@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
+from consumers.dedup import MAX_IN_MEMORY, FirstAnswers
 from consumers.partner_results import ack_for_result
 from consumers.simulated import RETENTION_DAYS, simulated_handler
 from consumers.simulated_callback import CallbackSender
@@ -77,7 +78,8 @@ class _Receiver:
             options.partner, rng=self.rng, retention_days=options.retention_days
         )
         self.guard = ReplayGuard()
-        self.given: dict[str, tuple[int, bytes]] = {}  # ce-id -> the first final answer
+        # ce-id -> the first final answer, for the most recent ce-ids
+        self.given: FirstAnswers[str, tuple[int, bytes]] = FirstAnswers(MAX_IN_MEMORY)
         self.answers = Counter(
             "consent_stream_simulated_webhook_answers_total",
             "Answers of the simulated webhook partner, by kind.",
@@ -99,8 +101,9 @@ class _Receiver:
         except SignatureError as exc:
             return self._answer("unauthorized", 401, {"error": str(exc)})
         ce_id = request.headers.get("ce-id", "")
-        if ce_id in self.given:
-            status, payload = self.given[ce_id]
+        given = self.given.get(ce_id)
+        if given is not None:
+            status, payload = given
             return web.Response(status=status, body=payload, content_type=_JSON)
         try:
             instruction = instruction_from_json(json.loads(body))
@@ -121,7 +124,7 @@ class _Receiver:
             answer, status, obj = "acknowledged", 200, ack_to_json(ack)
         response = self._answer(answer, status, obj)
         assert isinstance(response.body, bytes)  # noqa: S101 - json_response's body
-        self.given[ce_id] = (status, response.body)
+        self.given.keep(ce_id, (status, response.body))
         return response
 
     def _ack(self, instruction: PartnerInstruction) -> PartnerAcknowledgement:

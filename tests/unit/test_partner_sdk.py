@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from consumers.dedup import InMemoryProcessedInstructions, SentAck, SqliteProcessedInstructions
+from consumers.dedup import (
+    PRUNE_EVERY_S,
+    FirstAnswers,
+    InMemoryProcessedInstructions,
+    SentAck,
+    SqliteProcessedInstructions,
+)
 from consumers.partner_delivery import ack_headers, backoff_schedule, commit_points
 from consumers.partner_results import (
     MAX_REASON_CHARS,
@@ -195,13 +201,15 @@ def test_the_sender_produces_the_ack_record_keyed_by_ack_key() -> None:
 
 
 def sent(
-    instruction_id: str, status: AcknowledgementStatus = AcknowledgementStatus.DONE
+    instruction_id: str,
+    status: AcknowledgementStatus = AcknowledgementStatus.DONE,
+    completed_at: int = NOW_MS,
 ) -> SentAck:
     ack = PartnerAcknowledgement(
         instruction_id=instruction_id,
         partner="payment",
         status=status,
-        completed_at=NOW_MS,
+        completed_at=completed_at,
         retain_until=NOW_MS + DAY_MS if status is AcknowledgementStatus.RESTRICTED else None,
         reason="boom" if status is AcknowledgementStatus.FAILED else None,
     )
@@ -221,18 +229,68 @@ def test_in_memory_store_keeps_the_first_answer() -> None:
 def test_sqlite_store_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state" / "partner-payment.sqlite3"
     answers = [sent(str(uuid.uuid4()), status) for status in AcknowledgementStatus]
-    store = SqliteProcessedInstructions(path)
+    store = SqliteProcessedInstructions(path, clock=lambda: NOW_MS / 1000)
     for answer in answers:
         assert store.remember(answer) == answer
     store.close()
 
-    reopened = SqliteProcessedInstructions(path)
+    reopened = SqliteProcessedInstructions(path, clock=lambda: NOW_MS / 1000)
     assert len(reopened) == len(answers)
     for answer in answers:
         assert reopened.get(answer.ack.instruction_id) == answer
     assert reopened.remember(sent(answers[0].ack.instruction_id)) == answers[0]
     assert reopened.get("unknown") is None
     reopened.close()
+
+
+def test_in_memory_store_forgets_the_oldest_answers_past_its_bound() -> None:
+    store = InMemoryProcessedInstructions(max_answers=3)
+    answers = [sent(f"i-{n}") for n in range(5)]
+    for answer in answers:
+        store.remember(answer)
+    assert len(store) == 3
+    assert [store.get(f"i-{n}") for n in range(5)] == [None, None, *answers[2:]]
+    assert store.remember(sent("i-3", AcknowledgementStatus.FAILED)) == answers[3]
+
+
+def test_first_answers_needs_room_for_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        FirstAnswers[str, int](0)
+
+
+def _ids(store: SqliteProcessedInstructions, *ids: str) -> list[str]:
+    return [i for i in ids if store.get(i) is not None]
+
+
+def test_sqlite_store_deletes_answers_completed_past_its_keep(tmp_path: Path) -> None:
+    path = tmp_path / "partner-payment.sqlite3"
+    now = [NOW_MS / 1000]
+    store = SqliteProcessedInstructions(path, keep_for_s=86_400, clock=lambda: now[0])
+    store.remember(sent("old", completed_at=NOW_MS - 2 * DAY_MS))
+    store.remember(sent("recent", completed_at=NOW_MS - DAY_MS // 2))
+    assert _ids(store, "old", "recent") == ["old", "recent"]  # pruned at most hourly
+
+    now[0] += PRUNE_EVERY_S
+    store.remember(sent("new", completed_at=NOW_MS + PRUNE_EVERY_S * 1000))
+    assert _ids(store, "old", "recent", "new") == ["recent", "new"]
+    store.close()
+
+    now[0] += 86_400  # "recent" is now past a day: deleted when the file is opened
+    reopened = SqliteProcessedInstructions(path, keep_for_s=86_400, clock=lambda: now[0])
+    assert _ids(reopened, "old", "recent", "new") == ["new"]
+    reopened.close()
+
+
+def test_sqlite_store_without_a_keep_keeps_everything(tmp_path: Path) -> None:
+    now = [NOW_MS / 1000 + 365 * 86_400]
+    store = SqliteProcessedInstructions(
+        tmp_path / "answers.sqlite3", keep_for_s=None, clock=lambda: now[0]
+    )
+    store.remember(sent("old", completed_at=NOW_MS))
+    now[0] += PRUNE_EVERY_S
+    store.remember(sent("new", completed_at=NOW_MS + 1))
+    assert _ids(store, "old", "new") == ["old", "new"]
+    store.close()
 
 
 # ---- simulated partners ----------------------------------------------------------------
