@@ -24,7 +24,7 @@ from schemas.views import PermissionRevocation, PurposeDecision
 from streams.fanout import FanOut, RequestOpening, deletion_fan_out
 from streams.subject import Share, SubjectState, permission_key
 
-__all__ = ["Decision", "Outcome", "decide"]
+__all__ = ["Decision", "Outcome", "decide", "share_of"]
 
 
 class Outcome(StrEnum):
@@ -113,8 +113,9 @@ def _permission(
     )
 
 
-def _shared(state: SubjectState, event: ConsentEvent, p: DataShared, fan: FanOut) -> Decision:
-    share = Share(
+def share_of(event: ConsentEvent, p: DataShared) -> Share:
+    """What one data.shared event records: the partner, its categories and references."""
+    return Share(
         event.event_id,
         p.partner,
         tuple(sorted(p.categories)),
@@ -122,12 +123,25 @@ def _shared(state: SubjectState, event: ConsentEvent, p: DataShared, fan: FanOut
         event.occurred_at,
         p.transaction_completed_at,
     )
+
+
+def _shared(state: SubjectState, event: ConsentEvent, p: DataShared, fan: FanOut) -> Decision:
+    share = share_of(event, p)
     if state.closed_at is not None and state.closed_by_request is not None:
         # Shared with a closed account (or arrived after the closure): the partner now
         # holds data it must delete under the closure request.
         instructions = deletion_fan_out((share,), None, event, fan, state.closed_by_request)
         return _applied(state, event, instructions)
-    return _applied(state, event, shares=(*state.shares, share))
+    return _applied(state, event, shares=_with_share(state.shares, share))
+
+
+def _with_share(shares: tuple[Share, ...], share: Share) -> tuple[Share, ...]:
+    """``shares`` with ``share`` merged into the one of the same partner and categories,
+    if there is one (``Share.merged``), else added."""
+    for i, held in enumerate(shares):
+        if held.holds_as(share):
+            return (*shares[:i], held.merged(share), *shares[i + 1 :])
+    return (*shares, share)
 
 
 def _deletion(

@@ -42,6 +42,29 @@ class Share:
     def retention_start(self) -> int:
         return self.transaction_completed_at or self.shared_at
 
+    def holds_as(self, other: Share) -> bool:
+        """``other`` went to the same partner with the same categories (merged into one)."""
+        return self.partner == other.partner and self.categories == other.categories
+
+    def merged(self, later: Share) -> Share:
+        """This share and ``later`` (same partner and categories) as one: its first
+        event id, every reference of both (in the order first seen), and the times of
+        whichever retention starts later. What a deletion sends is the same for the one
+        as for the two (``streams.fanout``: references by categories, the latest
+        retention end), so a subject's lineage grows by new references, not by a share
+        per data.shared event."""
+        known = set(self.refs)
+        refs = self.refs + tuple(r for r in later.refs if r not in known)
+        times = later if later.retention_start >= self.retention_start else self
+        return Share(
+            self.event_id,
+            self.partner,
+            self.categories,
+            refs,
+            times.shared_at,
+            times.transaction_completed_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectState:

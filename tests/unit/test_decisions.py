@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import (
     ConsentChanged,
@@ -26,7 +28,7 @@ from schemas.events import (
 from schemas.partner import InstructionAction
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
-from streams.decisions import Decision, Outcome, decide
+from streams.decisions import Decision, Outcome, decide, share_of
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share, SubjectState
@@ -352,6 +354,92 @@ def test_nothing_applies_after_account_closure(late: ConsentEvent) -> None:
 
 
 # ---- lineage and versions -------------------------------------------------------------
+
+
+def _share_event(
+    partner: str, categories: Sequence[str], refs: dict[str, str], at: int, done: int | None
+) -> ConsentEvent:
+    payload = DataShared(partner, tuple(categories), MappingProxyType(refs), done)
+    return event(payload, f"share-{uuid.uuid4()}", at)
+
+
+def test_shares_to_one_partner_with_the_same_categories_are_one_share() -> None:
+    records = ("order_records", "delivery_details")
+    events = [
+        _share_event("logistics", records, {"order_no": "O-1"}, NOW - 9 * DAY, NOW - 5 * DAY),
+        _share_event("logistics", records[::-1], {"order_no": "O-2"}, NOW - 8 * DAY, None),
+        _share_event("logistics", ["order_records"], {"order_no": "O-3"}, NOW - 7 * DAY, None),
+        # the latest retention start (the first share's completion) came first: it stays
+        _share_event(
+            "logistics", records, {"order_no": "O-1", "waybill_no": "W-1"}, NOW - 9 * DAY, None
+        ),
+    ]
+    state = replay(events)
+
+    assert [(s.partner, s.categories) for s in state.shares] == [
+        ("logistics", ("delivery_details", "order_records")),
+        ("logistics", ("order_records",)),
+    ]
+    merged = state.shares[0]
+    assert merged.event_id == events[0].event_id
+    assert merged.refs == (("order_no", "O-1"), ("order_no", "O-2"), ("waybill_no", "W-1"))
+    assert (merged.shared_at, merged.transaction_completed_at) == (NOW - 9 * DAY, NOW - 5 * DAY)
+    assert merged.retention_start == NOW - 5 * DAY
+    assert state.shares[1].refs == (("order_no", "O-3"),)
+
+
+def _sent_in_full(d: Decision) -> list[tuple[object, ...]]:
+    return [
+        (
+            i.instruction_id,
+            i.partner,
+            i.action,
+            i.categories,
+            i.retain_until,
+            i.due_by,
+            {name: set(values.split(",")) for name, values in i.partner_refs.items()},
+        )
+        for i in d.instructions
+    ]
+
+
+_SHARE = st.sampled_from(sorted(POLICY.partners)).flatmap(
+    lambda name: st.tuples(
+        st.just(name),
+        st.lists(st.sampled_from(sorted(POLICY.partners[name].receives)), min_size=1, unique=True),
+        st.dictionaries(
+            st.sampled_from(["order_no", "waybill_no"]), st.sampled_from(["1", "2", "3"])
+        ),
+        st.integers(1, 1_500),  # days ago: either side of the 3-year retention
+        st.none() | st.integers(0, 400),  # completed this many days after
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shares=st.lists(_SHARE, min_size=1, max_size=12),
+    deleted=st.none() | st.lists(st.sampled_from(sorted(POLICY.categories)), min_size=1),
+)
+def test_merged_shares_delete_exactly_what_the_separate_shares_would(
+    shares: list[tuple[str, list[str], dict[str, str], int, int | None]],
+    deleted: list[str] | None,
+) -> None:
+    events = [
+        _share_event(p, cats, refs, NOW - days * DAY, None if d is None else NOW - (days - d) * DAY)
+        for p, cats, refs, days, d in shares
+    ]
+    merged = replay(events)
+    # each data.shared on its own, as the state held them before shares were merged
+    separate = SubjectState(SUBJECT, shares=tuple(share_of(e, e.payload) for e in events))
+    scope = DeletionScope.ACCOUNT if deleted is None else DeletionScope.CATEGORIES
+    request = DeletionRequested(eid("deletion"), scope, "asked", tuple(deleted or ()))
+    deletion = event(request, "deletion", NOW - HOUR)
+
+    assert len(merged.shares) <= len(separate.shares)
+    assert _sent_in_full(decide(merged, deletion, FAN)) == _sent_in_full(
+        decide(separate, deletion, FAN)
+    )
 
 
 def test_data_shared_builds_lineage_without_instructions() -> None:
