@@ -30,6 +30,7 @@ from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement
 __all__ = [
     "KEEP_ANSWERS_S",
     "MAX_IN_MEMORY",
+    "PRUNE_EVERY_S",
     "FirstAnswers",
     "InMemoryProcessedInstructions",
     "ProcessedInstructions",
