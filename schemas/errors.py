@@ -16,6 +16,8 @@
     │   │   ├── UnknownPurposeError     purpose not in the policy
     │   │   └── NonWithdrawableError    withdrawal of a purpose needed for basic functions
     │   ├── OversizedRecordError        larger than the configured maximum
+    │   ├── StateTooLargeError          would grow its subject's state past what one
+    │   │                               changelog record holds
     │   └── UnknownSubjectKeyError      a ref or digest under a key id not configured here
     ├── FetchError                      the worker's record fetching failed (it stops; its
     │                                   restart resumes from the committed offsets)
@@ -45,6 +47,7 @@ __all__ = [
     "PublishError",
     "QueueFullError",
     "SchemaMismatchError",
+    "StateTooLargeError",
     "StoreUnavailableError",
     "TransientError",
     "TruncatedRecordError",
@@ -152,6 +155,14 @@ class OversizedRecordError(ContractError):
     """The record is larger than the configured maximum size."""
 
     reason = "oversized"
+
+
+class StateTooLargeError(ContractError):
+    """The event would grow its subject's state (held in the worker, written whole to the
+    table's changelog on every change) past the size it may have: it is refused, and the
+    state stays as it was (``streams.state_limit``)."""
+
+    reason = "state_too_large"
 
 
 class UnknownSubjectKeyError(ContractError):

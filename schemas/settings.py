@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 ENV_PREFIX: Final = "CONSENT_STREAM_"
+_LIBRDKAFKA_BATCH_BYTES: Final = 1_000_000
+"""librdkafka's default ``batch.size``."""
 
 
 def parse_tokens(text: str, what: str = ENV_PREFIX + "HTTP_TOKENS") -> dict[str, Secret]:
@@ -256,7 +258,11 @@ class Settings:
         }
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
-        """librdkafka producer: idempotent, acks=all, ordered per partition."""
+        """librdkafka producer: idempotent, acks=all, ordered per partition. A topic's
+        ``max.message.bytes`` bounds a whole record batch, so batches are no larger than
+        the topics take (librdkafka's default of 1,000,000 unless ``max_record_bytes`` is
+        set lower); a single larger record still goes alone."""
+        largest = record_limits(self.max_record_bytes)[0]
         return {
             **self._common(),
             "enable.idempotence": True,
@@ -264,7 +270,8 @@ class Settings:
             "max.in.flight.requests.per.connection": 5,
             "linger.ms": 5,
             "compression.type": "lz4",
-            "message.max.bytes": record_limits(self.max_record_bytes)[0],
+            "message.max.bytes": largest,
+            "batch.size": min(_LIBRDKAFKA_BATCH_BYTES, largest),
             **overrides,
         }
 

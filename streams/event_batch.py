@@ -4,6 +4,8 @@ Records are decided in order against the subjects' states as the batch leaves th
 subject with several events in one batch sees each one applied on top of the previous.
 The result lists every effect in the order the processor carries them out: ledger
 tickets, the consent store, instructions and state records, then the changed states.
+``plan_within`` also keeps each subject's state within what its changelog record holds
+(``streams.state_limit``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from streams.decisions import Decision, Outcome, decide
 from streams.fanout import FanOut
 from streams.inbound import Inbound
 from streams.ledger_codec import OpenEntry
-from streams.subject import SubjectState, state_from_json
+from streams.state_limit import StateCheck, StateLimit
+from streams.subject import SubjectState, state_from_json, state_to_json
 
-__all__ = ["EventBatch", "Rejected", "StoreWrite", "plan_batch", "ticket_entries"]
+__all__ = ["EventBatch", "Rejected", "StoreWrite", "plan_batch", "plan_within", "ticket_entries"]
 
 Parse = Callable[[Inbound], ConsentEvent]
 StateLookup = Callable[[bytes], bytes | None]
@@ -80,10 +83,33 @@ def ticket_entries(d: Decision, refs_digest: Callable[..., str]) -> list[tuple[s
     ]
 
 
+def plan_within(
+    records: Sequence[Inbound], parse: Parse, stored: StateLookup, fan: FanOut, limit: StateLimit
+) -> tuple[EventBatch, dict[bytes, bytes]]:
+    """``plan_batch`` with every subject's state kept within ``limit``, and the changed
+    states encoded. The subjects whose state the batch could take past
+    ``limit.growth_bytes`` (``StateLimit.could_pass``) are checked event by event."""
+    growth: dict[bytes, int] = {}
+    for record in records:
+        if record.key is not None:  # else refused: not the event's subject
+            growth[record.key] = growth.get(record.key, 0) + limit.growth_bound(record.value)
+    watched = [key for key, grows in growth.items() if limit.could_pass(stored(key), grows)]
+    check = StateCheck(limit, frozenset(watched)) if watched else None
+    batch = plan_batch(records, parse, stored, fan, check)
+    known = check.encoded if check is not None else {}
+    encoded = {key: known.get(key) or state_to_json(s) for key, (_, s) in batch.states.items()}
+    return batch, encoded
+
+
 def plan_batch(
-    records: Sequence[Inbound], parse: Parse, stored: StateLookup, fan: FanOut
+    records: Sequence[Inbound],
+    parse: Parse,
+    stored: StateLookup,
+    fan: FanOut,
+    check: StateCheck | None = None,
 ) -> EventBatch:
-    """Decide every record of the batch, in order; ``stored`` reads a subject's state."""
+    """Decide every record of the batch, in order; ``stored`` reads a subject's state.
+    An event ``check`` refuses is rejected, its subject's state left as it was."""
     batch = EventBatch()
     current: dict[bytes, SubjectState] = {}
     for record in records:
@@ -101,6 +127,11 @@ def plan_batch(
             raw = stored(key)
             state = state_from_json(raw) if raw else SubjectState(event.subject_id)
         decision = decide(state, event, fan)
+        if check is not None and decision.state is not state:
+            refused = check.refusal(key, state, event, decision.state)
+            if refused is not None:
+                batch.rejected.append(Rejected(record, refused))
+                continue
         batch.outcomes.append((event.type.value, decision.outcome))
         if decision.outcome is Outcome.APPLIED:
             _effects(batch, event, decision, published, fan)

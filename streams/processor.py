@@ -42,7 +42,7 @@ from schemas.topics import TopicNames
 from schemas.validation import validate_event
 from schemas.views import ConsentState
 from streams.deadletter import DeadLetter, deadletter_headers
-from streams.event_batch import EventBatch, plan_batch
+from streams.event_batch import EventBatch, plan_within
 from streams.failpoint import Failpoint
 from streams.fanout import FanOut
 from streams.faust_glue.tables import Sealed, StagedTable
@@ -53,8 +53,9 @@ from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.output import Outputs
 from streams.pseudonyms import Pseudonyms
+from streams.state_limit import StateLimit
 from streams.store_retry import wait_out_store_outages
-from streams.subject import state_to_json, to_consent_state
+from streams.subject import to_consent_state
 
 __all__ = ["EventProcessor", "Inbound", "OutputsFactory", "Settle"]
 
@@ -82,6 +83,7 @@ class EventProcessor:
         self._policy, self._pseudonyms, self._serde = policy, pseudonyms, serde
         self._sender, self._store, self._metrics, self._clock = sender, store, metrics, clock
         self._topics = topics
+        self._limit = StateLimit(serde.max_record_bytes)
         self._failpoint = failpoint or Failpoint("", ".")
 
     def _now(self) -> int:
@@ -112,10 +114,10 @@ class EventProcessor:
         stage its subjects' states, send its first wave; the returned flight's task
         carries out the rest and ends, after ``settle``, once the batch is settled."""
         fan = FanOut(self._policy, self._pseudonyms, self._now())
-        batch = plan_batch(records, self._parse, subjects.get, fan)
+        batch, encoded = plan_within(records, self._parse, subjects.get, fan, self._limit)
         self._observe_taken(batch.taken, fan.now_ms)
-        for key, (partition, state) in batch.states.items():
-            subjects.stage(partition, key, state_to_json(state))
+        for key, (partition, _) in batch.states.items():
+            subjects.stage(partition, key, encoded[key])
         sealed = subjects.seal()
         views = [to_consent_state(w.state, fan.now_ms) for w in batch.store.values()]
         first = outputs()

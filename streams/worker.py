@@ -96,7 +96,7 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
 
 def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> int:
     app = build_worker_app(settings, policy)
-    created = ensure_topics(settings, policy, extra=internal_topics(app))
+    created = ensure_topics(settings, policy, extra=internal_topics(app, settings.max_record_bytes))
     if created:
         log.info("created %d topics", len(created))
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)

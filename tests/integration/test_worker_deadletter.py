@@ -6,6 +6,8 @@ One worker for the module, under its own uuid namespace (see ``processes.py``).
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,17 +15,25 @@ import pytest
 from confluent_kafka import Producer
 
 from consumers.consent_store import ConsentStore, make_redis
-from schemas.events import ConsentChanged, ConsentDecision
+from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from schemas.settings import Settings
+from streams.decisions import decide
+from streams.fanout import FanOut
+from streams.pseudonyms import Pseudonyms
+from streams.state_limit import StateLimit
+from streams.subject import SubjectState, state_to_json
 
 from .processes import (
     TopicRecord,
     WorkerFactory,
     WorkerProcess,
     consent_changed,
+    data_shared,
+    deletion_requested,
     event,
     new_subject,
+    now_ms,
     read_until,
 )
 from .processes import worker_factory as worker_factory
@@ -51,7 +61,8 @@ class Sent:
 
 def produce(settings: Settings, records: list[Sent]) -> list[Sent]:
     """Produce raw records in order; returns them with their partition and offset."""
-    producer = Producer(settings.producer_config())
+    # the worker's limit: the topics take batches of up to 4,096 + 64 KiB
+    producer = Producer(replace(settings, max_record_bytes=MAX_RECORD_BYTES).producer_config())
     placed: dict[int, tuple[int, int]] = {}
     for i, rec in enumerate(records):
 
@@ -165,4 +176,100 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
         assert after.value("consent_deadletters_total", reason=reason) == was + count, reason
     assert after.value("consent_events_total", type="consent.changed", outcome="applied") == (
         before.value("consent_events_total", type="consent.changed", outcome="applied") + 1
+    )
+
+
+def fitting(worker: WorkerProcess, orders: list[ConsentEvent]) -> int:
+    """How many of ``orders`` (one subject's, in order) fit in its state's lineage budget."""
+    limit = StateLimit(MAX_RECORD_BYTES)
+    fan = FanOut(worker.policy, Pseudonyms(worker.settings.subject_keys), now_ms())
+    state = SubjectState(orders[0].subject_id)
+    for n, e in enumerate(orders):
+        state = decide(state, e, fan).state
+        if len(state_to_json(state)) > limit.growth_bytes:
+            return n
+    return len(orders)
+
+
+def test_orders_past_a_subjects_state_limit_are_dead_lettered_and_its_partition_goes_on(
+    worker: WorkerProcess,
+) -> None:
+    """A subject's state is one changelog record: here at most 4,096 bytes, 3,840 of them
+    for lineage (the changelog takes 4,096 + 64 KiB). Without the limit these orders'
+    references (~150 KB, over 100 KB compressed) would fail that write on every retry,
+    and nothing behind them on the partition would be processed (``streams.state_limit``).
+    """
+    settings = worker.settings
+    topic = settings.topics.events
+    serde = AvroSerde()
+    subject = new_subject()
+    key = subject.encode()
+    orders = [
+        data_shared(
+            subject,
+            "logistics",
+            ("delivery_details",),
+            {f"waybill-{n}-{i}": secrets.token_urlsafe(180) for i in range(6)},
+        )
+        for n in range(100)
+    ]
+    kept = fitting(worker, orders)
+    assert kept in (1, 2)  # each adds ~1.5 KB
+    before = worker.metrics().value("consent_deadletters_total", reason="state_too_large")
+
+    sent = produce(
+        settings,
+        [Sent(f"order-{i}", "", key, serde.encode(e, topic)) for i, e in enumerate(orders)],
+    )
+
+    dead = read_until(
+        settings,
+        settings.topics.deadletter,
+        lambda rs: sum(r.key == key for r in rs) >= len(orders) - kept,
+        timeout_s=TIMEOUT_S,
+        what="the orders past the limit",
+        decode=False,
+        explain=worker.describe,
+    )
+    mine = [r for r in dead if r.key == key]
+    assert sorted(source(r) for r in mine) == [(s.partition, s.offset) for s in sent[kept:]]
+    assert {r.headers["cs_dlq_reason"] for r in mine} == {b"state_too_large"}
+    request_id = str(uuid.uuid4())
+    after = [
+        consent_changed(subject, "personalized_ads", granted=False),
+        deletion_requested(subject, request_id=request_id),
+    ]
+    produce(
+        settings, [Sent(f"after-{i}", "", key, serde.encode(e, topic)) for i, e in enumerate(after)]
+    )
+    (ins,) = [
+        r.obj
+        for r in read_until(
+            settings,
+            settings.topics.instructions("logistics"),
+            lambda rs: any(r.obj.request_id == request_id for r in rs),
+            timeout_s=TIMEOUT_S,
+            what="the deletion's instruction to logistics",
+            explain=worker.describe,
+        )
+        if r.obj.request_id == request_id
+    ]
+    assert set(ins.partner_refs) == {k for e in orders[:kept] for k in e.payload.partner_refs}
+    client = make_redis(settings)
+    try:
+        store = ConsentStore(client, worker.policy, settings.subject_keys, settings.redis_prefix)
+        worker.poll(
+            lambda: store.is_allowed(subject, "personalized_ads") is False,
+            TIMEOUT_S,
+            "the withdrawal behind the refused orders",
+        )
+    finally:
+        client.close()
+    worker.poll(
+        lambda: (
+            worker.metrics().value("consent_deadletters_total", reason="state_too_large")
+            == before + len(mine)
+        ),
+        TIMEOUT_S,
+        "the refused orders counted",
     )

@@ -353,6 +353,32 @@ def test_oversized_record_is_dead_lettered() -> None:
     assert h.metric("consent_deadletters_total", reason="oversized") == 1
 
 
+def test_an_event_that_would_overfill_its_subjects_state_is_dead_lettered() -> None:
+    """The changelog record of a subject's state holds ``max_record_bytes``; lineage may
+    fill 15/16 of it (``streams.state_limit``)."""
+    h = Harness(serde=AvroSerde(max_record_bytes=2048))
+    orders = [
+        event(
+            DataShared("logistics", ("delivery_details",), MappingProxyType({f"w{n}": "x" * 250})),
+            f"order-{n}",
+        )
+        for n in range(8)
+    ]
+
+    batch = h.run(*records(*orders, withdraw()))
+
+    kept = len(batch.outcomes) - 1
+    assert 0 < kept < 8 and batch.outcomes[-1] == ("consent.changed", Outcome.APPLIED)
+    dead = h.outputs.on(DEADLETTER)
+    assert [dict(d.headers)["cs_dlq_reason"] for d in dead] == [b"state_too_large"] * (8 - kept)
+    assert [d.value for d in dead] == [r.value for r in records(*orders)[kept:]]
+    assert h.metric("consent_deadletters_total", reason="state_too_large") == 8 - kept
+    state = h.state()
+    assert [r for s in state.shares for r in s.refs] == [(f"w{n}", "x" * 250) for n in range(kept)]
+    assert state.decision("personalized_ads") is not None
+    assert len(h.table.data[KEY]) <= 2048
+
+
 def test_a_bad_record_does_not_hold_up_the_rest_of_its_batch() -> None:
     h = Harness()
     bad = inbound(value=b"not avro at all", offset=7)

@@ -51,6 +51,9 @@ def test_producers_and_topics_take_the_same_limits() -> None:
     events, deadletters = record_limits(4096)
     assert events == 4096 + RECORD_HEADROOM_BYTES and deadletters > events
     assert settings.producer_config()["message.max.bytes"] == events
+    assert settings.producer_config()["batch.size"] == events  # a whole batch fits too
+    assert output_producer_config(settings, "w")["batch.size"] == events
+    assert Settings().producer_config()["batch.size"] == 1_000_000  # librdkafka's default
     assert output_producer_config(settings, "w")["message.max.bytes"] == deadletters
     specs = settings.topics.specs(["ads"], 4096)
     assert specs[settings.topics.events]["max.message.bytes"] == str(events)

@@ -213,9 +213,10 @@ def test_faust_internal_topics_are_named_as_faust_names_them(tmp_path: Path) -> 
 
     app = create_app(Settings(data_dir=str(tmp_path), app_id="cs-test", partitions=4))
     table = app.Table("consent-subjects", partitions=4, key_type=bytes, value_type=bytes)
-    topics = internal_topics(app)
+    topics = internal_topics(app, 4096)
+    changelog = {"cleanup.policy": "compact", "max.message.bytes": str(4096 + 65_536)}
     assert topics == {
-        "cs-test-consent-subjects-changelog": (4, {"cleanup.policy": "compact"}),
+        "cs-test-consent-subjects-changelog": (4, changelog),
         "cs-test-__assignor-__leader": (1, {}),
     }
     assert table.changelog_topic.get_topic_name() in topics
