@@ -101,7 +101,12 @@ async def _in_batches(
     sequencer: SourceSequencer,
     handle: Callable[[Plan], Awaitable[object]],
 ) -> None:
-    """The agent loop: a batch, in offset order, handled, then acknowledged."""
+    """The agent loop: a batch, in offset order, handled, then acknowledged. Started
+    again after a failure, it first handles the records taken but not done."""
+    unfinished = await sequencer.unfinished()
+    if unfinished.records:
+        await handle(unfinished)
+        sequencer.done(unfinished)
     async for events in batches:
         plan = await sequencer.plan([inbound(e) for e in events])
         if plan.records:

@@ -3,7 +3,10 @@
 Each batch the agent takes is put in offset order (``streams.sequencer``), decided and
 launched (``EventProcessor.launch``) while the batches before it are still in flight, at
 most ``MAX_FLIGHTS`` at a time; ``streams.flight`` keeps their records in order on every
-topic. A batch's records are acknowledged, and its plan done, once it is settled.
+topic. A batch's records are acknowledged, and its plan done, once it is settled. A batch
+that fails wakes the loop (``EventBatches.interrupt``), which then stops the agent (Faust
+logs the error and restarts it: the records not acknowledged are processed again), even
+when no record comes after it.
 """
 
 from __future__ import annotations
@@ -38,26 +41,45 @@ async def events_in_flights(
     """The events agent's loop: each batch is decided and launched as soon as it is taken,
     while the batches before it are still in flight (their round trips under way), at most
     ``max_flights`` at a time (``streams.flight``). A batch's records are acknowledged, and
-    its plan done, once it is settled, in order. When a batch fails, the loop lets every
-    flight land (those before it settle), forgets what the others staged and raises:
-    their records are processed again. Flights still in the air when the agent stops are
-    cancelled (their records, not acknowledged, are processed again after a restart)."""
+    its plan done, once it is settled, in order. When a batch fails, the loop is woken if
+    it waits for records; it lets every flight land (those before it settle), forgets what
+    the others staged and raises: their records are processed again. Flights still in the
+    air when the agent stops are cancelled (their records, not acknowledged, are processed
+    again after a restart). Started again after a failure, the loop first handles the
+    records taken but not settled (``SourceSequencer.unfinished``)."""
     flights: Flights = deque()
+
+    async def take_off(plan: Plan, received: list[Any]) -> None:
+        before = flights[-1][0] if flights else None
+        settle = _settler(sequencer, batches, plan, received)
+        try:
+            flight = events.launch(plan.records, subjects, outputs, before, settle)
+        except BaseException as exc:
+            await _abort(flights, subjects, exc)
+        flight.task.add_done_callback(lambda task: _wake_on_failure(task, batches))
+        flights.append((flight, plan))
+        await _land(flights, subjects, oldest=len(flights) >= max_flights)
+
     try:
+        unfinished = await sequencer.unfinished()
+        if unfinished.records:
+            await take_off(unfinished, [])
         async for received in batches:
-            await _land(flights, subjects, oldest=False)
+            # planned first: if a failure stops the loop below, the sequencer still knows
+            # these records were taken (``unfinished``), else they would wait for the
+            # next record of their partition
             plan = await sequencer.plan([inbound(e) for e in received], _ahead(flights))
-            before = flights[-1][0] if flights else None
-            settle = _settler(sequencer, batches, plan, received)
-            try:
-                flight = events.launch(plan.records, subjects, outputs, before, settle)
-            except BaseException as exc:
-                await _abort(flights, subjects, exc)
-            flights.append((flight, plan))
-            await _land(flights, subjects, oldest=len(flights) >= max_flights)
+            await _land(flights, subjects, oldest=False)
+            if received:  # else woken by a failure (``_land`` raised it) or none
+                await take_off(plan, received)
     finally:
         for flight, _ in flights:
             flight.task.cancel()
+
+
+def _wake_on_failure(task: asyncio.Task[Any], batches: EventBatches) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        batches.interrupt()
 
 
 def _ahead(flights: Flights) -> Plan | None:

@@ -10,6 +10,8 @@ worker runs normally.
 Places: ``events.mid_instructions`` (half of a batch's instructions acknowledged by the
 broker; the other half, the batch's tickets, state records, store writes and subjects'
 states not yet sent; those of the batches in flight before it may be out already).
+``events.fail_batch`` does not block: the batch fails once, with nothing of it sent, as a
+batch whose records the broker did not acknowledge would (the worker goes on).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class Failpoint:
             and size >= self._min
             and not (self._marker().exists())
         )
+
+    def trip(self, facts: dict[str, Any]) -> None:
+        """Record ``facts``; the caller fails (once per data directory)."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._marker().write_text(json.dumps(facts))
+        log.warning("failpoint %s reached; the batch fails", self._name)
 
     def hit(self, facts: dict[str, Any]) -> None:
         """Record ``facts`` and block the whole process until it is killed."""

@@ -214,7 +214,8 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             "consent_source_records_total",
             "Source records the stream did not deliver in order, by stage "
             "(events, acknowledgements, ledger) and outcome (redelivered: handled "
-            "before, skipped; refetched: missing, read from Kafka directly).",
+            "before, skipped; refetched: missing, or taken by a batch that failed, read "
+            "from Kafka directly).",
             ["stage", "outcome"],
             registry=registry,
         ),

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from schemas.errors import ValidationError
+from schemas.errors import PublishError, ValidationError
 from schemas.events import ConsentEvent
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
@@ -124,6 +124,9 @@ class EventProcessor:
         flight = Flight(before)
         if self._failpoint.armed("events.mid_instructions", len(batch.instructions)):
             flight.start(self._stop_mid_instructions(batch, first))
+            return flight
+        if self._failpoint.armed("events.fail_batch", len(records)):
+            flight.start(self._fail_batch(flight, len(records)))
             return flight
         self._send_first_wave(batch, views, first)
         carried = self._carry(flight, batch, views, first, outputs, subjects, sealed, settle)
@@ -228,6 +231,13 @@ class EventProcessor:
         }
         self._failpoint.hit(facts)
         return batch
+
+    async def _fail_batch(self, flight: Flight, records: int) -> EventBatch:
+        """A failure test's failpoint: the batch fails before any of it is sent."""
+        self._failpoint.trip({"records": records})
+        error = PublishError("failpoint events.fail_batch: this batch fails once")
+        flight.fail(error)
+        raise error
 
     def _count(self, batch: EventBatch) -> None:
         events = self._metrics.events

@@ -13,7 +13,8 @@ turns each batch the stream delivers into the records to handle, in order:
   (``SourceReader``) and handled first, in order, then this one.
 
 ``plan`` does not move the expected offsets; ``done`` does, once the batch's effects are
-acknowledged. A batch that fails is therefore read again (as missing records) by the
+acknowledged. A batch that fails is therefore read again: by the agent when it starts
+again (``unfinished``: the records taken but not done), or as missing records by the
 next batch of its partitions. A plan may follow one that is not done yet (``ahead``: the
 events agent decides a batch while the previous one's last wave is on its way).
 
@@ -29,6 +30,7 @@ handler is idempotent (events: by event id).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +43,7 @@ from streams.metrics import StreamMetrics
 
 __all__ = [
     "POSITION_KEY_PREFIX",
+    "RETRY_WAIT_S",
     "Plan",
     "SourceReader",
     "SourceSequencer",
@@ -52,6 +55,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POSITION_KEY_PREFIX: Final = b"\x00next-offset:"
+RETRY_WAIT_S: Final = 0.5
+"""How long an agent started again after a failure waits before reading its records again."""
 
 Partition = tuple[str, int]
 FilledCallback = Callable[[str, int, int, int], None]
@@ -111,6 +116,8 @@ class SourceSequencer:
         self._stage, self._reader, self._metrics = stage, reader, metrics
         self._on_filled, self._positions = on_filled, positions
         self._next: dict[Partition, int] = {}
+        self._taken: dict[Partition, int] = {}
+        """Per partition, the offset after the last record planned (done or not)."""
 
     def expected(self, topic: str, partition: int) -> int | None:
         return self._next.get((topic, partition))
@@ -119,6 +126,7 @@ class SourceSequencer:
         """After a rebalance: the next record of these partitions is a first record again."""
         for tp in partitions:
             self._next.pop(tp, None)
+            self._taken.pop(tp, None)
 
     async def plan(self, batch: Sequence[Inbound], ahead: Plan | None = None) -> Plan:
         """The records to handle for ``batch``: redeliveries out, missing records in.
@@ -141,6 +149,40 @@ class SourceSequencer:
                 await self._fill(plan, record, expected)
             plan.records.append(record)
             plan.next[tp] = record.offset + 1
+        taken = self._taken
+        for tp, n in plan.next.items():
+            if n > taken.get(tp, 0):
+                taken[tp] = n
+        return plan
+
+    async def unfinished(self) -> Plan:
+        """The records planned but not done (a batch failed and the agent starts again),
+        read directly, in order: without it they would wait for the next record of their
+        partition. Read after ``RETRY_WAIT_S``, so a batch that keeps failing is tried
+        twice a second, not as fast as Faust restarts the agent (100 restarts in a second
+        stop the worker)."""
+        plan = Plan()
+        if any(self._next.get(tp, -1) < end for tp, end in self._taken.items()):
+            await asyncio.sleep(RETRY_WAIT_S)
+        for tp, end in list(self._taken.items()):
+            start = self._next.get(tp)
+            if start is None:
+                start = await self._start(tp)
+            if start >= end:
+                continue
+            missing = await self._reader.read(*tp, start, end)
+            log.warning(
+                "%s[%d]: offsets %d..%d were taken but not settled (a batch failed); %d "
+                "records read again",
+                *tp,
+                start,
+                end - 1,
+                len(missing),
+            )
+            plan.records.extend(missing)
+            plan.next[tp] = end
+            plan.filled.append((*tp, start, end))
+            self._metrics.source_records.labels(self._stage, "refetched").inc(len(missing))
         return plan
 
     def done(self, plan: Plan) -> None:

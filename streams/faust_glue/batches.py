@@ -22,7 +22,7 @@ from schemas.cloudevents import header_map
 from streams.faust_glue.direct import Chunk
 from streams.inbound import Inbound
 
-__all__ = ["EventBatches", "inbound"]
+__all__ = ["EventBatches", "Interrupted", "inbound"]
 
 
 def inbound(item: Any) -> Inbound:
@@ -44,6 +44,10 @@ def _add(items: list[Any], item: Any) -> None:
         items.extend(item)
     else:
         items.append(item)
+
+
+class Interrupted(Exception):
+    """Thrown into the channel by ``EventBatches.interrupt``."""
 
 
 class EventBatches:
@@ -73,10 +77,14 @@ class EventBatches:
         queue, limit = self._queue, self._max
         while True:
             items, self._rest = self._rest, []
-            if not items:
-                _add(items, await queue.get())
-            while len(items) < limit and not queue.empty():
-                _add(items, queue.get_nowait())
+            try:
+                if not items:
+                    _add(items, await queue.get())
+                while len(items) < limit and not queue.empty():
+                    _add(items, queue.get_nowait())
+            except Interrupted:
+                if not items:
+                    return []
             if len(items) > limit:
                 self._rest = items[limit:]
                 del items[limit:]
@@ -85,6 +93,12 @@ class EventBatches:
                 if self._taken is not None:
                     self._taken(len(events))
                 return events
+
+    def interrupt(self) -> None:
+        """Wake the wait for the next batch, now or, if none is waiting, the next one: it
+        returns the records it has taken, if any, else an empty batch (mode's
+        ``ThrowableQueue.throw``, how Faust notifies a stream's reader of an error)."""
+        self._queue._throw(Interrupted())
 
     def _admit(self, item: Any) -> bool:
         """Faust's checks for a channel value: a current-generation record while the flow

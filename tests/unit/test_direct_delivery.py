@@ -192,3 +192,32 @@ def test_a_chunk_of_an_earlier_generation_is_left_out() -> None:
         return await EventBatches(app.stream(), max_records=10).__anext__()
 
     assert [m.offset for m in asyncio.run(run())] == [2]
+
+
+def test_an_interrupt_wakes_a_wait_for_records_with_an_empty_batch() -> None:
+    async def run() -> tuple[list[Any], list[int]]:
+        app, handler = direct_app()
+        batches = EventBatches(app.stream(), max_records=10)
+        waiting = asyncio.ensure_future(batches.__anext__())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # no record yet
+        batches.interrupt()
+        woken = await asyncio.wait_for(waiting, 1)
+        await handler(message(0))
+        return woken, [m.offset for m in await batches.__anext__()]
+
+    assert asyncio.run(run()) == ([], [0])
+
+
+def test_an_interrupt_with_no_one_waiting_is_the_next_batch_empty() -> None:
+    async def run() -> list[list[int]]:
+        app, handler = direct_app()
+        batches = EventBatches(app.stream(), max_records=10)
+        await handler(message(0))
+        batches.interrupt()  # noted: the next batch is empty, before the queued records
+        await handler(message(1))
+        first = await batches.__anext__()
+        second = await batches.__anext__()
+        return [[m.offset for m in first], [m.offset for m in second]]
+
+    assert asyncio.run(run()) == [[], [0, 1]]

@@ -49,15 +49,23 @@ class Batches:
     def __init__(self, batches: list[list[int]], log: list[str]) -> None:
         self._batches, self.log = [[Event(o) for o in b] for b in batches], log
         self.released = asyncio.Semaphore(0)
+        self.interrupts = 0
 
     def __aiter__(self) -> Batches:
         return self
 
     async def __anext__(self) -> list[Any]:
         await self.released.acquire()
+        if self.interrupts:
+            self.interrupts -= 1
+            return []
         if not self._batches:
             raise StopAsyncIteration
         return self._batches.pop(0)
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        self.released.release()
 
     def release(self, n: int = 1) -> None:
         for _ in range(n):
@@ -136,11 +144,21 @@ class Run:
     loop: asyncio.Task[None]
 
 
-async def start(batches: list[list[int]], max_flights: int = 4) -> Run:
+class LogReader(Reader):
+    """A partition whose log has a record at every offset."""
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Inbound]:
+        return [Inbound(b"k", b"v", {}, topic, partition, o) for o in range(start, end)]
+
+
+async def start(
+    batches: list[list[int]], max_flights: int = 4, reader: Reader | None = None
+) -> Run:
     log: list[str] = []
     store: dict[bytes, bytes] = {}
     subjects = StagedTable(SimpleNamespace(data=store))
-    sequencer = SourceSequencer("events", Reader(), stream_metrics(CollectorRegistry()))
+    metrics = stream_metrics(CollectorRegistry())
+    sequencer = SourceSequencer("events", reader or Reader(), metrics)
     source, processor = Batches(batches, log), Processor(log, subjects)
     loop = asyncio.ensure_future(
         events_in_flights(
@@ -225,6 +243,99 @@ def test_a_failure_leaves_it_and_the_batches_after_it_unacknowledged() -> None:
         assert run.sequencer.expected(TOPIC, 0) == 2  # read again from offset 2
         assert run.store == {b"0": b"staged"}  # what the others staged is forgotten
         assert run.processor.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_wakes_the_loop_when_no_record_comes_after_it() -> None:
+    """Else a failed batch would wait, unnoticed, for the next record."""
+
+    async def scenario() -> None:
+        run = await start([[0], [1], [2]])
+        run.batches.release(2)
+        await settle_down()
+        run.processor.deliver(0)
+        run.processor.deliver(1, PublishError("a record of the batch was not acknowledged"))
+        with pytest.raises(PublishError):
+            await asyncio.wait_for(run.loop, 1)  # no release: no batch after it
+        assert of(run.log, "ack") == ["ack [0]"]
+        assert run.sequencer.expected(TOPIC, 0) == 1
+        assert run.batches.interrupts == 0  # the empty batch was taken
+
+    asyncio.run(scenario())
+
+
+def test_started_again_after_a_failure_the_loop_first_handles_what_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust starts the agent again; the records of the failed batch are read again at
+    once, not when the next record of their partition comes."""
+    monkeypatch.setattr("streams.sequencer.RETRY_WAIT_S", 0)
+
+    async def scenario() -> None:
+        run = await start([[0], [1, 2]], reader=LogReader())
+        run.batches.release(2)
+        await settle_down()
+        run.processor.deliver(0)
+        run.processor.deliver(1, PublishError("a record of the batch was not acknowledged"))
+        with pytest.raises(PublishError):
+            await asyncio.wait_for(run.loop, 1)
+        quiet = Batches([], run.log)  # no record comes after it
+        again = asyncio.ensure_future(
+            events_in_flights(
+                quiet,  # type: ignore[arg-type]
+                run.sequencer,
+                run.processor,  # type: ignore[arg-type]
+                run.processor.subjects,
+                lambda: None,  # type: ignore[arg-type, return-value]
+            )
+        )
+        await settle_down()
+        assert run.log[-1] == "launch 1"  # offsets 1 and 2, read again
+        run.processor.deliver(1)
+        await settle_down()
+        assert run.log[-2:] == ["states 1", "ack []"]  # nothing of the new stream to ack
+        assert run.sequencer.expected(TOPIC, 0) == 3
+        quiet.release()  # the stream ends
+        await again
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_taken_as_a_failure_is_found_is_handled_again_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streams.sequencer.RETRY_WAIT_S", 0)
+
+    async def scenario() -> None:
+        run = await start([[0], [1, 2], [3]], reader=LogReader())
+        monkeypatch.setattr(run.batches, "interrupt", lambda: None)  # found by the next batch
+        run.batches.release(2)
+        await settle_down()
+        run.processor.deliver(0)
+        run.processor.deliver(1, PublishError("a record of the batch was not acknowledged"))
+        await settle_down()
+        run.batches.release()  # [3] is taken, then the failure stops the loop
+        with pytest.raises(PublishError):
+            await asyncio.wait_for(run.loop, 1)
+        assert "launch 3" not in run.log
+        again = await run.sequencer.unfinished()
+        assert [r.offset for r in again.records] == [1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_batch_with_no_failure_is_passed_over() -> None:
+    async def scenario() -> None:
+        run = await start([[0]])
+        run.batches.interrupt()
+        run.batches.release()
+        await settle_down()
+        run.processor.deliver(0)
+        await settle_down()
+        run.batches.release()  # the stream ends
+        await run.loop
+        assert run.log == ["launch 0", "states 0", "ack [0]"]
 
     asyncio.run(scenario())
 

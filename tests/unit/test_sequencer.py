@@ -261,3 +261,39 @@ def test_a_plan_follows_one_not_done_yet() -> None:
     agent.seq.done(first)
     agent.seq.done(second)
     assert agent.seq.expected(TOPIC, 0) == 5
+
+
+def test_records_taken_but_not_done_are_read_again_when_the_agent_starts_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streams.sequencer.RETRY_WAIT_S", 0)
+    registry = CollectorRegistry()
+    reader = FakeReader(range(10), committed=0)
+    agent = Agent(reader, stream_metrics(registry))
+    agent.run([[0, 1, 2]])
+    failed = agent.plan(3, 4)  # handled, but its effects failed: never done
+    assert offsets(failed) == [(0, 3), (0, 4)]
+
+    again = asyncio.run(agent.seq.unfinished())
+
+    assert offsets(again) == [(0, 3), (0, 4)] and reader.reads == [(3, 5)]
+    agent.seq.done(again)
+    assert agent.filled == [(TOPIC, 0, 3, 5)]  # acknowledged to the consumer
+    assert agent.seq.expected(TOPIC, 0) == 5
+    assert asyncio.run(agent.seq.unfinished()).records == []  # nothing left
+    refetched = {"stage": "events", "outcome": "refetched"}
+    assert registry.get_sample_value("consent_source_records_total", refetched) == 2
+    assert offsets(agent.plan(3, 4, 5)) == [(0, 5)]  # the stream's copies are skipped
+
+
+def test_nothing_is_unfinished_when_every_plan_is_done_or_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("streams.sequencer.RETRY_WAIT_S", 0)
+    reader = FakeReader(range(10), committed=0)
+    agent = Agent(reader)
+    agent.run([[0, 1], [2]])
+    assert asyncio.run(agent.seq.unfinished()).records == []
+    agent.plan(3)
+    agent.seq.forget([(TOPIC, 0)])  # revoked: another worker handles the partition
+    assert asyncio.run(agent.seq.unfinished()).records == [] and reader.reads == []
