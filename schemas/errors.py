@@ -17,7 +17,9 @@
     │   │   └── NonWithdrawableError    withdrawal of a purpose needed for basic functions
     │   ├── OversizedRecordError        larger than the configured maximum
     │   ├── StateTooLargeError          would grow its subject's state past what one
-    │   │                               changelog record holds
+    │   │   │                           changelog record holds
+    │   │   └── ReferencesDroppedError  a data.shared kept without its references (they
+    │   │                               would not fit): the record is dead-lettered too
     │   └── UnknownSubjectKeyError      a ref or digest under a key id not configured here
     ├── FetchError                      the worker's record fetching failed (it stops; its
     │                                   restart resumes from the committed offsets)
@@ -46,6 +48,7 @@ __all__ = [
     "PolicyError",
     "PublishError",
     "QueueFullError",
+    "ReferencesDroppedError",
     "SchemaMismatchError",
     "StateTooLargeError",
     "StoreUnavailableError",
@@ -163,6 +166,15 @@ class StateTooLargeError(ContractError):
     state stays as it was (``streams.state_limit``)."""
 
     reason = "state_too_large"
+
+
+class ReferencesDroppedError(StateTooLargeError):
+    """A data.shared whose references would grow its subject's state past the lineage's
+    share of it: the share is applied without them (its partner, categories and times are
+    kept, so a later deletion still reaches that partner) and the record goes to the
+    dead-letter topic as it came, so the references are not lost."""
+
+    reason = "references_dropped"
 
 
 class UnknownSubjectKeyError(ContractError):

@@ -32,7 +32,8 @@ StateLookup = Callable[[bytes], bytes | None]
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A record that goes to the dead-letter topic."""
+    """A record that goes to the dead-letter topic (as it came; a record applied in part
+    also has its outcome)."""
 
     record: Inbound
     error: ContractError
@@ -109,7 +110,8 @@ def plan_batch(
     check: StateCheck | None = None,
 ) -> EventBatch:
     """Decide every record of the batch, in order; ``stored`` reads a subject's state.
-    An event ``check`` refuses is rejected, its subject's state left as it was."""
+    An event ``check`` refuses is rejected, its subject's state left as it was; one it
+    admits in part (``StateCheck.admit``) is applied so and rejected too."""
     batch = EventBatch()
     current: dict[bytes, SubjectState] = {}
     for record in records:
@@ -128,10 +130,12 @@ def plan_batch(
             state = state_from_json(raw) if raw else SubjectState(event.subject_id)
         decision = decide(state, event, fan)
         if check is not None and decision.state is not state:
-            refused = check.refusal(key, state, event, decision.state)
-            if refused is not None:
-                batch.rejected.append(Rejected(record, refused))
+            admitted, error = check.admit(key, state, event, decision, fan)
+            if error is not None:
+                batch.rejected.append(Rejected(record, error))
+            if admitted is None:
                 continue
+            decision = admitted
         batch.outcomes.append((event.type.value, decision.outcome))
         if decision.outcome is Outcome.APPLIED:
             _effects(batch, event, decision, published, fan)

@@ -123,7 +123,7 @@ class EventProcessor:
         first = outputs()
         flight = Flight(before)
         if self._failpoint.armed("events.mid_instructions", len(batch.instructions)):
-            flight.start(self._stop_mid_instructions(batch, first))
+            flight.start(self._stop_mid_instructions(batch, len(records), first))
             return flight
         if self._failpoint.armed("events.fail_batch", len(records)):
             flight.start(self._fail_batch(flight, len(records)))
@@ -215,7 +215,9 @@ class EventProcessor:
         for published in taken:
             observe(max(0, now - published) / 1000)
 
-    async def _stop_mid_instructions(self, batch: EventBatch, outputs: Outputs) -> EventBatch:
+    async def _stop_mid_instructions(
+        self, batch: EventBatch, records: int, outputs: Outputs
+    ) -> EventBatch:
         """The crash test's failpoint: half the instructions on the broker, none of the
         batch's tickets, states or store writes; then stop."""
         instructions = [ins for ins, _ in batch.instructions]
@@ -224,7 +226,7 @@ class EventProcessor:
             self._sender.send_instruction(outputs, ins)
         await outputs.delivered()
         facts = {
-            "records": len(batch.outcomes) + len(batch.rejected),
+            "records": records,
             "instructions": len(instructions),
             "sent": [ins.instruction_id for ins in half],
             "subjects_changed": len(batch.states),

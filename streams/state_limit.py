@@ -3,12 +3,20 @@
 The worker holds each subject's state (consent, permissions, closure, data lineage) and
 writes it whole to the subjects table's changelog whenever it changes. A state larger than
 the changelog takes would fail that write, and its batch with it, on every retry: the
-partition would stall. Lineage is the part without a bound (every reference a partner
-knows, kept until a deletion: ``streams.subject.Share``), so an event that adds to the
-state's lists (a data.shared, a revocation of a permission) may take it only up to
-``StateLimit.growth_bytes``, 15/16 of the limit. The rest is kept for consent changes and
-deletions, which replace or remove entries. A refused event goes to the dead-letter topic
-(reason ``state_too_large``); its subject's state stays as it was.
+partition would stall. An event that would take the state past ``StateLimit.max_bytes``
+goes to the dead-letter topic (reason ``state_too_large``); its subject's state stays as
+it was.
+
+Lineage's references are the part without a bound (every reference a partner knows, kept
+until a deletion: ``streams.subject.Share``), so a data.shared's references may take the
+state only up to ``StateLimit.growth_bytes``, 15/16 of the limit. The rest is kept for
+what must always apply: consent changes, permission revocations, deletions, and the share
+itself without its references. A data.shared whose references do not fit is applied
+without them (``StateCheck.admit``): its partner, categories and times are kept, so a
+later deletion still tells that partner and holds the right retention; the record goes to
+the dead-letter topic as it came (reason ``references_dropped``), so its references are
+not lost. Its event id is not remembered as applied, so the same record, published again
+once the limit is raised, applies in full (applying a share twice changes nothing).
 
 An event is refused or applied whatever batch it arrives in. Checking costs an encoding
 per event, so ``streams.event_batch.plan_within`` checks only the subjects a batch could
@@ -21,11 +29,14 @@ is never checked.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Final
 
-from schemas.errors import StateTooLargeError
-from schemas.events import ConsentEvent, DataShared, PermissionRevoked
+from schemas.errors import ReferencesDroppedError, StateTooLargeError
+from schemas.events import ConsentEvent, DataShared
+from streams.decisions import Decision, decide
+from streams.fanout import FanOut
 from streams.subject import SubjectState, state_to_json
 
 __all__ = ["StateCheck", "StateLimit"]
@@ -62,8 +73,7 @@ class StateLimit:
         ``after`` (None: it may)."""
         if after > self.max_bytes:
             return self._error(event, after, self.max_bytes)
-        growing = isinstance(event.payload, (DataShared, PermissionRevoked))
-        if growing and after > max(before, self.growth_bytes):
+        if _references(event) and after > max(before, self.growth_bytes):
             return self._error(event, after, self.growth_bytes)
         return None
 
@@ -86,6 +96,26 @@ class StateCheck:
     encode: Callable[[SubjectState], bytes] = state_to_json
     encoded: dict[bytes, bytes] = field(default_factory=dict)
 
+    def admit(
+        self, key: bytes, before: SubjectState, event: ConsentEvent, decision: Decision, fan: FanOut
+    ) -> tuple[Decision | None, StateTooLargeError | None]:
+        """What of ``decision`` (``event`` on ``key``'s state ``before``) may apply (None:
+        nothing), and why the record goes to the dead-letter topic (None: it does not)."""
+        error = self.refusal(key, before, event, decision.state)
+        if error is None:
+            return decision, None
+        payload = event.payload
+        if not isinstance(payload, DataShared) or not payload.partner_refs:
+            return None, error
+        bare = replace(event, payload=replace(payload, partner_refs=MappingProxyType({})))
+        kept = decide(before, bare, fan)
+        kept = replace(kept, state=replace(kept.state, recent_event_ids=before.recent_event_ids))
+        if self.refusal(key, before, bare, kept.state) is not None:
+            return None, error
+        return kept, ReferencesDroppedError(
+            f"{error}; applied without its references, which are in this record"
+        )
+
     def refusal(
         self, key: bytes, before: SubjectState, event: ConsentEvent, after: SubjectState
     ) -> StateTooLargeError | None:
@@ -99,3 +129,7 @@ class StateCheck:
         if error is None:
             self.encoded[key] = raw
         return error
+
+
+def _references(event: ConsentEvent) -> bool:
+    return isinstance(event.payload, DataShared) and bool(event.payload.partner_refs)

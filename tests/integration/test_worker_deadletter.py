@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 
 from consumers.consent_store import ConsentStore, make_redis
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
+from schemas.partner import PartnerInstruction
 from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from schemas.settings import Settings
 from streams.decisions import decide
@@ -179,6 +180,21 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
     )
 
 
+def deletion_instructions(
+    worker: WorkerProcess, partner: str, request_id: str
+) -> list[PartnerInstruction]:
+    """The instructions of deletion ``request_id`` on ``partner``'s topic."""
+    records = read_until(
+        worker.settings,
+        worker.settings.topics.instructions(partner),
+        lambda rs: any(r.obj.request_id == request_id for r in rs),
+        timeout_s=TIMEOUT_S,
+        what=f"the deletion's instruction to {partner}",
+        explain=worker.describe,
+    )
+    return [r.obj for r in records if r.obj.request_id == request_id]
+
+
 def fitting(worker: WorkerProcess, orders: list[ConsentEvent]) -> int:
     """How many of ``orders`` (one subject's, in order) fit in its state's lineage budget."""
     limit = StateLimit(MAX_RECORD_BYTES)
@@ -191,14 +207,16 @@ def fitting(worker: WorkerProcess, orders: list[ConsentEvent]) -> int:
     return len(orders)
 
 
-def test_orders_past_a_subjects_state_limit_are_dead_lettered_and_its_partition_goes_on(
+def test_orders_past_a_subjects_state_limit_keep_no_references_and_its_partition_goes_on(
     worker: WorkerProcess,
 ) -> None:
     """A subject's state is one changelog record: here at most 4,096 bytes, 3,840 of them
-    for lineage (the changelog takes 4,096 + 64 KiB). Without the limit these orders'
+    for references (the changelog takes 4,096 + 64 KiB). Without the limit these orders'
     references (~150 KB, over 100 KB compressed) would fail that write on every retry,
-    and nothing behind them on the partition would be processed (``streams.state_limit``).
-    """
+    and nothing behind them on the partition would be processed. Past it, an order is
+    applied without its references and its record is dead-lettered: the last one, to a
+    partner the subject's data has not gone to before, still gets the deletion's
+    instruction (``streams.state_limit``)."""
     settings = worker.settings
     topic = settings.topics.events
     serde = AvroSerde()
@@ -213,9 +231,11 @@ def test_orders_past_a_subjects_state_limit_are_dead_lettered_and_its_partition_
         )
         for n in range(100)
     ]
+    invoices = {f"invoice-{i}": secrets.token_urlsafe(180) for i in range(7)}
+    orders.append(data_shared(subject, "payment", ("payment_records",), invoices))  # fits less
     kept = fitting(worker, orders)
     assert kept in (1, 2)  # each adds ~1.5 KB
-    before = worker.metrics().value("consent_deadletters_total", reason="state_too_large")
+    before = worker.metrics().value("consent_deadletters_total", reason="references_dropped")
 
     sent = produce(
         settings,
@@ -233,7 +253,7 @@ def test_orders_past_a_subjects_state_limit_are_dead_lettered_and_its_partition_
     )
     mine = [r for r in dead if r.key == key]
     assert sorted(source(r) for r in mine) == [(s.partition, s.offset) for s in sent[kept:]]
-    assert {r.headers["cs_dlq_reason"] for r in mine} == {b"state_too_large"}
+    assert {r.headers["cs_dlq_reason"] for r in mine} == {b"references_dropped"}
     request_id = str(uuid.uuid4())
     after = [
         consent_changed(subject, "personalized_ads", granted=False),
@@ -242,34 +262,25 @@ def test_orders_past_a_subjects_state_limit_are_dead_lettered_and_its_partition_
     produce(
         settings, [Sent(f"after-{i}", "", key, serde.encode(e, topic)) for i, e in enumerate(after)]
     )
-    (ins,) = [
-        r.obj
-        for r in read_until(
-            settings,
-            settings.topics.instructions("logistics"),
-            lambda rs: any(r.obj.request_id == request_id for r in rs),
-            timeout_s=TIMEOUT_S,
-            what="the deletion's instruction to logistics",
-            explain=worker.describe,
-        )
-        if r.obj.request_id == request_id
-    ]
+    (ins,) = deletion_instructions(worker, "logistics", request_id)
     assert set(ins.partner_refs) == {k for e in orders[:kept] for k in e.payload.partner_refs}
+    (paid,) = deletion_instructions(worker, "payment", request_id)
+    assert paid.categories == ("payment_records",) and dict(paid.partner_refs) == {}
     client = make_redis(settings)
     try:
         store = ConsentStore(client, worker.policy, settings.subject_keys, settings.redis_prefix)
         worker.poll(
             lambda: store.is_allowed(subject, "personalized_ads") is False,
             TIMEOUT_S,
-            "the withdrawal behind the refused orders",
+            "the withdrawal behind the orders",
         )
     finally:
         client.close()
     worker.poll(
         lambda: (
-            worker.metrics().value("consent_deadletters_total", reason="state_too_large")
+            worker.metrics().value("consent_deadletters_total", reason="references_dropped")
             == before + len(mine)
         ),
         TIMEOUT_S,
-        "the refused orders counted",
+        "the dropped references counted",
     )

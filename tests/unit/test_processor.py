@@ -353,9 +353,10 @@ def test_oversized_record_is_dead_lettered() -> None:
     assert h.metric("consent_deadletters_total", reason="oversized") == 1
 
 
-def test_an_event_that_would_overfill_its_subjects_state_is_dead_lettered() -> None:
-    """The changelog record of a subject's state holds ``max_record_bytes``; lineage may
-    fill 15/16 of it (``streams.state_limit``)."""
+def test_orders_whose_references_would_overfill_the_state_are_kept_without_them() -> None:
+    """The changelog record of a subject's state holds ``max_record_bytes``; references
+    may fill 15/16 of it (``streams.state_limit``). Past that an order is applied without
+    them and its record, references and all, goes to the dead-letter topic."""
     h = Harness(serde=AvroSerde(max_record_bytes=2048))
     orders = [
         event(
@@ -367,12 +368,16 @@ def test_an_event_that_would_overfill_its_subjects_state_is_dead_lettered() -> N
 
     batch = h.run(*records(*orders, withdraw()))
 
-    kept = len(batch.outcomes) - 1
-    assert 0 < kept < 8 and batch.outcomes[-1] == ("consent.changed", Outcome.APPLIED)
+    assert batch.outcomes == [("data.shared", Outcome.APPLIED)] * 8 + [
+        ("consent.changed", Outcome.APPLIED)
+    ]
     dead = h.outputs.on(DEADLETTER)
-    assert [dict(d.headers)["cs_dlq_reason"] for d in dead] == [b"state_too_large"] * (8 - kept)
+    kept = 8 - len(dead)
+    assert 0 < kept < 8
+    assert [dict(d.headers)["cs_dlq_reason"] for d in dead] == [b"references_dropped"] * (8 - kept)
     assert [d.value for d in dead] == [r.value for r in records(*orders)[kept:]]
-    assert h.metric("consent_deadletters_total", reason="state_too_large") == 8 - kept
+    assert h.metric("consent_deadletters_total", reason="references_dropped") == 8 - kept
+    assert h.metric("consent_events_total", type="data.shared", outcome="applied") == 8
     state = h.state()
     assert [r for s in state.shares for r in s.refs] == [(f"w{n}", "x" * 250) for n in range(kept)]
     assert state.decision("personalized_ads") is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from types import MappingProxyType
 
 from hypothesis import given, settings
@@ -26,13 +27,14 @@ from schemas.partner import InstructionAction
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, SubjectKeys
+from schemas.views import PermissionRevocation
 from streams.decisions import Outcome, decide
 from streams.event_batch import EventBatch, plan_batch, plan_within
 from streams.fanout import FanOut
 from streams.inbound import Inbound
 from streams.pseudonyms import Pseudonyms
 from streams.state_limit import StateLimit
-from streams.subject import SubjectState, state_to_json
+from streams.subject import SubjectState, state_from_json, state_to_json
 
 POLICY = load_policy()
 FAN = FanOut(POLICY, Pseudonyms(SubjectKeys.single(Secret("k"))), 1_700_000_000_000)
@@ -87,45 +89,133 @@ def refused(batch: EventBatch) -> list[int]:
     return [r.record.offset for r in batch.rejected if r.error.reason == "state_too_large"]
 
 
-def test_orders_past_the_lineage_budget_are_refused_and_the_state_keeps_the_rest() -> None:
+def dropped(batch: EventBatch) -> list[int]:
+    """Offsets of the records applied without their references (and dead-lettered)."""
+    return [r.record.offset for r in batch.rejected if r.error.reason == "references_dropped"]
+
+
+def bare(e: ConsentEvent) -> ConsentEvent:
+    """``e`` (a data.shared) as applied when its references do not fit."""
+    assert isinstance(e.payload, DataShared)
+    return replace(e, payload=replace(e.payload, partner_refs=MappingProxyType({})))
+
+
+def apply(state: SubjectState, e: ConsentEvent, without_refs: bool = False) -> SubjectState:
+    """``decide`` as ``plan_within`` applies ``e``: without its references, its id not
+    remembered, when they did not fit."""
+    if not without_refs:
+        return decide(state, e, FAN).state
+    return replace(decide(state, bare(e), FAN).state, recent_event_ids=state.recent_event_ids)
+
+
+def full(stored: dict[bytes, bytes]) -> int:
+    """Fills ``SUBJECT``'s lineage (orders to logistics); how many kept their references."""
+    batch = plan([order(n) for n in range(30)], stored)
+    assert refused(batch) == [] and 0 < len(dropped(batch)) < 30
+    return 30 - len(dropped(batch))
+
+
+def test_orders_past_the_lineage_budget_are_applied_without_their_references() -> None:
     stored: dict[bytes, bytes] = {}
     orders = [order(n) for n in range(30)]
 
     batch = plan(orders, stored)
 
-    kept = len(batch.outcomes)
-    assert 0 < kept < 30 and refused(batch) == list(range(kept, 30))
+    assert batch.outcomes == [("data.shared", Outcome.APPLIED)] * 30
+    kept = 30 - len(dropped(batch))
+    assert 0 < kept < 30 and dropped(batch) == list(range(kept, 30)) and refused(batch) == []
     error = batch.rejected[0].error
     assert "data.shared" in str(error) and SUBJECT not in str(error)
+    assert "without its references" in str(error)
     state = SubjectState(SUBJECT)
-    for e in orders[:kept]:
-        state = decide(state, e, FAN).state
+    for n, e in enumerate(orders):
+        state = apply(state, e, without_refs=n >= kept)
     raw = stored[SUBJECT.encode()]
-    assert raw == state_to_json(state)  # every kept order, in order
+    assert raw == state_to_json(state)  # every order, in order; the last ones bare
+    assert [r for s in state.shares for r in s.refs] == [
+        (f"waybill-{n}", f"{n:08d}".ljust(200, "x")) for n in range(kept)
+    ]
+    assert state.shares[0].shared_at == orders[-1].occurred_at  # the latest retention
     assert len(raw) <= LIMIT.growth_bytes
     assert len(state_to_json(decide(state, orders[kept], FAN).state)) > LIMIT.growth_bytes
+
+
+def test_a_full_subjects_share_with_a_new_partner_still_reaches_it_on_deletion() -> None:
+    """The partner, categories and times of a share always fit (the policy bounds them):
+    a deletion tells every partner the subject's data went to."""
+    stored: dict[bytes, bytes] = {}
+    kept = full(stored)
+    refs = MappingProxyType({"invoice": "i" * 300})
+    paid = event(DataShared("payment", ("payment_records",), refs, NOW - 7_200_000), NOW - 60)
+    request = DeletionRequested(str(uuid.uuid4()), DeletionScope.ACCOUNT, "closing")
+
+    shared = plan([paid], stored)
+    deletion = plan([event(request, NOW - 10)], stored)
+
+    assert shared.outcomes == [("data.shared", Outcome.APPLIED)] and dropped(shared) == [0]
+    by_partner = {i.partner: i for i, _ in deletion.instructions}
+    assert set(by_partner) == {"logistics", "payment"}
+    assert by_partner["payment"].categories == ("payment_records",)
+    assert dict(by_partner["payment"].partner_refs) == {}  # they are in the dead letter
+    assert by_partner["payment"].action is InstructionAction.RESTRICT  # retention kept
+    assert set(by_partner["logistics"].partner_refs) == {f"waybill-{n}" for n in range(kept)}
+
+
+def test_a_dropped_order_published_again_once_the_limit_is_raised_applies_in_full() -> None:
+    stored: dict[bytes, bytes] = {}
+    extra = order(99)
+    kept = full(stored)
+    assert dropped(plan([extra], stored)) == [0]
+
+    again = plan([extra], stored, StateLimit(8192))  # the record from the dead-letter topic
+
+    assert again.outcomes == [("data.shared", Outcome.APPLIED)] and again.rejected == []
+    (share,) = state_from_json(stored[SUBJECT.encode()]).shares
+    assert ("waybill-99", f"{99:08d}".ljust(200, "x")) in share.refs
+    assert len(share.refs) == kept + 1
 
 
 def test_the_budget_holds_across_batches_and_a_full_subject_still_withdraws() -> None:
     stored: dict[bytes, bytes] = {}
     first = plan([order(n) for n in range(10)], stored)
-    assert refused(first) == []
+    assert first.rejected == []
 
     second = plan([order(n) for n in range(10, 30)] + [withdrawal()], stored)
 
-    no = refused(second)
+    no = dropped(second)
     assert no and no == list(range(no[0], 20))  # the orders past the budget
     assert second.outcomes[-1] == ("consent.changed", Outcome.APPLIED)
     assert LIMIT.growth_bytes - 300 < len(stored[SUBJECT.encode()]) <= LIMIT.max_bytes
-    third = plan([withdrawal(NOW - 500), order(99)], stored)
-    assert third.outcomes == [("consent.changed", Outcome.APPLIED)]
-    assert refused(third) == [1]
+    revoked = event(PermissionRevoked(app_id="carrier-tracking"), NOW - 400)
+    third = plan([withdrawal(NOW - 500), revoked, order(99)], stored)
+    assert third.outcomes == [
+        ("consent.changed", Outcome.APPLIED),
+        ("permission.revoked", Outcome.APPLIED),
+        ("data.shared", Outcome.APPLIED),
+    ]
+    assert dropped(third) == [2] and refused(third) == []
+
+
+def test_a_share_that_cannot_fit_even_without_references_is_refused() -> None:
+    """The whole limit is a hard one: a state already near it (here filled by permission
+    revocations) takes no new share at all."""
+    near = SubjectState(SUBJECT, 1)
+    while len(state_to_json(near)) <= LIMIT.max_bytes - 100:
+        n = len(near.permissions)
+        revocation = PermissionRevocation(None, f"device-{n:04d}", "location", NOW - n)
+        near = replace(near, permissions=(*near.permissions, revocation))
+    assert len(state_to_json(near)) <= LIMIT.max_bytes
+    stored = {SUBJECT.encode(): state_to_json(near)}
+
+    batch = plan([order(1, ref_bytes=10)], stored)
+
+    assert batch.outcomes == [] and refused(batch) == [0]
+    assert stored[SUBJECT.encode()] == state_to_json(near)
 
 
 def test_a_deletion_of_a_full_subject_sends_every_reference_it_kept() -> None:
     stored: dict[bytes, bytes] = {}
-    batch = plan([order(n) for n in range(30)], stored)
-    kept = len(batch.outcomes)
+    kept = full(stored)
     request = DeletionRequested(str(uuid.uuid4()), DeletionScope.ACCOUNT, "closing")
 
     deletion = plan([event(request, NOW - 100)], stored)
@@ -135,7 +225,7 @@ def test_a_deletion_of_a_full_subject_sends_every_reference_it_kept() -> None:
     assert ins.action is InstructionAction.ERASE
     assert set(ins.partner_refs) == {f"waybill-{n}" for n in range(kept)}
     assert len(stored[SUBJECT.encode()]) < 1024  # the lineage is gone: room again
-    assert refused(plan([order(100)], stored)) == []
+    assert plan([order(100)], stored).rejected == []
 
 
 def test_one_order_per_batch_never_takes_the_state_past_the_budget() -> None:
@@ -145,18 +235,18 @@ def test_one_order_per_batch_never_takes_the_state_past_the_budget() -> None:
         plan([order(n)], stored)
         sizes.append(len(stored[SUBJECT.encode()]))
     assert max(sizes) <= LIMIT.growth_bytes < max(sizes) + 230
-    assert sizes[-1] == sizes[-2]  # full: the last orders were refused
+    assert sizes[-1] == sizes[-2]  # full: the last orders kept no references
 
 
-def test_orders_are_refused_even_when_a_deletion_later_in_the_batch_makes_room() -> None:
-    """Refusals do not depend on how events are batched: the deletion's instructions
-    carry the references of the state before it, which must have fitted."""
+def test_orders_are_dropped_even_when_a_deletion_later_in_the_batch_makes_room() -> None:
+    """What is dropped does not depend on how events are batched: the deletion's
+    instructions carry the references of the state before it, which must have fitted."""
     events = [order(n) for n in range(30)] + [forget(NOW - 5_000, SUBJECT)]
     one_batch: dict[bytes, bytes] = {}
     one_each: dict[bytes, bytes] = {}
 
-    together = refused(plan(events, one_batch))
-    alone = [n for n, e in enumerate(events) if refused(plan([e], one_each))]
+    together = dropped(plan(events, one_batch))
+    alone = [n for n, e in enumerate(events) if dropped(plan([e], one_each))]
 
     assert together == alone and 0 < len(together) < 30
     assert one_batch == one_each
@@ -169,8 +259,8 @@ def test_other_subjects_in_the_batch_are_not_held_back() -> None:
 
     batch = plan(events, stored)
 
-    assert all(r.record.key == SUBJECT.encode() for r in batch.rejected)
-    assert len(batch.outcomes) == 30 + 5 - len(batch.rejected)
+    assert batch.rejected and all(r.record.key == SUBJECT.encode() for r in batch.rejected)
+    assert len(batch.outcomes) == 30 + 5
     assert len(stored[other.encode()]) < 1024
 
 
@@ -191,12 +281,11 @@ def test_refusal_rules() -> None:
     deletion = event(DeletionRequested("r", DeletionScope.ACCOUNT, "x"), NOW - 5)
     top, budget = LIMIT.max_bytes, LIMIT.growth_bytes
     assert budget == 4096 - 256
-    for growing in (shared, revoked):
-        assert LIMIT.refusal(growing, 100, budget) is None
-        assert LIMIT.refusal(growing, 100, budget + 1) is not None
-        assert LIMIT.refusal(growing, budget + 10, budget + 10) is None  # did not grow
-        assert LIMIT.refusal(growing, budget + 10, budget + 11) is not None
-    for other in (consent, deletion):
+    assert LIMIT.refusal(shared, 100, budget) is None
+    assert LIMIT.refusal(shared, 100, budget + 1) is not None
+    assert LIMIT.refusal(shared, budget + 10, budget + 10) is None  # did not grow
+    assert LIMIT.refusal(shared, budget + 10, budget + 11) is not None
+    for other in (consent, deletion, revoked, bare(shared)):
         assert LIMIT.refusal(other, budget, top) is None  # the headroom is theirs
         assert LIMIT.refusal(other, budget, top + 1) is not None
     assert LIMIT.refusal(deletion, top + 50, top + 1) is not None  # cannot be written
@@ -210,25 +299,32 @@ def forget(at: int, subject: str) -> ConsentEvent:
     return event(request, at, subject)
 
 
-def _decided(events: Sequence[ConsentEvent]) -> dict[bytes, SubjectState]:
+def _decided(events: Sequence[ConsentEvent], bare_ids: set[str]) -> dict[bytes, SubjectState]:
     states: dict[bytes, SubjectState] = {}
     for e in events:
         key = e.subject_id.encode()
-        states[key] = decide(states.get(key, SubjectState(e.subject_id)), e, FAN).state
+        state = states.get(key, SubjectState(e.subject_id))
+        states[key] = apply(state, e, without_refs=e.event_id in bare_ids)
     return states
 
 
-def _planned(events: list[ConsentEvent], cuts: list[int]) -> tuple[dict[bytes, bytes], set[str]]:
-    """The table after the events in batches of the sizes in ``cuts`` (cycled), and the ids
-    of the events refused."""
+Planned = tuple[dict[bytes, bytes], set[str], set[str]]
+
+
+def _planned(events: list[ConsentEvent], cuts: list[int]) -> Planned:
+    """The table after the events in batches of the sizes in ``cuts`` (cycled), the ids
+    of the events refused and of those applied without their references."""
     stored: dict[bytes, bytes] = {}
     no: set[str] = set()
+    bare_ids: set[str] = set()
     start, i = 0, 0
     while start < len(events):
         chunk = events[start : start + cuts[i % len(cuts)]]
-        no |= {chunk[o].event_id for o in refused(plan(chunk, stored))}
+        batch = plan(chunk, stored)
+        no |= {chunk[o].event_id for o in refused(batch)}
+        bare_ids |= {chunk[o].event_id for o in dropped(batch)}
         start, i = start + len(chunk), i + 1
-    return stored, no
+    return stored, no, bare_ids
 
 
 KINDS = ["order", "order", "order", "withdraw", "forget"]
@@ -257,11 +353,11 @@ def test_whatever_the_batches_the_same_events_are_refused_and_states_stay_within
         for i, (kind, b, size) in enumerate(steps)
     ]
 
-    stored, no = _planned(events, cuts)
+    stored, no, bare_ids = _planned(events, cuts)
 
-    assert (stored, no) == _planned(events, [1])  # one event per batch
-    assert all(isinstance(e.payload, DataShared) for e in events if e.event_id in no)
-    accepted = [e for e in events if e.event_id not in no]
-    for key, state in _decided(accepted).items():  # refused events change nothing
+    assert (stored, no, bare_ids) == _planned(events, [1])  # one event per batch
+    assert all(isinstance(e.payload, DataShared) for e in events if e.event_id in bare_ids)
+    assert not no  # a share without references always fits beside these events
+    for key, state in _decided(events, bare_ids).items():
         assert stored[key] == state_to_json(state)
         assert len(stored[key]) <= LIMIT.max_bytes
