@@ -22,6 +22,7 @@ import faust
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+from schemas.errors import ConsentStreamError
 from schemas.policy import Policy
 from schemas.settings import Settings
 from streams.events_loop import events_in_flights
@@ -94,6 +95,17 @@ def _batches(stream: Any, parts: WorkerParts, stage: str) -> EventBatches:
     return EventBatches(
         stream, MAX_BATCH_RECORDS, parts.metrics.batch_records.labels(stage).observe
     )
+
+
+async def _failures_counted(stage: str, metrics: StreamMetrics, loop: Awaitable[None]) -> None:
+    """Runs an agent's ``loop``; a failure is counted (``consent_batch_failures_total``)
+    before it stops the agent (Faust logs it and starts the agent again)."""
+    try:
+        await loop
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, ConsentStreamError) else "unexpected"
+        metrics.batch_failures.labels(stage, reason).inc()
+        raise
 
 
 async def _in_batches(
@@ -190,9 +202,10 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     @app.agent(events, concurrency=1, name="consent-events")
     async def consent_events(stream: Any) -> None:
         batches = _batches(stream, parts, "events")
-        await events_in_flights(
+        loop = events_in_flights(
             batches, in_order["events"], parts.events, subjects, lambda: out.outputs("events")
         )
+        await _failures_counted("events", parts.metrics, loop)
 
     @app.agent(acks, concurrency=1, name="partner-acknowledgements")
     async def partner_acknowledgements(stream: Any) -> None:
@@ -202,7 +215,8 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
             await parts.ledger.forward_acks(plan.records, outputs)
 
         batches = _batches(stream, parts, "acknowledgements")
-        await _in_batches(batches, in_order["acknowledgements"], handle)
+        loop = _in_batches(batches, in_order["acknowledgements"], handle)
+        await _failures_counted("acknowledgements", parts.metrics, loop)
 
     @app.agent(ledger, concurrency=1, name="instruction-ledger")
     async def instruction_ledger(stream: Any) -> None:
@@ -212,7 +226,8 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
             await parts.ledger.handle_batch(plan.records, tickets, outputs, plan.positions)
 
         batches = _batches(stream, parts, "ledger")
-        await _in_batches(batches, in_order["ledger"], handle)
+        loop = _in_batches(batches, in_order["ledger"], handle)
+        await _failures_counted("ledger", parts.metrics, loop)
 
     sweeps = out.outputs("sweep")
 

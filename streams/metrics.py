@@ -85,6 +85,7 @@ class StreamMetrics:
     acknowledgements_parked: Counter
     retention_follow_ups: Counter
     store_retries: Counter
+    batch_failures: Counter
     requests_open: Gauge
     requests_overdue: Gauge
     instructions_pending: Gauge
@@ -152,6 +153,13 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
         store_retries=Counter(
             "consent_store_write_retries_total",
             "Consent store writes retried because Redis did not answer.",
+            registry=registry,
+        ),
+        batch_failures=Counter(
+            "consent_batch_failures_total",
+            "Batches whose effects failed, by stage (events, acknowledgements, ledger) and "
+            "error reason: the agent restarts and handles their records again.",
+            ["stage", "reason"],
             registry=registry,
         ),
         requests_open=Gauge(

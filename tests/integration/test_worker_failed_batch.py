@@ -57,5 +57,15 @@ def test_a_failed_batch_is_handled_again_with_no_record_after_it(
     refetched = worker.metric("consent_source_records_total", stage="events", outcome="refetched")
     assert refetched - before >= failed  # read again, not delivered again by the stream
     assert worker.running
-    applied = worker.metric("consent_events_total", type="consent.changed", outcome="applied")
-    assert applied >= len(subjects)
+    failures = worker.metric(
+        "consent_batch_failures_total", stage="events", reason="publish_failed"
+    )
+    assert failures == 1
+    worker.poll(  # counted once the batch's state records are on the broker, after the store
+        lambda: (
+            worker.metric("consent_events_total", type="consent.changed", outcome="applied")
+            >= len(subjects)
+        ),
+        TIMEOUT_S,
+        "every withdrawal counted",
+    )
