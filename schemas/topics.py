@@ -81,16 +81,20 @@ class TopicNames:
         return list(self.specs(partners, 0))
 
     def specs(self, partners: Iterable[str], max_record_bytes: int) -> dict[str, dict[str, str]]:
-        """Every topic of the service with its configuration overrides."""
+        """Every topic of the service with its configuration overrides. Each takes records
+        of ``record_limits``: an event, and what the worker derives from one subject's
+        state (a deletion's instructions and ledger ticket carry its references; the
+        state view its revocations), may be that large."""
         events, deadletters = record_limits(max_record_bytes)
+        sized = {"max.message.bytes": str(events)}
         specs: dict[str, dict[str, str]] = {
-            self.events: {"max.message.bytes": str(events)},
-            self.state: dict(_COMPACT),
-            self.requests: dict(_COMPACT),
+            self.events: dict(sized),
+            self.state: _COMPACT | sized,
+            self.requests: _COMPACT | sized,
             self.deadletter: {"max.message.bytes": str(deadletters)},
-            self.ledger: {},
+            self.ledger: dict(sized),
         }
         for partner in sorted(partners):
-            specs[self.instructions(partner)] = {}
-            specs[self.acks(partner)] = {}
+            specs[self.instructions(partner)] = dict(sized)
+            specs[self.acks(partner)] = dict(sized)
         return specs

@@ -12,9 +12,15 @@ after the rebalance). Each start here is a fresh group with tickets to recover.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from schemas.settings import Settings
+from schemas.topics import record_limits
+from streams.topics import ensure_topics
 
 from .processes import WorkerFactory
 from .processes import worker_factory as worker_factory
@@ -44,3 +50,38 @@ def test_a_lone_event_is_handled_after_a_start_that_recovers_the_ledger(
         worker.wait_ready(60.0)  # publishes one probe event and waits for it in the store
         assert worker.metric("consent_ledger_tickets") == TICKETS
         worker.stop()
+
+
+def test_a_worker_with_a_larger_record_limit_raises_its_topics_limits(
+    worker_factory: WorkerFactory,
+) -> None:
+    """Topics created under a smaller ``max_record_bytes`` (an earlier deployment) take
+    the larger records once a worker with the larger setting starts: else a deletion's
+    instruction past the old limit would fail its batch on every retry."""
+    larger = 2 * 1024 * 1024
+    worker = worker_factory(start=False, env={"CONSENT_STREAM_MAX_RECORD_BYTES": str(larger)})
+    ensure_topics(replace(worker.settings, max_record_bytes=4096), worker.policy)
+    changelog = f"{worker.config.app_id}-consent-subjects-changelog"
+    small = str(record_limits(4096)[0])
+    create_topics(
+        worker.settings, [changelog], {"cleanup.policy": "compact", "max.message.bytes": small}
+    )
+    wanted = worker.settings.topics.specs(worker.policy.partners, larger)
+    before = limits(worker.settings, [*wanted, changelog])
+    assert set(before.values()) == {small, str(record_limits(4096)[1])}  # dead letters: [1]
+
+    worker.start()
+    worker.wait_ready(60.0)
+
+    held = limits(worker.settings, [*wanted, changelog])
+    assert held == {name: config["max.message.bytes"] for name, config in wanted.items()} | {
+        changelog: str(record_limits(larger)[0])
+    }
+
+
+def limits(settings: Settings, topics: list[str]) -> dict[str, str]:
+    """``max.message.bytes`` of each topic, as the broker holds it."""
+    admin = AdminClient(settings.admin_config())
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
+    described = admin.describe_configs(resources, request_timeout=30)
+    return {r.name: f.result()["max.message.bytes"].value for r, f in described.items()}

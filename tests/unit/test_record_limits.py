@@ -58,6 +58,10 @@ def test_producers_and_topics_take_the_same_limits() -> None:
     specs = settings.topics.specs(["ads"], 4096)
     assert specs[settings.topics.events]["max.message.bytes"] == str(events)
     assert specs[settings.topics.deadletter]["max.message.bytes"] == str(deadletters)
+    others = {name: c["max.message.bytes"] for name, c in specs.items()}
+    del others[settings.topics.deadletter]
+    assert set(others.values()) == {str(events)}  # instructions carry a state's references
+    assert specs[settings.topics.state]["cleanup.policy"] == "compact"
 
 
 class Producer:
