@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -20,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator
-from dataclasses import fields
+from collections.abc import Iterator, Mapping
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from schemas.errors import ConfigurationError
 from schemas.policy import load_policy
 from schemas.settings import ENV_PREFIX, Secret, Settings
 from streams.cli import _principal, build_parser
+from streams.gateway import GatewaySettings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / "deploy" / "docker" / "compose.env.example"
@@ -255,33 +257,47 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
     return {v.split(":")[0]: v.split(":")[1] for v in service.get("volumes", [])}
 
 
-def fingerprint(settings: Settings) -> dict[str, Any]:
-    return {
-        f.name: (v.reveal() if isinstance(v, Secret) else v)
-        for f in fields(settings)
-        for v in [getattr(settings, f.name)]
-    }
+def fingerprint(settings: Any) -> Any:
+    """``settings`` as plain values that compare equal when the settings are the same
+    (secrets revealed, nested dataclasses and mappings taken apart)."""
+    if isinstance(settings, Secret):
+        return settings.reveal()
+    if is_dataclass(settings) and not isinstance(settings, type):
+        return {f.name: fingerprint(getattr(settings, f.name)) for f in fields(settings)}
+    if isinstance(settings, Mapping):
+        return {k: fingerprint(v) for k, v in settings.items()}
+    return settings
 
 
 _SASL_LOGIN = {ENV_PREFIX + "SASL_USERNAME": "someone", ENV_PREFIX + "SASL_PASSWORD": "pw" * 8}
 
 
 def is_setting(var: str) -> bool:
-    """Setting the variable (to some value unlike its default) changes ``Settings``."""
+    """Setting the variable (to some value unlike its default) changes ``Settings`` or,
+    for the gateway's own, ``GatewaySettings``."""
     base = {ENV_PREFIX + "SUBJECT_KEY": "base-subject-key-0123456789"}
     if var in _SASL_LOGIN:  # the principal and its password go together
         base.update(_SASL_LOGIN)
     if var.startswith(ENV_PREFIX + "KAFKA_"):
         return bool(Settings.from_env({**base, var: "7"}).kafka_extra)
-    default = fingerprint(Settings.from_env(base))
-    # an int, a flag, a secret of the minimum length, a security protocol, a SASL mechanism
-    for value in ("7", "1", "7" * 16, "SASL_SSL", "PLAIN"):
+    both = (Settings.from_env, GatewaySettings.from_env)
+    default = [fingerprint(read(base)) for read in both]
+    # an int, a flag, a secret of the minimum length, a security protocol, a SASL mechanism,
+    # a gateway caller
+    for value in ("7", "1", "7" * 16, "SASL_SSL", "PLAIN", f"c={'7' * 16}:s"):
         try:
-            if fingerprint(Settings.from_env({**base, var: value})) != default:
+            if [fingerprint(read({**base, var: value})) for read in both] != default:
                 return True
         except ConfigurationError:
             continue
     return False
+
+
+def test_is_setting_tells_a_setting_from_a_made_up_variable() -> None:
+    assert is_setting(ENV_PREFIX + "PARTITIONS") and is_setting(ENV_PREFIX + "SUBJECT_KEY")
+    assert is_setting(ENV_PREFIX + "GATEWAY_TOKENS") and is_setting(ENV_PREFIX + "GATEWAY_BIND")
+    assert not is_setting(ENV_PREFIX + "NO_SUCH_SETTING")
+    assert not is_setting(ENV_PREFIX + "GATEWAY_NO_SUCH_SETTING")
 
 
 def dockerfile_env() -> dict[str, str]:
@@ -409,6 +425,27 @@ def test_prometheus_scrapes_each_worker_on_its_http_port() -> None:
         health = " ".join(services()[name]["healthcheck"]["test"])
         assert f"http://127.0.0.1:{port}/healthz" in health, name
     assert scrape_targets("consent-stream-worker") == targets
+
+
+def test_the_gateway_is_reachable_scraped_and_takes_the_sample_events() -> None:
+    (name,) = consent_services("gateway")
+    service = services()[name]
+    gateway = GatewaySettings.from_env(env_of(service))
+    assert gateway.bind == "0.0.0.0"  # noqa: S104 (its container, behind the port mapping)
+    assert f"{gateway.port}:{gateway.port}" in service["ports"]
+    health = " ".join(service["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{gateway.port}/healthz" in health
+    assert scrape_targets("consent-stream-gateway") == {f"{name}:{gateway.port}"}
+    assert depends(service) == {
+        "acl-sync": "service_completed_successfully",
+        "worker-1": "service_healthy",  # the worker creates the topics
+    }
+    samples = REPO_ROOT / "examples" / "sample-events.jsonl"
+    sources = {json.loads(line)["source"] for line in samples.read_text().splitlines() if line}
+    (caller,) = gateway.callers.values()
+    assert caller.sources == sources
+    raw = env_of(raw_services()[name])[ENV_PREFIX + "GATEWAY_TOKENS"]
+    assert "${GATEWAY_TOKEN_PLATFORM:?" in raw  # the token comes from the env file
 
 
 def test_prometheus_scrapes_each_partner_on_its_metrics_port() -> None:
@@ -586,7 +623,8 @@ def consent_stream_services() -> dict[str, argparse.Namespace]:
 def test_every_consent_stream_service_logs_in_as_its_own_principal() -> None:
     found = consent_stream_services()
     assert {_principal(args) for args in found.values()} == {
-        "admin", "worker", "publisher", *(f"partner-{p}" for p in load_policy().partners)
+        "admin", "worker", "publisher", "gateway",
+        *(f"partner-{p}" for p in load_policy().partners),
     }  # fmt: skip
     for name, args in found.items():
         principal = _principal(args)  # the one the CLI picks from a credentials file
