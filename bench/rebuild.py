@@ -14,7 +14,8 @@ from typing import Any
 from benchlib import Record, create_topics, delete_redis_prefix, delete_topics, produce_all
 from workload import consent_state
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
+from consumers.store_clients import make_redis
 from consumers.store_rebuild import rebuild_from_topic
 from schemas.policy import Policy
 from schemas.serde import AvroSerde

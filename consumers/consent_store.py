@@ -11,6 +11,10 @@ the one Lua write); only the I/O differs.
 * ``apply_state`` is versioned and idempotent: a replay never moves a subject backwards,
   and a closed subject (a marker holding only ``v`` and ``closed``) is never re-opened.
 * Redis connection errors and timeouts are raised as ``StoreUnavailableError``.
+* With ``min_replicas`` (``CONSENT_STREAM_REDIS_MIN_REPLICAS``), ``apply_states`` sends
+  ``WAIT`` in the same round trip and raises ``StoreUnavailableError`` when fewer replicas
+  have the writes within ``REPLICA_WAIT_MS`` (the worker then writes them again: they are
+  idempotent), so a write that counts survives a failover to a replica.
 """
 
 from __future__ import annotations
@@ -21,10 +25,7 @@ from typing import Any, Final, TypeVar
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry as SyncRetry
 
 from consumers.store_layout import (
     APPLY_STATE_LUA,
@@ -47,52 +48,17 @@ from consumers.store_layout import (
 )
 from schemas.errors import StoreUnavailableError
 from schemas.policy import Policy
-from schemas.settings import Settings
 from schemas.subject_keys import SubjectKeys
 from schemas.views import ConsentState
 
-__all__ = [
-    "DEFAULT_PREFIX",
-    "AsyncConsentStore",
-    "ConsentStore",
-    "make_async_redis",
-    "make_redis",
-]
+__all__ = ["DEFAULT_PREFIX", "REPLICA_WAIT_MS", "AsyncConsentStore", "ConsentStore"]
 
 DEFAULT_PREFIX: Final = "cs"
-_TIMEOUT_S: Final = 2.0
-_RETRIES: Final = 1
+REPLICA_WAIT_MS: Final = 1000
+"""How long ``WAIT`` waits for the replicas (below the clients' 2 s socket timeout)."""
 _UNAVAILABLE: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 T = TypeVar("T")
-
-
-def make_redis(settings: Settings, timeout_s: float = _TIMEOUT_S) -> redis.Redis:
-    """A sync client for ``settings.redis_url``: bounded timeouts, one quick retry.
-
-    The retry only re-sends on a connection error or timeout (a pooled connection that a
-    Redis restart broke); every store command is idempotent, so a re-send is safe.
-    """
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=SyncRetry(_backoff(), _RETRIES),
-    )
-
-
-def make_async_redis(settings: Settings, timeout_s: float = _TIMEOUT_S) -> redis.asyncio.Redis:
-    """An asyncio client for ``settings.redis_url``, same timeouts and retry."""
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=AsyncRetry(_backoff(), _RETRIES),
-    )
-
-
-def _backoff() -> ExponentialBackoff:
-    return ExponentialBackoff(cap=0.2, base=0.02)
 
 
 @contextmanager
@@ -111,9 +77,10 @@ def _outcomes(replies: Sequence[Any]) -> list[ApplyOutcome]:
 class _StoreCore:
     """What both clients share: policy, key derivation and the command specs."""
 
-    def __init__(self, policy: Policy, keys: SubjectKeys, prefix: str) -> None:
+    def __init__(self, policy: Policy, keys: SubjectKeys, prefix: str, min_replicas: int) -> None:
         self.policy = policy
         self.keys = SubjectSlots(keys, prefix)
+        self.min_replicas = min_replicas
 
     def key(self, subject_id: str) -> str:
         """The subject's Redis key under the current subject key (a keyed hash of the id)."""
@@ -149,6 +116,18 @@ class _StoreCore:
             for i in range(0, len(states), STATES_PER_CALL)
         ]
 
+    def _settled(self, replies: Sequence[Any]) -> list[ApplyOutcome]:
+        """The outcomes of ``_evalsha_all``'s replies, once ``min_replicas`` have them."""
+        if not self.min_replicas:
+            return _outcomes(replies)
+        *writes, acked = replies
+        if int(acked) < self.min_replicas:
+            raise StoreUnavailableError(
+                f"consent store: apply: {acked} of the {self.min_replicas} replicas wanted "
+                f"had the writes after {REPLICA_WAIT_MS} ms"
+            )
+        return _outcomes(writes)
+
 
 class ConsentStore(_StoreCore):
     """Sync client of the consent store (online services, CLI, rebuild)."""
@@ -159,8 +138,9 @@ class ConsentStore(_StoreCore):
         policy: Policy,
         keys: SubjectKeys,
         prefix: str = DEFAULT_PREFIX,
+        min_replicas: int = 0,
     ) -> None:
-        super().__init__(policy, keys, prefix)
+        super().__init__(policy, keys, prefix, min_replicas)
         self._client = redis_client
 
     def _read(self, subject_id: str, read: FieldsRead[T]) -> T:
@@ -222,15 +202,17 @@ class ConsentStore(_StoreCore):
             except NoScriptError:  # a restarted Redis, or its scripts flushed
                 self._client.script_load(APPLY_STATES_LUA)
                 replies = self._evalsha_all(calls)
-        return _outcomes(replies)
+        return self._settled(replies)
 
     def _evalsha_all(self, calls: Sequence[tuple[int, list[str]]]) -> list[Any]:
-        if len(calls) == 1:
+        if len(calls) == 1 and not self.min_replicas:
             numkeys, call = calls[0]
             return [self._client.evalsha(APPLY_STATES_SHA, numkeys, *call)]
         with self._client.pipeline(transaction=False) as pipe:
             for numkeys, call in calls:
                 pipe.evalsha(APPLY_STATES_SHA, numkeys, *call)
+            if self.min_replicas:
+                pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
             replies: list[Any] = pipe.execute()
         return replies
 
@@ -244,8 +226,9 @@ class AsyncConsentStore(_StoreCore):
         policy: Policy,
         keys: SubjectKeys,
         prefix: str = DEFAULT_PREFIX,
+        min_replicas: int = 0,
     ) -> None:
-        super().__init__(policy, keys, prefix)
+        super().__init__(policy, keys, prefix, min_replicas)
         self._client = redis_client
 
     async def _read(self, subject_id: str, read: FieldsRead[T]) -> T:
@@ -302,14 +285,16 @@ class AsyncConsentStore(_StoreCore):
             except NoScriptError:  # a restarted Redis, or its scripts flushed
                 await self._client.script_load(APPLY_STATES_LUA)
                 replies = await self._evalsha_all(calls)
-        return _outcomes(replies)
+        return self._settled(replies)
 
     async def _evalsha_all(self, calls: Sequence[tuple[int, list[str]]]) -> list[Any]:
-        if len(calls) == 1:
+        if len(calls) == 1 and not self.min_replicas:
             numkeys, call = calls[0]
             return [await self._client.evalsha(APPLY_STATES_SHA, numkeys, *call)]
         async with self._client.pipeline(transaction=False) as pipe:
             for numkeys, call in calls:
                 pipe.evalsha(APPLY_STATES_SHA, numkeys, *call)
+            if self.min_replicas:
+                pipe.wait(self.min_replicas, REPLICA_WAIT_MS)
             replies: list[Any] = await pipe.execute()
         return replies

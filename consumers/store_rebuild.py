@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
+from consumers.store_clients import make_redis
 from consumers.store_layout import ApplyOutcome
 from schemas.errors import ConfigurationError, ContractError, TransientError
 from schemas.policy import Policy
@@ -199,7 +200,8 @@ def run_rebuild_store(
     """
     client = make_redis(settings)
     try:
-        store = ConsentStore(client, policy, settings.subject_keys, settings.redis_prefix)
+        keys, prefix = settings.subject_keys, settings.redis_prefix
+        store = ConsentStore(client, policy, keys, prefix, settings.redis_min_replicas)
         report = rebuild_from_topic(settings, store, topic, timeout_s=timeout_s)
     finally:
         client.close()

@@ -19,6 +19,7 @@ from schemas.kafka_security import (
     kafka_security,
     read_credentials,
 )
+from schemas.redis_settings import RedisSentinel, sentinel_from_env
 from schemas.secrets import MIN_TOKEN_CHARS, Secret, parse_named_secrets
 from schemas.subject_keys import SubjectKeys, subject_keys_from_env
 from schemas.topics import TopicNames, record_limits
@@ -89,6 +90,11 @@ class Settings:
 
     bootstrap_servers: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_sentinel: RedisSentinel | None = None
+    """Sentinels that know the store's primary (``schemas.redis_settings``); then the URL
+    gives only the database, user and password."""
+    redis_min_replicas: int = 0
+    """Replicas that must have a worker's store write before it counts (``WAIT``)."""
     schema_registry_url: str | None = None
     policy_path: str | None = None
     partitions: int = 3
@@ -158,6 +164,8 @@ class Settings:
         return cls(
             bootstrap_servers=get("BOOTSTRAP_SERVERS", _DEFAULT.bootstrap_servers),
             redis_url=get("REDIS_URL", _DEFAULT.redis_url),
+            redis_sentinel=sentinel_from_env(env, ENV_PREFIX),
+            redis_min_replicas=_int(env, "REDIS_MIN_REPLICAS", _DEFAULT.redis_min_replicas),
             schema_registry_url=env.get(ENV_PREFIX + "SCHEMA_REGISTRY_URL") or None,
             policy_path=env.get(ENV_PREFIX + "POLICY") or None,
             partitions=_int(env, "PARTITIONS", _DEFAULT.partitions),

@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
+from consumers.store_clients import make_redis
 from schemas.errors import UnknownPurposeError
 from schemas.policy import Policy
 from schemas.serde import AvroSerde

@@ -8,7 +8,8 @@ import os
 import faust
 from prometheus_client import CollectorRegistry
 
-from consumers.consent_store import AsyncConsentStore, make_async_redis
+from consumers.consent_store import AsyncConsentStore
+from consumers.store_clients import make_async_redis
 from schemas.contracts import CONSENT_EVENT
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
@@ -38,7 +39,9 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
     registry = CollectorRegistry()
     metrics = stream_metrics(registry)
     redis = make_async_redis(settings)
-    store = AsyncConsentStore(redis, policy, settings.subject_keys, settings.redis_prefix)
+    store = AsyncConsentStore(
+        redis, policy, settings.subject_keys, settings.redis_prefix, settings.redis_min_replicas
+    )
     views = AsyncRequestViews(redis, settings.redis_prefix)
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     schema_ref = settings.schema_registry_url or CONSENT_EVENT.rsplit(".", 1)[0]

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
+from consumers.store_clients import make_redis
 from consumers.store_layout import state_fields, text
 from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError

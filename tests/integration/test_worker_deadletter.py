@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumers.consent_store import ConsentStore, make_redis
+from consumers.consent_store import ConsentStore
+from consumers.store_clients import make_redis
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.partner import PartnerInstruction
 from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde

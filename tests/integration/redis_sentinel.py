@@ -1,0 +1,154 @@
+"""A Redis primary, two replicas and one Sentinel on loopback, started for a test.
+
+Debian's ``redis-server`` (the local stack's) runs all three (``--sentinel`` for the
+Sentinel). Each process is started here and stopped, or killed for a failover, by the pid
+it got, never by name. The Sentinel promotes a replica one second after it loses the
+primary (``down-after-milliseconds``; with one Sentinel its quorum is 1): the one with the
+most of the primary's writes, and the other replica then follows it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import redis
+
+from schemas.redis_settings import DEFAULT_SENTINEL_SERVICE, RedisSentinel
+from streams.demo.processes import free_port
+
+__all__ = ["SentinelRedis"]
+
+HOST: Final = "127.0.0.1"
+DOWN_AFTER_MS: Final = 1000
+READY_TIMEOUT_S: Final = 30.0
+
+
+@dataclass
+class SentinelRedis:
+    """The processes under ``base``; ``primary`` and ``replicas`` are ports."""
+
+    base: Path
+    primary: int = field(default_factory=free_port)
+    replicas: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
+    sentinel_port: int = field(default_factory=free_port)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def sentinel(self) -> RedisSentinel:
+        return RedisSentinel(((HOST, self.sentinel_port),), DEFAULT_SENTINEL_SERVICE)
+
+    @property
+    def url(self) -> str:
+        """The data nodes' URL (its host and port are not used with Sentinels)."""
+        return f"redis://{HOST}:{self.primary}/0"
+
+    def start(self) -> None:
+        self._server(self.primary)
+        for replica in self.replicas:
+            self._server(replica, "--replicaof", HOST, str(self.primary))
+        conf = self.base / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+        conf.write_text(
+            f"port {self.sentinel_port}\nbind {HOST}\ndir {self.base}\n"
+            f"sentinel monitor {DEFAULT_SENTINEL_SERVICE} {HOST} {self.primary} 1\n"
+            f"sentinel down-after-milliseconds {DEFAULT_SENTINEL_SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {DEFAULT_SENTINEL_SERVICE} 5000\n"
+        )
+        self._spawn(self.sentinel_port, str(conf), "--sentinel")
+        self.wait_until(self._replicas_known, "the Sentinel to know the replicas")
+
+    def stop_replicas(self) -> None:
+        """Stop the replicas (SIGTERM, by their pids)."""
+        for replica in self.replicas:
+            proc = self.procs.pop(replica)
+            proc.terminate()
+            proc.wait(10)
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary, by its pid."""
+        proc = self.procs.pop(self.primary)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def current_primary(self) -> tuple[str, int] | None:
+        """Where the Sentinel says the primary is."""
+        with self._client(self.sentinel_port) as client:
+            answer = client.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", DEFAULT_SENTINEL_SERVICE
+            )
+        return (answer[0].decode(), int(answer[1])) if answer else None
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.procs.clear()
+
+    def wait_until(
+        self, condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.1)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _server(self, port: int, *args: str) -> None:
+        data = self.base / str(port)
+        data.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            port, "--port", str(port), "--bind", HOST, "--dir", str(data),
+            "--save", "", "--appendonly", "no", *args,
+        )  # fmt: skip
+
+    def _spawn(self, port: int, *args: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (make stack installs it)")
+        log = (self.base / f"{port}.log").open("ab")
+        self.procs[port] = subprocess.Popen(
+            [binary, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        self.wait_until(lambda: self._answers(port), f"redis-server on port {port}")
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(host=HOST, port=port, socket_timeout=2, socket_connect_timeout=2)
+
+    def _answers(self, port: int) -> bool:
+        try:
+            with self._client(port) as client:
+                return bool(client.ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    def _replicas_known(self) -> bool:
+        with self._client(self.sentinel_port) as client:
+            replicas = client.execute_command("SENTINEL", "REPLICAS", DEFAULT_SENTINEL_SERVICE)
+        ready = [
+            r
+            for r in replicas
+            if b"s_down" not in _text(r, "flags") and _text(r, "master-link-status") == b"ok"
+        ]
+        return len(ready) == len(self.replicas)
+
+
+def _text(reply: dict[Any, Any], name: str) -> bytes:
+    """A field of a parsed Sentinel reply (redis-py's keys may be str or bytes)."""
+    value = reply.get(name, reply.get(name.encode(), b""))
+    return value if isinstance(value, bytes) else str(value).encode()
