@@ -25,6 +25,7 @@ _KAFKA_COMMANDS = frozenset(
         "worker",
         "replay",
         "rebuild-store",
+        "dead-letters",
         "partner",
         "webhook-bridge",
         "acl",
@@ -91,6 +92,12 @@ def _rebuild_store(args: argparse.Namespace, settings: Settings, policy: Policy)
     from consumers.store_rebuild import run_rebuild_store
 
     return run_rebuild_store(settings, policy, topic=settings.topics.state, out=sys.stdout)
+
+
+def _dead_letters(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.deadletter_command import run_dead_letters
+
+    return run_dead_letters(settings, args.reason, args.subject, args.republish, sys.stdout)
 
 
 def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
@@ -210,6 +217,15 @@ def _add_commands(sub: Any) -> None:
     replay.set_defaults(handler=_replay)
     rebuild = sub.add_parser("rebuild-store", help="rebuild the Redis store from consent.state.v1")
     rebuild.set_defaults(handler=_rebuild_store)
+    dead = sub.add_parser(
+        "dead-letters", help="list the dead-letter topic's records (JSON lines), or publish again"
+    )
+    dead.add_argument("--reason", action="append", default=[], help="only this reason (repeat)")
+    dead.add_argument("--subject", default=None, help="only this subject's records")
+    dead.add_argument(
+        "--republish", action="store_true", help="publish them to the events topic again"
+    )
+    dead.set_defaults(handler=_dead_letters, principal="admin")
     partner = sub.add_parser("partner", help="run a simulated partner (payment, logistics, ads...)")
     partner.add_argument("--name", required=True)
     partner.add_argument("--delay-ms", type=int, default=20, help="processing time per instruction")

@@ -24,6 +24,7 @@ from streams.outbox import instruction_headers
 from streams.pseudonyms import Pseudonyms
 from streams.replay import ReplayPlan, replay_instructions
 from streams.request_views import RequestViews
+from streams.topic_reader import TopicToEnd
 
 __all__ = ["run_check", "run_replay", "run_report", "run_status"]
 
@@ -70,34 +71,13 @@ def _read_states(
     settings: Settings, serde: AvroSerde, timeout_s: float = 30.0
 ) -> list[ConsentState]:
     """Every latest state on the compacted topic, read to its current end."""
-    from confluent_kafka import Consumer, TopicPartition
-
+    latest: dict[str, ConsentState] = {}
     topic = settings.topics.state
-    consumer = Consumer(
-        settings.consumer_config(f"{settings.app_id}-replay", **{"enable.auto.commit": False})
-    )
-    try:
-        parts = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
-            for p in parts
-        }
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        latest: dict[str, ConsentState] = {}
-        deadline = time.monotonic() + timeout_s
-        while any(ends[p] > 0 for p in ends) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            state = serde.decode(msg.value() or b"", topic)
-            if isinstance(state, ConsentState):
-                latest[state.subject_id] = state
-            partition, offset = msg.partition() or 0, msg.offset() or 0
-            if offset + 1 >= ends[partition]:
-                ends[partition] = 0
-        return list(latest.values())
-    finally:
-        consumer.close()
+    for msg in TopicToEnd(settings, topic, timeout_s).messages():
+        state = serde.decode(msg.value() or b"", topic)
+        if isinstance(state, ConsentState):
+            latest[state.subject_id] = state
+    return list(latest.values())
 
 
 def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) -> int:

@@ -6,9 +6,12 @@ One worker for the module, under its own uuid namespace (see ``processes.py``).
 
 from __future__ import annotations
 
+import json
 import secrets
+import subprocess
 import uuid
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +47,7 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 30.0
 MAX_RECORD_BYTES = 4096
+CLI = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "consent-stream")
 
 
 @pytest.fixture(scope="module")
@@ -284,4 +288,86 @@ def test_orders_past_a_subjects_state_limit_keep_no_references_and_its_partition
         ),
         TIMEOUT_S,
         "the dropped references counted",
+    )
+
+
+def dead_letters_cli(worker: WorkerProcess, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """``consent-stream dead-letters ARGS`` as the operator runs it: exit code, its JSON
+    lines, its summary line."""
+    done = subprocess.run(
+        [CLI, "--log-level", "WARNING", "dead-letters", *args],
+        env=worker.config.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    assert lines and lines[-1].startswith("# "), done.stdout + done.stderr
+    return done.returncode, [json.loads(line) for line in lines[:-1]], lines[-1]
+
+
+def test_the_dead_letters_command_lists_a_subjects_records_and_publishes_them_again(
+    worker: WorkerProcess,
+) -> None:
+    settings = worker.settings
+    serde = AvroSerde()
+    subject = new_subject()
+    key = subject.encode()
+    unknown = consent_changed(subject, "no_such_purpose", granted=False)
+    events_topic = settings.topics.events
+    sent = produce(
+        settings,
+        [
+            Sent("no magic bytes", "unknown_schema", key, b"not avro at all"),
+            Sent("unknown purpose", "unknown_purpose", key, serde.encode(unknown, events_topic)),
+        ],
+    )
+    read_until(
+        settings,
+        settings.topics.deadletter,
+        lambda rs: sum(r.key == key for r in rs) >= 2,
+        timeout_s=TIMEOUT_S,
+        what="the subject's two dead letters",
+        decode=False,
+        explain=worker.describe,
+    )
+
+    code, listed, summary = dead_letters_cli(worker, "--subject", subject)
+
+    assert code == 0 and summary == "# 2 dead letters"
+    assert sorted(d["reason"] for d in listed) == ["unknown_purpose", "unknown_schema"]
+    by_reason = {d["reason"]: d for d in listed}
+    assert by_reason["unknown_schema"]["event"] is None
+    assert by_reason["unknown_purpose"]["event"]["event_id"] == unknown.event_id
+    assert {d["subject"] for d in listed} == {subject}
+    assert {d["source"] for d in listed} == {
+        f"{events_topic}[{s.partition}]@{s.offset}" for s in sent
+    }
+
+    code, again, summary = dead_letters_cli(
+        worker, "--subject", subject, "--reason", "unknown_schema", "--republish"
+    )
+
+    assert code == 0 and summary == "# 1 dead letters, 1 published again"
+    assert [d["republished"] for d in again] == [True]
+    republished = read_until(
+        settings,
+        events_topic,
+        lambda rs: sum(r.key == key and r.value == b"not avro at all" for r in rs) >= 2,
+        timeout_s=TIMEOUT_S,
+        what="the record published again",
+        decode=False,
+        explain=worker.describe,
+    )
+    latest = [r for r in republished if r.key == key and r.value == b"not avro at all"][-1]
+    assert not any(name.startswith("cs_dlq_") for name in latest.headers)
+    read_until(  # the worker handles it as any record: dead-lettered again
+        settings,
+        settings.topics.deadletter,
+        lambda rs: sum(r.key == key for r in rs) >= 3,
+        timeout_s=TIMEOUT_S,
+        what="the record published again, dead-lettered again",
+        decode=False,
+        explain=worker.describe,
     )
