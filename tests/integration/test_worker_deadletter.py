@@ -291,6 +291,22 @@ def test_orders_past_a_subjects_state_limit_keep_no_references_and_its_partition
     )
 
 
+def records_of(
+    worker: WorkerProcess, topic: str, key: bytes, count: int, what: str
+) -> list[TopicRecord]:
+    """The records of ``key`` on ``topic``, once there are ``count`` of them."""
+    records = read_until(
+        worker.settings,
+        topic,
+        lambda rs: sum(r.key == key for r in rs) >= count,
+        timeout_s=TIMEOUT_S,
+        what=what,
+        decode=False,
+        explain=worker.describe,
+    )
+    return [r for r in records if r.key == key]
+
+
 def dead_letters_cli(worker: WorkerProcess, *args: str) -> tuple[int, list[dict[str, Any]], str]:
     """``consent-stream dead-letters ARGS`` as the operator runs it: exit code, its JSON
     lines, its summary line."""
@@ -323,15 +339,7 @@ def test_the_dead_letters_command_lists_a_subjects_records_and_publishes_them_ag
             Sent("unknown purpose", "unknown_purpose", key, serde.encode(unknown, events_topic)),
         ],
     )
-    read_until(
-        settings,
-        settings.topics.deadletter,
-        lambda rs: sum(r.key == key for r in rs) >= 2,
-        timeout_s=TIMEOUT_S,
-        what="the subject's two dead letters",
-        decode=False,
-        explain=worker.describe,
-    )
+    records_of(worker, settings.topics.deadletter, key, 2, "the subject's two dead letters")
 
     code, listed, summary = dead_letters_cli(worker, "--subject", subject)
 
@@ -351,23 +359,8 @@ def test_the_dead_letters_command_lists_a_subjects_records_and_publishes_them_ag
 
     assert code == 0 and summary == "# 1 dead letters, 1 published again"
     assert [d["republished"] for d in again] == [True]
-    republished = read_until(
-        settings,
-        events_topic,
-        lambda rs: sum(r.key == key and r.value == b"not avro at all" for r in rs) >= 2,
-        timeout_s=TIMEOUT_S,
-        what="the record published again",
-        decode=False,
-        explain=worker.describe,
-    )
-    latest = [r for r in republished if r.key == key and r.value == b"not avro at all"][-1]
-    assert not any(name.startswith("cs_dlq_") for name in latest.headers)
-    read_until(  # the worker handles it as any record: dead-lettered again
-        settings,
-        settings.topics.deadletter,
-        lambda rs: sum(r.key == key for r in rs) >= 3,
-        timeout_s=TIMEOUT_S,
-        what="the record published again, dead-lettered again",
-        decode=False,
-        explain=worker.describe,
-    )
+    published = records_of(worker, events_topic, key, 3, "the record published again")
+    assert [r.value for r in published][-1] == b"not avro at all"  # as it came
+    assert not any(name.startswith("cs_dlq_") for name in published[-1].headers)
+    # the worker handles it as any record: dead-lettered again
+    records_of(worker, settings.topics.deadletter, key, 3, "it dead-lettered again")
