@@ -294,13 +294,13 @@ class LedgerProcessor:
         The time it holds the event loop is observed (``consent_ledger_sweep_seconds``)."""
         started = time.perf_counter()
         keys = self.index.pop_due(self._now(), SWEEPS_PER_TICK)
-        self.send_sweeps(keys, outputs)
+        self._send_sweeps(keys, outputs)
         self._metrics.ledger_sweep.observe(time.perf_counter() - started)
         if keys:
             await outputs.delivered()
         return len(keys)
 
-    def send_sweeps(self, keys: Iterable[str], outputs: Outputs) -> None:
+    def _send_sweeps(self, keys: Iterable[str], outputs: Outputs) -> None:
         """Sweep entries for ``keys``, one ledger record per partition (not awaited)."""
         entry = SweepEntry(self._now())
         self._sender.send_ledger(outputs, [(k, entry) for k in keys])

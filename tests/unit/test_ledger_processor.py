@@ -483,10 +483,15 @@ def test_sweep_entry_for_nothing_due_changes_nothing() -> None:
 
 
 def test_sweeps_are_sent_one_record_per_ledger_partition() -> None:
-    h = Harness()
-    keys = [f"ticket-{i}" for i in range(12)]
+    h = Harness(now=NOW + 16 * DAY)  # past every request's deadline: each one is due
+    for n in range(12):
+        opening, sent = deletion(eid(f"due-{n}"))
+        ticket = open_ticket(None, opening.request_id, opening, [(i, "") for i in sent], NOW)
+        h.tickets[ticket.key.encode()] = ticket_to_json(ticket)
+    keys = [k.decode() for k in h.tickets]
+    asyncio.run(h.processor.rebuild_index(list(h.tickets.items())))
 
-    h.processor.send_sweeps(keys, h.outbox)
+    asyncio.run(h.processor.sweep_due(h.outbox))
 
     records = h.outbox.records
     assert all(r.topic == LEDGER and r.wave == 0 for r in records)
@@ -496,7 +501,7 @@ def test_sweeps_are_sent_one_record_per_ledger_partition() -> None:
         assert r.value is not None
         entries = decode_entries(r.key, r.value)
         assert all(ledger_partition(k, PARTITIONS) == r.partition for k, _ in entries)
-        assert all(e == SweepEntry(NOW) for _, e in entries)
+        assert all(e == SweepEntry(h.now) for _, e in entries)
         swept += [k for k, _ in entries]
     assert sorted(swept) == sorted(keys)
 
