@@ -33,32 +33,29 @@ _RETRIES: Final = 1
 
 def make_redis(settings: Settings, timeout_s: float = STORE_TIMEOUT_S) -> redis.Redis:
     """A sync client of the store's primary."""
-    options = _timeouts(timeout_s) | {"retry": SyncRetry(_backoff(), _RETRIES)}
-    sentinel = settings.redis_sentinel
-    if sentinel is None:
-        return redis.Redis.from_url(settings.redis_url, **options)
-    sentinels = redis.sentinel.Sentinel(
-        sentinel.addresses, sentinel_kwargs=_sentinel_options(sentinel, timeout_s)
-    )
-    client: redis.Redis = sentinels.master_for(
-        sentinel.service, **options, **_node_options(settings.redis_url)
-    )
+    retry = SyncRetry(_backoff(), _RETRIES)
+    client: redis.Redis = _client(settings, timeout_s, retry, redis.Redis, redis.sentinel.Sentinel)
     return client
 
 
 def make_async_redis(settings: Settings, timeout_s: float = STORE_TIMEOUT_S) -> redis.asyncio.Redis:
     """An asyncio client of the store's primary, same timeouts and retry."""
-    options = _timeouts(timeout_s) | {"retry": AsyncRetry(_backoff(), _RETRIES)}
-    sentinel = settings.redis_sentinel
-    if sentinel is None:
-        return redis.asyncio.Redis.from_url(settings.redis_url, **options)
-    sentinels = redis.asyncio.sentinel.Sentinel(
-        sentinel.addresses, sentinel_kwargs=_sentinel_options(sentinel, timeout_s)
-    )
-    client: redis.asyncio.Redis = sentinels.master_for(
-        sentinel.service, **options, **_node_options(settings.redis_url)
+    retry = AsyncRetry(_backoff(), _RETRIES)
+    client: redis.asyncio.Redis = _client(
+        settings, timeout_s, retry, redis.asyncio.Redis, redis.asyncio.sentinel.Sentinel
     )
     return client
+
+
+def _client(settings: Settings, timeout_s: float, retry: Any, plain: Any, sentinels: Any) -> Any:
+    """A client of the URL's Redis (``plain.from_url``), or of the primary the Sentinels
+    name (``sentinels(...).master_for``): sync and asyncio differ only in these classes."""
+    options = _timeouts(timeout_s) | {"retry": retry}
+    sentinel = settings.redis_sentinel
+    if sentinel is None:
+        return plain.from_url(settings.redis_url, **options)
+    known = sentinels(sentinel.addresses, sentinel_kwargs=_sentinel_options(sentinel, timeout_s))
+    return known.master_for(sentinel.service, **options, **_node_options(settings.redis_url))
 
 
 def _timeouts(timeout_s: float) -> dict[str, Any]:

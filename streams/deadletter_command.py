@@ -23,11 +23,10 @@ from schemas.events import ConsentEvent
 from schemas.jsonform import event_to_json
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
+from streams.deadletter import DLQ_HEADER_PREFIX, original_headers
 from streams.topic_reader import TopicToEnd
 
 __all__ = ["DeadLetterRecord", "run_dead_letters", "selected"]
-
-_DLQ_PREFIX = "cs_dlq_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +42,17 @@ class DeadLetterRecord:
     def header(self, name: str) -> str:
         return next((v.decode("utf-8", "replace") for k, v in self.headers if k == name), "")
 
+    def failure(self, name: str) -> str:
+        """A ``cs_dlq_*`` header (``streams.deadletter``): reason, error, source_topic..."""
+        return self.header(DLQ_HEADER_PREFIX + name)
+
     @property
     def reason(self) -> str:
-        return self.header(_DLQ_PREFIX + "reason")
+        return self.failure("reason")
 
     @property
     def original_headers(self) -> list[tuple[str, bytes]]:
-        return [(k, v) for k, v in self.headers if not k.startswith(_DLQ_PREFIX)]
+        return original_headers(self.headers)
 
     def view(self, serde: AvroSerde, events_topic: str) -> dict[str, Any]:
         """A JSON-able description; ``event`` is None when the bytes do not decode."""
@@ -62,11 +65,10 @@ class DeadLetterRecord:
         return {
             "at": f"{self.partition}@{self.offset}",
             "reason": self.reason,
-            "error": self.header(_DLQ_PREFIX + "error"),
-            "source": f"{self.header(_DLQ_PREFIX + 'source_topic')}"
-            f"[{self.header(_DLQ_PREFIX + 'source_partition')}]"
-            f"@{self.header(_DLQ_PREFIX + 'source_offset')}",
-            "failed_at": int(self.header(_DLQ_PREFIX + "failed_at") or 0),
+            "error": self.failure("error"),
+            "source": f"{self.failure('source_topic')}[{self.failure('source_partition')}]"
+            f"@{self.failure('source_offset')}",
+            "failed_at": int(self.failure("failed_at") or 0),
             "subject": self.key.decode("utf-8", "replace") if self.key is not None else None,
             "event": event,
         }
@@ -102,7 +104,7 @@ def run_dead_letters(
     for record in selected(_records(reader), reasons, subject):
         listed += 1
         view = record.view(serde, events)
-        if producer is not None and record.header(_DLQ_PREFIX + "source_topic") == events:
+        if producer is not None and record.failure("source_topic") == events:
             producer.produce(
                 events, key=record.key, value=record.value, headers=record.original_headers
             )
