@@ -22,6 +22,7 @@ __all__ = [
     "contract",
     "contracts",
     "crc64_avro",
+    "earlier_contracts",
 ]
 
 CONSENT_EVENT: Final = "consentstream.v1.ConsentEvent"
@@ -109,3 +110,18 @@ def contracts() -> dict[str, Contract]:
 
 def contract(name: str) -> Contract:
     return contracts()[name]
+
+
+@cache
+def earlier_contracts() -> tuple[Contract, ...]:
+    """Every earlier published version of a contract (``avro/earlier/<file>.<n>.avsc``),
+    parsed once per process. Records written with one before it changed (a new field,
+    with its default) still decode: ``schemas.serde`` accepts them as writers. A version
+    is kept here for as long as records written with it may be read: on the compacted
+    topics, that is for good."""
+    folder = resources.files("schemas") / "avro" / "earlier"
+    return tuple(
+        load_contract(item.read_text(encoding="utf-8"))
+        for item in sorted(folder.iterdir(), key=lambda item: item.name)
+        if item.name.endswith(".avsc")
+    )

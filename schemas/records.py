@@ -320,6 +320,7 @@ def _outcome_record(o: PartnerOutcome) -> Record:
         "reason": o.reason,
         "overdue": o.overdue,
         "follows_instruction_id": o.follows_instruction_id,
+        "refs_dropped": o.refs_dropped,
     }
 
 
@@ -338,6 +339,7 @@ def _outcome_from(rec: Record) -> PartnerOutcome:
         reason=rec.get("reason"),
         overdue=bool(rec.get("overdue", False)),
         follows_instruction_id=_opt_uuid(rec.get("follows_instruction_id")),
+        refs_dropped=int(rec.get("refs_dropped") or 0),
     )
 
 

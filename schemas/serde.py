@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas.contracts import Contract, contract, contracts
+from schemas.contracts import Contract, contract, contracts, earlier_contracts
 from schemas.errors import (
     DecodeError,
     OversizedRecordError,
@@ -55,6 +55,8 @@ class _Writers:
         self._by_fp: dict[bytes, tuple[Contract, Contract]] = {
             c.fingerprint: (c, c) for c in contracts().values()
         }
+        for earlier in earlier_contracts():
+            self.register(earlier)
 
     def register(self, writer: Contract) -> None:
         self._by_fp[writer.fingerprint] = (writer, contract(writer.name))

@@ -82,6 +82,9 @@ class PartnerOutcome:
     reason: str | None = None
     overdue: bool = False
     follows_instruction_id: str | None = None
+    refs_dropped: int = 0
+    """data.shared records of this partner and categories whose references were not kept
+    (the subject's state was full), so are not in the instruction."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,10 @@ from schemas.events import (
 )
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.views import PermissionRevocation, PurposeDecision
-from streams.fanout import FanOut, RequestOpening, deletion_fan_out
+from streams.fanout import FanOut, RequestOpening, deletion_fan_out, refs_dropped
 from streams.subject import Share, SubjectState, permission_key
 
-__all__ = ["Decision", "Outcome", "decide", "share_of"]
+__all__ = ["Decision", "Outcome", "decide", "share_of", "shared_without_refs"]
 
 
 class Outcome(StrEnum):
@@ -41,6 +41,9 @@ class Decision:
     instructions: tuple[PartnerInstruction, ...] = ()
     request: RequestOpening | None = None
     consent_changed: bool = False
+    refs_dropped: tuple[tuple[str, int], ...] = ()
+    """Per deletion instruction (its id), the data.shared records whose references it
+    lacks (``streams.fanout.refs_dropped``); only instructions that lack some."""
 
 
 def _applied(
@@ -53,6 +56,7 @@ def _applied(
     purposes: tuple[PurposeDecision, ...] | None = None,
     permissions: tuple[PermissionRevocation, ...] | None = None,
     shares: tuple[Share, ...] | None = None,
+    dropped: tuple[tuple[str, int], ...] = (),
 ) -> Decision:
     """The event applied: ``state`` (with the fields given) remembers it, one version on."""
     state = state.remember(
@@ -62,7 +66,7 @@ def _applied(
         permissions=permissions,
         shares=shares,
     )
-    return Decision(Outcome.APPLIED, state, instructions, request, consent_changed)
+    return Decision(Outcome.APPLIED, state, instructions, request, consent_changed, dropped)
 
 
 def _not_applied(state: SubjectState, event: ConsentEvent, outcome: Outcome) -> Decision:
@@ -125,13 +129,20 @@ def share_of(event: ConsentEvent, p: DataShared) -> Share:
     )
 
 
-def _shared(state: SubjectState, event: ConsentEvent, p: DataShared, fan: FanOut) -> Decision:
-    share = share_of(event, p)
+def shared_without_refs(state: SubjectState, event: ConsentEvent, fan: FanOut) -> Decision:
+    """A data.shared ``event`` applied as if it had no references, its share counting them
+    as dropped (``Share.refs_dropped``): what applies when they do not fit the state."""
+    assert isinstance(event.payload, DataShared)  # noqa: S101 - the caller's check
+    share = replace(share_of(event, event.payload), refs=(), refs_dropped=1)
+    return _shared(state, event, share, fan)
+
+
+def _shared(state: SubjectState, event: ConsentEvent, share: Share, fan: FanOut) -> Decision:
     if state.closed_at is not None and state.closed_by_request is not None:
         # Shared with a closed account (or arrived after the closure): the partner now
         # holds data it must delete under the closure request.
         instructions = deletion_fan_out((share,), None, event, fan, state.closed_by_request)
-        return _applied(state, event, instructions)
+        return _applied(state, event, instructions, dropped=refs_dropped((share,), instructions))
     return _applied(state, event, shares=_with_share(state.shares, share))
 
 
@@ -150,6 +161,7 @@ def _deletion(
     account = p.scope is DeletionScope.ACCOUNT
     wanted = None if account else frozenset(p.categories)
     instructions = deletion_fan_out(state.shares, wanted, event, fan, p.request_id)
+    dropped = refs_dropped(state.shares, instructions)
     if account:
         already_closed = state.closed_at is not None
         state = replace(
@@ -163,7 +175,9 @@ def _deletion(
     else:
         state = replace(state, shares=_without(state.shares, wanted or frozenset()))
     opening = fan.request_opening(event, p, store_erased=account)
-    return _applied(state, event, instructions, consent_changed=account, request=opening)
+    return _applied(
+        state, event, instructions, consent_changed=account, request=opening, dropped=dropped
+    )
 
 
 def _without(shares: tuple[Share, ...], categories: frozenset[str]) -> tuple[Share, ...]:
@@ -185,6 +199,6 @@ def decide(state: SubjectState, event: ConsentEvent, fan: FanOut) -> Decision:
         case PermissionRevoked():
             return _permission(state, event, event.payload, fan)
         case DataShared():
-            return _shared(state, event, event.payload, fan)
+            return _shared(state, event, share_of(event, event.payload), fan)
         case DeletionRequested():
             return _deletion(state, event, event.payload, fan)

@@ -78,6 +78,7 @@ def ticket_entries(d: Decision, refs_digest: Callable[..., str]) -> list[tuple[s
                 key,
                 d.request if d.request and d.request.request_id == key else None,
                 tuple((i, refs_digest(i.partner_refs.items())) for i in items),
+                d.refs_dropped,
             ),
         )
         for key, items in by_key.items()

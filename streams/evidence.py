@@ -40,6 +40,7 @@ def evidence_json(s: RequestStatus) -> dict[str, Any]:
         for o in s.partners
         if o.status is OutcomeStatus.RESTRICTED
     ]
+    doc["references_dropped"] = sum(o.refs_dropped for o in s.partners)
     doc["contains_personal_data"] = False
     return doc
 
@@ -67,6 +68,8 @@ def evidence_text(s: RequestStatus) -> str:
             notes += f"; reason: {o.reason}"
         if o.follows_instruction_id:
             notes += f"; follows {o.follows_instruction_id}"
+        if o.refs_dropped:
+            notes += f"; LACKS the references of {o.refs_dropped} data.shared record(s)"
         if o.overdue:
             notes += "; OVERDUE"
         lines.append(
@@ -75,6 +78,13 @@ def evidence_text(s: RequestStatus) -> str:
         )
     if not s.partners:
         lines.append("  (no partner held the subject's data)")
+    if any(o.refs_dropped for o in s.partners):
+        lines.append("")
+        lines.append(
+            "  Some instructions lack references: the subject's state was full when those "
+            "data.shared records arrived. Their references are on the dead-letter topic: "
+            "consent-stream dead-letters --reason references_dropped --subject <id>."
+        )
     lines.append("")
     lines.append("  This report holds no deleted personal data: identifiers are keyed digests.")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from schemas.policy import Partner, Policy
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share
 
-__all__ = ["FanOut", "RequestOpening", "deletion_fan_out", "merge_refs"]
+__all__ = ["FanOut", "RequestOpening", "deletion_fan_out", "merge_refs", "refs_dropped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +169,23 @@ def deletion_fan_out(
                 _partner_instructions(partner, by_partner[name], wanted, event, fan, request_id)
             )
     return tuple(out)
+
+
+def refs_dropped(
+    shares: Iterable[Share], instructions: Iterable[PartnerInstruction]
+) -> tuple[tuple[str, int], ...]:
+    """For each deletion instruction whose shares had references dropped
+    (``Share.refs_dropped``): its id and how many data.shared records' references it
+    lacks. The shares counted are those whose references it carries (``merge_refs``'s)."""
+    held = tuple(s for s in shares if s.refs_dropped)
+    if not held:
+        return ()
+    counts = []
+    for ins in instructions:
+        wanted = set(ins.categories)
+        n = sum(
+            s.refs_dropped for s in held if s.partner == ins.partner and wanted & set(s.categories)
+        )
+        if n:
+            counts.append((ins.instruction_id, n))
+    return tuple(counts)

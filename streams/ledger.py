@@ -7,6 +7,7 @@ functions over plain data; the ledger agent applies them in order per key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -109,7 +110,7 @@ _DELETION_ACTIONS = frozenset({InstructionAction.ERASE, InstructionAction.RESTRI
 
 
 def _track(
-    ins: PartnerInstruction, refs_digest: str, follows: str | None = None
+    ins: PartnerInstruction, refs_digest: str, follows: str | None = None, refs_dropped: int = 0
 ) -> TrackedInstruction:
     # deletion work keeps its references until answered: a RESTRICTED answer (to RESTRICT
     # or to ERASE, e.g. backups kept until purged) needs them for the follow-up ERASE
@@ -124,6 +125,7 @@ def _track(
             categories=ins.categories,
             refs_digest=refs_digest,
             follows_instruction_id=follows,
+            refs_dropped=refs_dropped,
         ),
         keep,
     )
@@ -162,14 +164,21 @@ def open_ticket(
     request: RequestOpening | None,
     instructions: list[tuple[PartnerInstruction, str]],
     now: int,
+    refs_dropped: Iterable[tuple[str, int]] = (),
 ) -> Ticket:
-    """Record a request and/or instructions (with their refs digests); idempotent."""
+    """Record a request and/or instructions (with their refs digests, and how many
+    data.shared records' references each lacks, by instruction id); idempotent."""
     if ticket is None:
         ticket = Ticket(key=key, request=request, instructions=())
     elif request is not None and ticket.request is None:
         ticket = replace(ticket, request=request)
     known = {t.outcome.instruction_id for t in ticket.instructions}
-    added = tuple(_track(i, d) for i, d in instructions if i.instruction_id not in known)
+    dropped = dict(refs_dropped)
+    added = tuple(
+        _track(i, d, refs_dropped=dropped.get(i.instruction_id, 0))
+        for i, d in instructions
+        if i.instruction_id not in known
+    )
     return _derive(replace(ticket, instructions=ticket.instructions + added), now)
 
 
@@ -248,7 +257,9 @@ def sweep(ticket: Ticket, now: int, policy: Policy) -> tuple[Ticket, list[Partne
             due = policy.deadline_ms(outcome.partner, InstructionAction.ERASE)
             erase = _follow_up(t, now, due)
             follow_ups.append(erase)
-            added.append(_track(erase, outcome.refs_digest, follows=outcome.instruction_id))
+            added.append(
+                _track(erase, outcome.refs_digest, outcome.instruction_id, outcome.refs_dropped)
+            )
             sent = None  # the references now travel with the follow-up only
         items.append(TrackedInstruction(outcome, sent))
     ticket = replace(ticket, instructions=(*items, *added))

@@ -50,6 +50,9 @@ class OpenEntry:
     key: str
     request: RequestOpening | None
     instructions: tuple[tuple[PartnerInstruction, str], ...]  # with refs digest
+    refs_dropped: tuple[tuple[str, int], ...] = ()
+    """Instructions (by id) lacking the references of some data.shared records, and how
+    many (``streams.decisions.Decision.refs_dropped``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,8 @@ def _entry_doc(entry: LedgerEntry) -> dict[str, Any]:
                 "request": entry.request,
                 "instructions": [[_ins(i), d] for i, d in entry.instructions],
             }
+            if entry.refs_dropped:
+                doc["refs_dropped"] = entry.refs_dropped
         case AckEntry():
             doc = {
                 "kind": "ack",
@@ -157,6 +162,7 @@ def _entry_from(doc: dict[str, Any]) -> LedgerEntry:
             doc["key"],
             _opening_from(doc["request"]),
             tuple((_ins_from(i), d) for i, d in doc["instructions"]),
+            tuple((i, n) for i, n in doc.get("refs_dropped", ())),
         )
     if kind == "ack":
         ack = from_record(PARTNER_ACKNOWLEDGEMENT, doc["ack"])

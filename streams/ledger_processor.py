@@ -183,7 +183,9 @@ class LedgerProcessor:
     ) -> Ticket | None:
         match entry:
             case OpenEntry():
-                opened = open_ticket(ticket, key, entry.request, list(entry.instructions), now)
+                opened = open_ticket(
+                    ticket, key, entry.request, list(entry.instructions), now, entry.refs_dropped
+                )
                 opened, released = release(opened, now)
                 for ack, outcome in released:
                     if outcome is AckOutcome.APPLIED:

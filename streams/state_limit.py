@@ -15,8 +15,10 @@ itself without its references. A data.shared whose references do not fit is appl
 without them (``StateCheck.admit``): its partner, categories and times are kept, so a
 later deletion still tells that partner and holds the right retention; the record goes to
 the dead-letter topic as it came (reason ``references_dropped``), so its references are
-not lost. Its event id is not remembered as applied, so the same record, published again
-once the limit is raised, applies in full (applying a share twice changes nothing).
+not lost, and its share counts it (``Share.refs_dropped``), so a deletion's evidence says
+that the partner's instruction lacks them (``PartnerOutcome.refs_dropped``). Its event
+id is not remembered as applied, so the same record, published again once the limit is
+raised, applies in full (applying a share twice changes nothing; the count stays).
 
 An event is refused or applied whatever batch it arrives in. Checking costs an encoding
 per event, so ``streams.event_batch.plan_within`` checks only the subjects a batch could
@@ -35,7 +37,7 @@ from typing import Final
 
 from schemas.errors import ReferencesDroppedError, StateTooLargeError
 from schemas.events import ConsentEvent, DataShared
-from streams.decisions import Decision, decide
+from streams.decisions import Decision, shared_without_refs
 from streams.fanout import FanOut
 from streams.subject import SubjectState, state_to_json
 
@@ -108,7 +110,7 @@ class StateCheck:
         if not isinstance(payload, DataShared) or not payload.partner_refs:
             return None, error
         bare = replace(event, payload=replace(payload, partner_refs=MappingProxyType({})))
-        kept = decide(before, bare, fan)
+        kept = shared_without_refs(before, event, fan)
         kept = replace(kept, state=replace(kept.state, recent_event_ids=before.recent_event_ids))
         if self.refusal(key, before, bare, kept.state) is not None:
             return None, error

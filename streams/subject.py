@@ -37,6 +37,9 @@ class Share:
     refs: tuple[tuple[str, str], ...]
     shared_at: int
     transaction_completed_at: int | None = None
+    refs_dropped: int = 0
+    """How many of its data.shared records were applied without their references (the
+    subject's state was full: ``streams.state_limit``); a deletion's evidence says so."""
 
     @property
     def retention_start(self) -> int:
@@ -49,10 +52,10 @@ class Share:
     def merged(self, later: Share) -> Share:
         """This share and ``later`` (same partner and categories) as one: its first
         event id, every reference of both (in the order first seen), and the times of
-        whichever retention starts later. What a deletion sends is the same for the one
-        as for the two (``streams.fanout``: references by categories, the latest
-        retention end), so a subject's lineage grows by new references, not by a share
-        per data.shared event."""
+        whichever retention starts later, and the references either dropped. What a
+        deletion sends is the same for the one as for the two (``streams.fanout``:
+        references by categories, the latest retention end), so a subject's lineage grows
+        by new references, not by a share per data.shared event."""
         known = set(self.refs)
         refs = self.refs + tuple(r for r in later.refs if r not in known)
         times = later if later.retention_start >= self.retention_start else self
@@ -63,6 +66,7 @@ class Share:
             refs,
             times.shared_at,
             times.transaction_completed_at,
+            self.refs_dropped + later.refs_dropped,
         )
 
 
@@ -135,13 +139,16 @@ def state_to_json(state: SubjectState) -> bytes:
         "c": state.closed_at,
         "cr": state.closed_by_request,
         # tuples serialize as JSON arrays: the same bytes as lists, without copying them
-        "sh": [
-            (s.event_id, s.partner, s.categories, s.refs, s.shared_at, s.transaction_completed_at)
-            for s in state.shares
-        ],
+        "sh": [_share_doc(s) for s in state.shares],
         "e": state.recent_event_ids,
     }
     return orjson.dumps(doc)
+
+
+def _share_doc(s: Share) -> tuple[Any, ...]:
+    doc = (s.event_id, s.partner, s.categories, s.refs, s.shared_at, s.transaction_completed_at)
+    # the count only where there is one: the states of every other share keep their bytes
+    return (*doc, s.refs_dropped) if s.refs_dropped else doc
 
 
 def state_from_json(data: bytes) -> SubjectState:
@@ -157,8 +164,8 @@ def state_from_json(data: bytes) -> SubjectState:
         closed_at=doc["c"],
         closed_by_request=doc["cr"],
         shares=tuple(
-            Share(e, pa, tuple(c), tuple((k, v) for k, v in r), t, tc)
-            for e, pa, c, r, t, tc in doc["sh"]
+            Share(e, pa, tuple(c), tuple((k, v) for k, v in r), t, tc, *dropped)
+            for e, pa, c, r, t, tc, *dropped in doc["sh"]
         ),
         recent_event_ids=tuple(doc["e"]),
     )

@@ -271,6 +271,20 @@ def test_orders_past_a_subjects_state_limit_keep_no_references_and_its_partition
     assert set(ins.partner_refs) == {k for e in orders[:kept] for k in e.payload.partner_refs}
     (paid,) = deletion_instructions(worker, "payment", request_id)
     assert paid.categories == ("payment_records",) and dict(paid.partner_refs) == {}
+    statuses = read_until(
+        settings,
+        settings.topics.requests,
+        lambda rs: any(r.key == request_id.encode() and r.obj.partners for r in rs),
+        timeout_s=TIMEOUT_S,
+        what="the deletion's request status",
+        explain=worker.describe,
+    )
+    status = next(r.obj for r in statuses if r.key == request_id.encode() and r.obj.partners)
+    # the evidence says which instructions lack references, and how many records' worth
+    assert {o.partner: o.refs_dropped for o in status.partners} == {
+        "logistics": 100 - kept,
+        "payment": 1,
+    }
     client = make_redis(settings)
     try:
         store = ConsentStore(client, worker.policy, settings.subject_keys, settings.redis_prefix)

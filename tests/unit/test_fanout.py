@@ -19,8 +19,8 @@ from schemas.events import (
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
-from streams.decisions import Decision, Outcome, decide
-from streams.fanout import FanOut, merge_refs
+from streams.decisions import Decision, Outcome, decide, shared_without_refs
+from streams.fanout import FanOut, merge_refs, refs_dropped
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share, SubjectState
 
@@ -283,6 +283,63 @@ def test_merge_refs(refs: list[list[tuple[str, str]]], merged: tuple[tuple[str, 
         Share(f"e{n}", "logistics", ("order_records",), tuple(r), 0) for n, r in enumerate(refs)
     ]
     assert merge_refs(shares) == merged
+
+
+# ---- references dropped (the subject's state was full) ---------------------------------
+
+
+def without_refs(state: SubjectState, e: ConsentEvent) -> SubjectState:
+    d = shared_without_refs(state, e, FAN)
+    assert d.outcome is Outcome.APPLIED and d.instructions == ()
+    return d.state
+
+
+def lacking(d: Decision) -> list[tuple[str, InstructionAction, int]]:
+    by_id = {i.instruction_id: i for i in d.instructions}
+    return [(by_id[i].partner, by_id[i].action, n) for i, n in d.refs_dropped]
+
+
+def test_instructions_lacking_dropped_references_are_counted() -> None:
+    state = default_lineage()
+    more = {"order_no": "O-2", "waybill_no": "W-2"}
+    for n in range(2):  # two orders whose references did not fit
+        late = shared("logistics", ["order_records"], more, name=f"order-{n}")
+        state = without_refs(state, late)
+    state = without_refs(state, shared("ads", ["behaviour"], {"ad_id": "AD-4"}))
+    log = [s for s in state.shares if s.partner == "logistics"]
+    assert [(s.categories, s.refs_dropped) for s in log] == [
+        (("delivery_details", "order_records"), 0),
+        (("order_records",), 2),  # one share, both records counted, no references kept
+    ]
+    assert [s.refs for s in log][1] == ()
+
+    d = decide(state, delete(), FAN)
+
+    assert lacking(d) == [("ads", ERASE, 1), ("logistics", RESTRICT, 2)]
+    (restrict,) = [i for i in d.instructions if i.action is RESTRICT and i.partner == "logistics"]
+    assert dict(restrict.partner_refs) == {"order_no": "O-1", "waybill_no": "W-1"}
+    behaviour = decide(state, delete(DeletionScope.CATEGORIES, ["behaviour"]), FAN)
+    assert lacking(behaviour) == [("ads", ERASE, 1)]
+    payment = decide(state, delete(DeletionScope.CATEGORIES, ["payment_records"]), FAN)
+    assert payment.instructions and payment.refs_dropped == ()
+
+
+def test_nothing_is_counted_when_every_reference_was_kept() -> None:
+    state = default_lineage()
+    d = decide(state, delete(), FAN)
+    assert d.instructions and d.refs_dropped == ()
+    assert refs_dropped(state.shares, d.instructions) == ()
+
+
+def test_data_shared_after_closure_without_its_references_is_counted() -> None:
+    state = lineage(delete(request=eid("closure"), at=NOW - 2 * HOUR))
+    late = shared("ads", ["behaviour"], {"ad_id": "AD-9"}, at=NOW - HOUR, name="late-ads")
+
+    d = shared_without_refs(state, late, FAN)
+
+    (erase,) = d.instructions
+    assert erase.action is ERASE and dict(erase.partner_refs) == {}
+    assert d.refs_dropped == ((erase.instruction_id, 1),)
 
 
 # ---- data shared after closure --------------------------------------------------------

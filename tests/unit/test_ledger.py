@@ -391,6 +391,33 @@ def test_sweep_issues_the_erase_that_follows_an_ended_retention_once() -> None:
     assert done.settled
 
 
+def test_instructions_lacking_references_say_so_through_their_follow_up() -> None:
+    pairs = [(i, digest(i)) for i in INSTRUCTIONS]
+    lacking = ((PAYMENT.instruction_id, 2), (eid("not-this-ticket"), 9))
+    t = open_ticket(None, REQUEST, OPENING, pairs, NOW, lacking)
+    assert {i.outcome.instruction_id: i.outcome.refs_dropped for i in t.instructions} == {
+        ADS.instruction_id: 0,
+        LOG_ERASE.instruction_id: 0,
+        LOG_RESTRICT.instruction_id: 0,
+        PAYMENT.instruction_id: 2,
+    }
+    assert ticket_from_json(ticket_to_json(t)) == t
+    marked = mark_dispatched(t, NOW)
+    assert marked is not None
+    t = answered(
+        marked,
+        (ADS, DONE),
+        (LOG_ERASE, DONE),
+        (LOG_RESTRICT, DONE),
+        (PAYMENT, RESTRICTED),
+    )
+    swept, (erase,) = sweep(t, RETAIN_UNTIL, POLICY)
+    follow = swept.find(erase.instruction_id)
+    assert follow is not None and follow.outcome.refs_dropped == 2  # the ERASE lacks them too
+    status = request_status(swept, RETAIN_UNTIL)
+    assert status is not None and [o.refs_dropped for o in status.partners] == [0, 0, 0, 2, 2]
+
+
 def test_partner_references_are_kept_only_while_a_follow_up_may_need_them() -> None:
     t = dispatched()
     kept = {i.outcome.instruction_id: i.sent for i in t.instructions}
@@ -570,6 +597,12 @@ ENTRIES: dict[str, LedgerEntry] = {
             OPENING, scope=DeletionScope.CATEGORIES, categories=("behaviour",), store_erased_at=None
         ),
         ((ADS, digest(ADS)),),
+    ),
+    "open-refs-dropped": OpenEntry(
+        REQUEST,
+        OPENING,
+        tuple((i, digest(i)) for i in INSTRUCTIONS),
+        ((LOG_ERASE.instruction_id, 3), (PAYMENT.instruction_id, 1)),
     ),
     "ack-done": AckEntry("ads", ack(ADS, DONE), NOW + 1),
     "ack-restricted": AckEntry("payment", ack(PAYMENT, RESTRICTED), NOW + 2),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +16,15 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from schemas.contracts import CONSENT_EVENT, Contract, contract, load_contract
+from schemas.contracts import (
+    CONSENT_EVENT,
+    CONTRACT_FILES,
+    REQUEST_STATUS,
+    Contract,
+    contract,
+    earlier_contracts,
+    load_contract,
+)
 from schemas.errors import (
     ContractError,
     DecodeError,
@@ -39,7 +48,7 @@ from schemas.partner import (
     PartnerAcknowledgement,
     PartnerInstruction,
 )
-from schemas.records import Contracted, to_record
+from schemas.records import Contracted, contract_name_of, to_record
 from schemas.serde import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroSerde, wire_format_of
 from schemas.views import (
     ConsentState,
@@ -502,3 +511,59 @@ def test_encoding_an_action_given_as_a_plain_string() -> None:
     bad = dataclasses.replace(INSTRUCTION, action="SHRED")  # type: ignore[arg-type]
     with pytest.raises(SchemaMismatchError):
         AvroSerde().encode(bad, TOPIC)
+
+
+# -- earlier published versions (schemas/avro/earlier) ---------------------------------------
+
+
+def _fields(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["name"]: f for f in schema["fields"]}
+
+
+def _as_written_by(record: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (of the current contract) without the fields ``schema`` does not have."""
+    out = {}
+    for name, field in _fields(schema).items():
+        value = record[name]
+        items = field["type"].get("items") if isinstance(field["type"], dict) else None
+        if isinstance(items, dict) and items.get("type") == "record":
+            value = [_as_written_by(v, items) for v in value]
+        out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("earlier", earlier_contracts(), ids=lambda c: c.fingerprint.hex())
+def test_an_earlier_version_is_a_known_writer_of_its_contract(earlier: Contract) -> None:
+    current = contract(earlier.name)
+    assert earlier.fingerprint != current.fingerprint  # kept because it differs
+    sample = next(s for s in SAMPLES.values() if contract_name_of(s) == earlier.name)
+    data = AvroSerde.encode_single_object(
+        earlier, _as_written_by(to_record(sample), earlier.parsed)
+    )
+    assert data[2:10] == earlier.fingerprint
+    decoded = AvroSerde().decode(data)  # no register_writer: the earlier versions come with it
+    assert type(decoded) is type(sample)
+
+
+def test_request_status_written_before_refs_dropped_reads_as_none_dropped() -> None:
+    (earlier,) = [c for c in earlier_contracts() if c.name == REQUEST_STATUS]
+    dropped = dataclasses.replace(
+        REQUEST, partners=tuple(dataclasses.replace(o, refs_dropped=3) for o in REQUEST.partners)
+    )
+    data = AvroSerde.encode_single_object(
+        earlier, _as_written_by(to_record(dropped), earlier.parsed)
+    )
+    assert AvroSerde().decode_as(data, RequestStatus) == REQUEST  # refs_dropped: its default, 0
+    assert AvroSerde().decode_as(AvroSerde().encode(dropped, TOPIC), RequestStatus) == dropped
+
+
+def test_earlier_versions_are_distinct_and_named_after_their_file() -> None:
+    fingerprints = [c.fingerprint for c in earlier_contracts()]
+    assert len(set(fingerprints)) == len(fingerprints)
+    folder = resources.files("schemas") / "avro" / "earlier"
+    for item in folder.iterdir():
+        stem, number, ext = item.name.rsplit(".", 2)
+        assert ext == "avsc" and number.isdigit(), item.name
+        assert f"{stem}.avsc" in CONTRACT_FILES.values(), item.name
+        name = load_contract(item.read_text(encoding="utf-8")).name
+        assert CONTRACT_FILES[name] == f"{stem}.avsc", item.name

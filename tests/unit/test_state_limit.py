@@ -105,7 +105,14 @@ def apply(state: SubjectState, e: ConsentEvent, without_refs: bool = False) -> S
     remembered, when they did not fit."""
     if not without_refs:
         return decide(state, e, FAN).state
-    return replace(decide(state, bare(e), FAN).state, recent_event_ids=state.recent_event_ids)
+    applied = decide(state, bare(e), FAN).state
+    assert isinstance(e.payload, DataShared)
+    partner = e.payload.partner
+    shares = tuple(
+        replace(s, refs_dropped=s.refs_dropped + 1) if s.partner == partner else s
+        for s in applied.shares
+    )
+    return replace(applied, shares=shares, recent_event_ids=state.recent_event_ids)
 
 
 def full(stored: dict[bytes, bytes]) -> int:
@@ -136,6 +143,7 @@ def test_orders_past_the_lineage_budget_are_applied_without_their_references() -
         (f"waybill-{n}", f"{n:08d}".ljust(200, "x")) for n in range(kept)
     ]
     assert state.shares[0].shared_at == orders[-1].occurred_at  # the latest retention
+    assert state.shares[0].refs_dropped == 30 - kept  # counted for the deletion's evidence
     assert len(raw) <= LIMIT.growth_bytes
     assert len(state_to_json(decide(state, orders[kept], FAN).state)) > LIMIT.growth_bytes
 
@@ -159,6 +167,13 @@ def test_a_full_subjects_share_with_a_new_partner_still_reaches_it_on_deletion()
     assert dict(by_partner["payment"].partner_refs) == {}  # they are in the dead letter
     assert by_partner["payment"].action is InstructionAction.RESTRICT  # retention kept
     assert set(by_partner["logistics"].partner_refs) == {f"waybill-{n}" for n in range(kept)}
+    # the ledger's entry (and so the request status) says how many records' worth each lacks
+    ((_, opened),) = deletion.tickets
+    lacking = {by_id: n for by_id, n in opened.refs_dropped}
+    assert lacking == {
+        by_partner["logistics"].instruction_id: 30 - kept,
+        by_partner["payment"].instruction_id: 1,
+    }
 
 
 def test_a_dropped_order_published_again_once_the_limit_is_raised_applies_in_full() -> None:
@@ -224,6 +239,8 @@ def test_a_deletion_of_a_full_subject_sends_every_reference_it_kept() -> None:
     (ins,) = [i for i, _ in deletion.instructions if i.partner == "logistics"]
     assert ins.action is InstructionAction.ERASE
     assert set(ins.partner_refs) == {f"waybill-{n}" for n in range(kept)}
+    ((_, opened),) = deletion.tickets
+    assert opened.refs_dropped == ((ins.instruction_id, 30 - kept),)
     assert len(stored[SUBJECT.encode()]) < 1024  # the lineage is gone: room again
     assert plan([order(100)], stored).rejected == []
 

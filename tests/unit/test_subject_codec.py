@@ -54,6 +54,7 @@ STATES = {
                 T - 5,
             ),
             Share("e5", "ads", ("behaviour",), (), T + 9),
+            Share("e7", "payment", ("payment_records",), (), T + 10, T + 11, refs_dropped=4),
         ),
     ),
     "unicode-and-odd-values": SubjectState(
@@ -75,6 +76,22 @@ def test_state_json_round_trip(state: SubjectState) -> None:
     assert state_from_json(data) == state
     assert state_to_json(state_from_json(data)) == data  # stable encoding
     json.loads(data)  # plain JSON, nothing else
+
+
+def test_a_share_without_dropped_references_is_encoded_as_before_counts_existed() -> None:
+    """States written before ``refs_dropped`` read as none dropped, and a share without
+    any keeps those bytes (six fields), so the states of every other subject stay as they
+    were."""
+    before = (
+        b'{"s":"s-5","v":1,"p":[],"r":[],"c":null,"cr":null,'
+        b'"sh":[["e8","ads",["behaviour"],[["ad_id","A"]],5,null]],"e":["e8"]}'
+    )
+    state = state_from_json(before)
+    assert state.shares == (Share("e8", "ads", ("behaviour",), (("ad_id", "A"),), 5),)
+    assert state_to_json(state) == before
+    counted = Share("e8", "ads", ("behaviour",), (), 5, refs_dropped=2)
+    merged = counted.merged(Share("e9", "ads", ("behaviour",), (), 6, refs_dropped=1))
+    assert merged.refs_dropped == 3
 
 
 def test_event_memory_is_bounded_and_keeps_the_newest() -> None:
