@@ -12,7 +12,7 @@ the one Lua write); only the I/O differs.
   and a closed subject (a marker holding only ``v`` and ``closed``) is never re-opened.
 * Redis connection errors and timeouts are raised as ``StoreUnavailableError``.
 * With ``min_replicas`` (``CONSENT_STREAM_REDIS_MIN_REPLICAS``), ``apply_states`` sends
-  ``WAIT`` in the same round trip and raises ``StoreUnavailableError`` when fewer replicas
+  ``WAIT`` in the same round trip and raises ``StoreReplicasMissingError`` when fewer replicas
   have the writes within ``REPLICA_WAIT_MS`` (the worker then writes them again: they are
   idempotent), so a write that counts survives a failover to a replica.
 """
@@ -46,7 +46,7 @@ from consumers.store_layout import (
     permission_revoked_read,
     view_from_hash,
 )
-from schemas.errors import StoreUnavailableError
+from schemas.errors import StoreReplicasMissingError, StoreUnavailableError
 from schemas.policy import Policy
 from schemas.subject_keys import SubjectKeys
 from schemas.views import ConsentState
@@ -122,7 +122,7 @@ class _StoreCore:
             return _outcomes(replies)
         *writes, acked = replies
         if int(acked) < self.min_replicas:
-            raise StoreUnavailableError(
+            raise StoreReplicasMissingError(
                 f"consent store: apply: {acked} of the {self.min_replicas} replicas wanted "
                 f"had the writes after {REPLICA_WAIT_MS} ms"
             )

@@ -28,6 +28,9 @@
         ├── QueueFullError              the producer's local queue is full (try again soon)
         ├── BrokerUnavailableError      the Kafka broker did not answer
         └── StoreUnavailableError       the consent store (Redis) did not answer
+            └── StoreReplicasMissingError
+                                        it answered, but fewer replicas than required
+                                        had the writes in time
 
 Every error carries a short machine-readable ``reason`` (used in dead-letter headers and
 metric labels) and ``retriable`` says whether trying again can help.
@@ -51,6 +54,7 @@ __all__ = [
     "ReferencesDroppedError",
     "SchemaMismatchError",
     "StateTooLargeError",
+    "StoreReplicasMissingError",
     "StoreUnavailableError",
     "TransientError",
     "TruncatedRecordError",
@@ -219,3 +223,10 @@ class StoreUnavailableError(TransientError):
     """The consent store (Redis) did not answer."""
 
     reason = "store_unavailable"
+
+
+class StoreReplicasMissingError(StoreUnavailableError):
+    """The primary took the writes, but fewer replicas than
+    ``CONSENT_STREAM_REDIS_MIN_REPLICAS`` had them in time: they do not count yet."""
+
+    reason = "store_replicas_missing"

@@ -152,7 +152,9 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
         ),
         store_retries=Counter(
             "consent_store_write_retries_total",
-            "Consent store writes retried because Redis did not answer.",
+            "Consent store writes retried, by reason: store_unavailable (Redis did not "
+            "answer), store_replicas_missing (fewer replicas than required had the writes).",
+            ["reason"],
             registry=registry,
         ),
         batch_failures=Counter(

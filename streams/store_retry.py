@@ -29,7 +29,7 @@ async def wait_out_store_outages(write: Callable[[], Awaitable[T]], metrics: Str
         except StoreUnavailableError as exc:
             delay = STORE_BACKOFF_S[min(attempt, len(STORE_BACKOFF_S) - 1)]
             attempt += 1
-            metrics.store_retries.inc()
+            metrics.store_retries.labels(reason=exc.reason).inc()
             log.warning(
                 "consent store unavailable (attempt %d, retry in %.1fs): %s", attempt, delay, exc
             )

@@ -22,7 +22,7 @@ import pytest
 from consumers.consent_store import ConsentStore
 from consumers.store_clients import make_redis
 from producers.publisher import ConsentPublisher
-from schemas.errors import StoreUnavailableError
+from schemas.errors import StoreReplicasMissingError, StoreUnavailableError
 from schemas.policy import load_policy
 from schemas.settings import ENV_PREFIX, Settings
 from schemas.views import ConsentState, PurposeDecision
@@ -94,7 +94,7 @@ def test_a_write_no_replica_has_is_retried_not_counted(redis_ha: SentinelRedis) 
     store = through_sentinel(Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}"), redis_ha)
     redis_ha.stop_replicas()
 
-    with pytest.raises(StoreUnavailableError, match="0 of the 1 replicas"):
+    with pytest.raises(StoreReplicasMissingError, match="0 of the 1 replicas"):
         store.apply_states([withdrawn("alone")])
 
 

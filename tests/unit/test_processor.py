@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.errors import PublishError, StoreUnavailableError
+from schemas.errors import PublishError, StoreReplicasMissingError, StoreUnavailableError
 from schemas.events import (
     ConsentChanged,
     ConsentDecision,
@@ -131,11 +131,18 @@ class FakeOutputs:
 
 
 class FakeStore:
-    """The consent store; fails ``failures`` times with StoreUnavailableError first.
-    Notes, per write, the latest wave of which records were out at the time."""
+    """The consent store; fails ``failures`` times first (with ``failure``, by default
+    StoreUnavailableError). Notes, per write, the latest wave of which records were out at
+    the time."""
 
-    def __init__(self, outputs: Callable[[], FakeOutputs], failures: int = 0) -> None:
+    def __init__(
+        self,
+        outputs: Callable[[], FakeOutputs],
+        failures: int = 0,
+        failure: StoreUnavailableError | None = None,
+    ) -> None:
         self.outputs, self.failures = outputs, failures
+        self.failure = failure or StoreUnavailableError("redis did not answer")
         self.calls = 0
         self.writes: list[list[ConsentState]] = []
         self.waves: list[int] = []
@@ -144,7 +151,7 @@ class FakeStore:
         self.calls += 1
         if self.failures:
             self.failures -= 1
-            raise StoreUnavailableError("redis did not answer")
+            raise self.failure
         if views:
             self.writes.append(list(views))
             self.waves.append(self.outputs().last_wave_out())
@@ -522,6 +529,20 @@ def test_deletion_without_lineage_opens_the_request_and_dispatches_nothing() -> 
 # ---- store retries and latency --------------------------------------------------------
 
 
+def test_writes_too_few_replicas_have_are_retried_and_counted_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_retry, "STORE_BACKOFF_S", (0.0,))
+    h = Harness()
+    h.store.failures, h.store.failure = 3, StoreReplicasMissingError("0 of the 1 replicas")
+
+    assert h.run(inbound(withdraw())).outcomes == [("consent.changed", Outcome.APPLIED)]
+
+    assert h.store.calls == 4 and len(h.store.writes) == 1
+    assert h.metric("consent_store_write_retries_total", reason="store_replicas_missing") == 3
+    assert h.metric("consent_store_write_retries_total", reason="store_unavailable") == 0
+
+
 def test_store_outage_is_retried_not_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_retry, "STORE_BACKOFF_S", (0.0,))
     h = Harness(store_failures=2)
@@ -529,7 +550,8 @@ def test_store_outage_is_retried_not_skipped(monkeypatch: pytest.MonkeyPatch) ->
     assert h.run(inbound(withdraw())).outcomes == [("consent.changed", Outcome.APPLIED)]
 
     assert h.store.calls == 3 and len(h.store.writes) == 1
-    assert h.metric("consent_store_write_retries_total") == 2
+    assert h.metric("consent_store_write_retries_total", reason="store_unavailable") == 2
+    assert h.metric("consent_store_write_retries_total", reason="store_replicas_missing") == 0
     assert h.store.waves == [1]  # the last wave waited for it
     assert h.outputs.waves() == [[LEDGER, ADS_INSTRUCTIONS, STATE], [CHANGELOG]]
 
