@@ -28,7 +28,8 @@ from schemas.partner import (
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
 from schemas.views import OutcomeStatus, RequestState
-from streams.decisions import decide
+from streams.decisions import Decision, Outcome, decide
+from streams.event_batch import ticket_entries
 from streams.fanout import FanOut, RequestOpening
 from streams.ledger import (
     AckOutcome,
@@ -416,6 +417,23 @@ def test_instructions_lacking_references_say_so_through_their_follow_up() -> Non
     assert follow is not None and follow.outcome.refs_dropped == 2  # the ERASE lacks them too
     status = request_status(swept, RETAIN_UNTIL)
     assert status is not None and [o.refs_dropped for o in status.partners] == [0, 0, 0, 2, 2]
+
+
+def test_each_ledger_entry_carries_the_counts_of_its_own_instructions() -> None:
+    lone = lone_instruction()
+    d = Decision(
+        Outcome.APPLIED,
+        SubjectState(SUBJECT),
+        (*INSTRUCTIONS, lone),
+        OPENING,
+        refs_dropped=((PAYMENT.instruction_id, 2), (lone.instruction_id, 5)),
+    )
+
+    entries = dict(ticket_entries(d, lambda refs: ""))
+
+    assert entries[REQUEST].refs_dropped == ((PAYMENT.instruction_id, 2),)
+    assert entries[lone.ack_key].refs_dropped == ((lone.instruction_id, 5),)
+    assert ticket_entries(replace(d, refs_dropped=()), lambda refs: "")[0][1].refs_dropped == ()
 
 
 def test_partner_references_are_kept_only_while_a_follow_up_may_need_them() -> None:
