@@ -1,11 +1,11 @@
 """Rebuild the Redis consent store from the compacted ``consent.state.v1`` topic.
 
 Reads every partition from its low watermark to the high watermark captured at start
-(partitions assigned explicitly, nothing committed), decodes each ``ConsentState`` and
-applies it through the versioned write, in pipelined batches. Because writes are
-versioned, a rebuild is idempotent, never moves a subject backwards and never re-opens a
-closed account; running it twice changes nothing. Tombstones are counted, not applied: a
-closure marker is never deleted by a rebuild.
+(``consumers.topic_reader``: partitions assigned explicitly, nothing committed), decodes
+each ``ConsentState`` and applies it through the versioned write, in pipelined batches.
+Because writes are versioned, a rebuild is idempotent, never moves a subject backwards and
+never re-opens a closed account; running it twice changes nothing. Tombstones are counted,
+not applied: a closure marker is never deleted by a rebuild.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from consumers.consent_store import ConsentStore
 from consumers.store_clients import make_redis
 from consumers.store_layout import ApplyOutcome
-from schemas.errors import ConfigurationError, ContractError, TransientError
+from consumers.topic_reader import ConsumerFactory, TopicToEnd
+from schemas.errors import ContractError
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
@@ -31,11 +31,7 @@ __all__ = ["RebuildReport", "rebuild_from_topic", "run_rebuild_store"]
 
 log = logging.getLogger(__name__)
 
-_POLL_S: Final = 0.5
 _PROGRESS_EVERY_S: Final = 5.0
-_METADATA_TIMEOUT_S: Final = 15.0
-
-ConsumerFactory = Callable[[dict[str, Any]], Any]
 
 
 @dataclass(slots=True)
@@ -70,66 +66,27 @@ class RebuildReport:
         )
 
 
-def _end_offsets(consumer: Any, topic: str) -> dict[int, tuple[int, int]]:
-    """(low, high) watermarks of every partition of ``topic``, captured now."""
-    from confluent_kafka import TopicPartition
-
-    metadata = consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S)
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None or not info.partitions:
-        raise ConfigurationError(f"topic {topic!r} does not exist or has no partitions")
-    ends = {}
-    for partition in sorted(info.partitions):
-        tp = TopicPartition(topic, partition)
-        offsets = consumer.get_watermark_offsets(tp, timeout=_METADATA_TIMEOUT_S)
-        if offsets is None:
-            raise TransientError(f"no watermark offsets for {topic}[{partition}] (timeout)")
-        ends[partition] = (int(offsets[0]), int(offsets[1]))
-    return ends
-
-
-class _Drain:
-    """Consumes until every partition reached its captured end, applying in batches."""
+class _Rebuild:
+    """Applies the states of each batch the reader yields, counting what happened."""
 
     def __init__(self, store: ConsentStore, serde: AvroSerde, topic: str) -> None:
         self.store, self.serde, self.topic = store, serde, topic
         self.report = RebuildReport()
-        self.remaining: dict[int, int] = {}
 
-    def run(self, consumer: Any, batch_size: int, deadline: float) -> None:
+    def run(self, reader: TopicToEnd) -> None:
         last = time.monotonic()
-        while self.remaining and time.monotonic() < deadline:
-            states = [
-                state
-                for message in consumer.consume(num_messages=batch_size, timeout=_POLL_S)
-                if (state := self._take(message)) is not None
-            ]
+        for batch in reader.batches():
+            states = [state for message in batch if (state := self._decode(message)) is not None]
             self.report.count(self.store.apply_states(states))
             if time.monotonic() - last >= _PROGRESS_EVERY_S:
                 last = time.monotonic()
                 log.info(
                     "rebuild-store: %d read, %d applied", self.report.read, self.report.applied
                 )
-        self.report.complete = not self.remaining
+        self.report.complete = reader.complete
 
-    def _reached(self, partition: int, next_offset: int) -> None:
-        if next_offset >= self.remaining.get(partition, sys.maxsize):
-            del self.remaining[partition]
-
-    def _take(self, message: Any) -> ConsentState | None:
-        from confluent_kafka import KafkaError, KafkaException
-
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._PARTITION_EOF:
-                self._reached(message.partition(), message.offset())
-            elif error.fatal():
-                raise KafkaException(error)
-            else:
-                log.warning("rebuild-store: consumer error: %s", error)
-            return None
+    def _decode(self, message: Any) -> ConsentState | None:
         self.report.read += 1
-        self._reached(message.partition(), message.offset() + 1)
         value = message.value()
         if value is None:
             self.report.tombstones += 1
@@ -165,25 +122,23 @@ def rebuild_from_topic(
     configured namespace); ``serde`` to ``AvroSerde(settings.schema_registry())``;
     ``consumer_factory`` to ``confluent_kafka.Consumer`` (both injectable for tests).
     """
-    from confluent_kafka import Consumer, TopicPartition
-
     started = time.monotonic()
     topic = topic or settings.topics.state
     serde = serde or AvroSerde(settings.schema_registry(), settings.max_record_bytes)
-    drain = _Drain(store, serde, topic)
+    rebuild = _Rebuild(store, serde, topic)
     group_id = group or f"{settings.client_id}-store-rebuild-{uuid.uuid4().hex[:12]}"
-    config = settings.consumer_config(group_id, **{"enable.partition.eof": True})
-    consumer = (consumer_factory or Consumer)(config)
-    try:
-        ends = _end_offsets(consumer, topic)
-        drain.remaining = {p: high for p, (low, high) in ends.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in drain.remaining])
-        drain.run(consumer, batch_size, started + timeout_s)
-    finally:
-        consumer.close()
-    drain.report.elapsed_s = time.monotonic() - started
-    log.info("%s", drain.report.summary())
-    return drain.report
+    reader = TopicToEnd(
+        settings,
+        topic,
+        timeout_s,
+        group=group_id,
+        batch_size=batch_size,
+        consumer_factory=consumer_factory,
+    )
+    rebuild.run(reader)
+    rebuild.report.elapsed_s = time.monotonic() - started
+    log.info("%s", rebuild.report.summary())
+    return rebuild.report
 
 
 def run_rebuild_store(

@@ -6,13 +6,16 @@ Each takes the settings and policy built once in ``streams.cli`` and returns an 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from consumers.consent_store import ConsentStore
 from consumers.store_clients import make_redis
-from schemas.errors import UnknownPurposeError
+from consumers.topic_reader import TopicToEnd
+from schemas.errors import ContractError, UnknownPurposeError
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
@@ -24,9 +27,10 @@ from streams.outbox import instruction_headers
 from streams.pseudonyms import Pseudonyms
 from streams.replay import ReplayPlan, replay_instructions
 from streams.request_views import RequestViews
-from streams.topic_reader import TopicToEnd
 
 __all__ = ["run_check", "run_replay", "run_report", "run_status"]
+
+log = logging.getLogger(__name__)
 
 
 def run_check(settings: Settings, policy: Policy, subject: str, purpose: str, out: TextIO) -> int:
@@ -67,17 +71,34 @@ def run_report(settings: Settings, request_id: str, as_json: bool, out: TextIO) 
     return 0
 
 
-def _read_states(
-    settings: Settings, serde: AvroSerde, timeout_s: float = 30.0
-) -> list[ConsentState]:
-    """Every latest state on the compacted topic, read to its current end."""
-    latest: dict[str, ConsentState] = {}
-    topic = settings.topics.state
-    for msg in TopicToEnd(settings, topic, timeout_s).messages():
-        state = serde.decode(msg.value() or b"", topic)
-        if isinstance(state, ConsentState):
-            latest[state.subject_id] = state
-    return list(latest.values())
+@dataclass(slots=True)
+class _States:
+    """The latest state of every subject on the compacted topic, as read to its end."""
+
+    latest: dict[str, ConsentState] = field(default_factory=dict)
+    undecodable: int = 0
+    complete: bool = False
+
+
+def _read_states(settings: Settings, serde: AvroSerde, timeout_s: float = 30.0) -> _States:
+    read = _States()
+    reader = TopicToEnd(settings, settings.topics.state, timeout_s)
+    for msg in reader.messages():
+        key, value = (msg.key() or b"").decode("utf-8", "replace"), msg.value()
+        if value is None:  # a tombstone: the subject has no state any more
+            read.latest.pop(key, None)
+            continue
+        try:
+            state = serde.decode_as(value, ConsentState, reader.topic)
+        except ContractError as exc:
+            read.undecodable += 1
+            log.warning(
+                "replay: undecodable state at %d@%d: %s", msg.partition(), msg.offset(), exc.reason
+            )
+            continue
+        read.latest[state.subject_id] = state
+    read.complete = reader.complete
+    return read
 
 
 def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) -> int:
@@ -89,7 +110,15 @@ def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) ->
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     plan = ReplayPlan(partner, tuple(sorted(policy.partners[partner].purposes)))
     fan = FanOut(policy, Pseudonyms(settings.subject_keys), int(time.time() * 1000))
-    states = _read_states(settings, serde)
+    read = _read_states(settings, serde)
+    if not read.complete:
+        print(
+            f"consent-stream: {settings.topics.state} was not read to its end in time; "
+            "nothing replayed",
+            file=sys.stderr,
+        )
+        return 1
+    states = list(read.latest.values())
     instructions = [i for s in states for i in replay_instructions(plan, s, fan)]
     producer = make_producer(settings)
     for ins in instructions:  # the ledger first: an ack can never precede its ticket
@@ -114,4 +143,9 @@ def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) ->
         f"{len(instructions) - left} instructions sent",
         file=out,
     )
-    return 0 if left == 0 else 1
+    if read.undecodable:
+        print(
+            f"consent-stream: {read.undecodable} undecodable state record(s) not replayed",
+            file=sys.stderr,
+        )
+    return 0 if left == 0 and not read.undecodable else 1

@@ -18,13 +18,13 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from consumers.topic_reader import TopicToEnd
 from schemas.errors import ContractError
 from schemas.events import ConsentEvent
 from schemas.jsonform import event_to_json
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from streams.deadletter import DLQ_HEADER_PREFIX, original_headers
-from streams.topic_reader import TopicToEnd
 
 __all__ = ["DeadLetterRecord", "run_dead_letters", "selected"]
 

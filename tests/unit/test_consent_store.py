@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from fake_topic import FakeConsumer, Record
 
 from consumers.consent_store import ConsentStore
 from consumers.store_layout import (
@@ -223,45 +224,6 @@ def test_redis_timeout_is_store_unavailable() -> None:
 # ---- rebuild loop ---------------------------------------------------------------------
 
 
-class _Msg:
-    def __init__(self, partition: int, offset: int, value: bytes | None, error: Any = None):
-        self._p, self._o, self._v, self._e = partition, offset, value, error
-
-    def error(self) -> Any:
-        return self._e
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def value(self) -> bytes | None:
-        return self._v
-
-
-class _FakeConsumer:
-    def __init__(self, ends: dict[int, tuple[int, int]], batches: list[list[_Msg]]) -> None:
-        self.ends, self.batches, self.closed = ends, batches, False
-        self.assigned: list[tuple[int, int]] = []
-
-    def list_topics(self, topic: str, timeout: float) -> Any:
-        info = SimpleNamespace(error=None, partitions={p: None for p in self.ends})
-        return SimpleNamespace(topics={topic: info})
-
-    def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
-        return self.ends[tp.partition]
-
-    def assign(self, partitions: list[Any]) -> None:
-        self.assigned = [(tp.partition, tp.offset) for tp in partitions]
-
-    def consume(self, num_messages: int, timeout: float) -> list[_Msg]:
-        return self.batches.pop(0) if self.batches else []
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class _RecordingStore:
     def __init__(self) -> None:
         self.versions: dict[str, int] = {}
@@ -282,12 +244,12 @@ def test_rebuild_reads_to_the_captured_end_and_counts() -> None:
     serde = AvroSerde()
     enc = {v: serde.encode(open_state(v), "consent.state.v1") for v in (1, 2, 3)}
     eof = SimpleNamespace(code=lambda: KafkaError._PARTITION_EOF, fatal=lambda: False)
-    consumer = _FakeConsumer(
+    consumer = FakeConsumer(
         ends={0: (5, 9), 1: (0, 0), 2: (0, 2)},  # 0@8: a transaction marker, never delivered
         batches=[
-            [_Msg(0, 5, enc[2]), _Msg(2, 0, b"\x00garbage"), _Msg(0, 6, enc[1])],
-            [_Msg(2, 1, None), _Msg(0, 7, enc[3])],
-            [_Msg(0, 9, None, error=eof)],
+            [Record(0, 5, enc[2]), Record(2, 0, b"\x00garbage"), Record(0, 6, enc[1])],
+            [Record(2, 1, None), Record(0, 7, enc[3])],
+            [Record(0, 9, None, error=eof)],
         ],
     )
     store = _RecordingStore()
@@ -296,7 +258,7 @@ def test_rebuild_reads_to_the_captured_end_and_counts() -> None:
         store,  # type: ignore[arg-type]
         "t",
         timeout_s=5,
-        consumer_factory=lambda conf: consumer,
+        consumer_factory=consumer,
     )
     assert consumer.assigned == [(0, 5), (2, 0)] and consumer.closed
     assert (report.read, report.applied, report.skipped) == (5, 2, 1)
@@ -305,13 +267,13 @@ def test_rebuild_reads_to_the_captured_end_and_counts() -> None:
 
 
 def test_rebuild_times_out_incomplete() -> None:
-    consumer = _FakeConsumer(ends={0: (0, 3)}, batches=[])
+    consumer = FakeConsumer(ends={0: (0, 3)}, batches=[])
     report = rebuild_from_topic(
         Settings(),
         _RecordingStore(),  # type: ignore[arg-type]
         "t",
         timeout_s=0.2,
-        consumer_factory=lambda conf: consumer,
+        consumer_factory=consumer,
     )
     assert report.complete is False and report.read == 0
     assert "INCOMPLETE" in report.summary()
