@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from consumers.dedup import ProcessedInstructions, SentAck
+from consumers.partner_delivery import instruction_of
 from consumers.partner_metrics import PartnerMetrics
 from consumers.partner_results import (
     Handler,
@@ -79,11 +80,8 @@ class InstructionAnswerer:
         return PendingAck(sent, instruction.ack_key, instruction.subject_ref)
 
     def _decode(self, record: Any) -> PartnerInstruction | None:
-        value = record.value()
         try:
-            if not value:
-                raise ValueError("empty record")
-            return self._serde.decode_as(value, PartnerInstruction, record.topic() or "")
+            return instruction_of(self._serde, record)
         except Exception as exc:
             reason = str(getattr(exc, "reason", type(exc).__name__))
             self._metrics.undecodable.labels(self._partner, reason).inc()

@@ -1,14 +1,23 @@
-"""Pure delivery decisions of the partner SDK: retry schedule, ack headers, what to commit."""
+"""Delivery decisions of the partner SDK: retry schedule, ack headers, what to commit, and
+the instruction a record carries."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
-from schemas.cloudevents import Headers, ce_headers
-from schemas.partner import PartnerAcknowledgement
+from schemas.cloudevents import Headers, ce_headers, header_map
+from schemas.partner import PartnerAcknowledgement, PartnerInstruction, received_instruction
+from schemas.serde import AvroSerde
 
-__all__ = ["ACK_CONTENT_TYPE", "ACK_EVENT_TYPE", "ack_headers", "backoff_schedule", "commit_points"]
+__all__ = [
+    "ACK_CONTENT_TYPE",
+    "ACK_EVENT_TYPE",
+    "ack_headers",
+    "backoff_schedule",
+    "commit_points",
+    "instruction_of",
+]
 
 ACK_EVENT_TYPE: Final = "partner.acknowledgement"
 ACK_CONTENT_TYPE: Final = "application/avro"
@@ -71,3 +80,14 @@ def commit_points(messages: Iterable[tuple[K, M, bool]]) -> dict[K, M]:
         else:
             blocked.add(partition)
     return points
+
+
+def instruction_of(serde: AvroSerde, record: Any) -> PartnerInstruction:
+    """The instruction a record of a partner's topic carries: its value decoded, with what
+    its headers add (``schemas.partner.received_instruction``). ``ValueError`` for an empty
+    record, the serde's ``DecodeError`` for bytes that are not an instruction."""
+    value = record.value()
+    if not value:
+        raise ValueError("empty record")
+    instruction = serde.decode_as(value, PartnerInstruction, record.topic() or "")
+    return received_instruction(instruction, header_map(record.headers()))

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from consumers.dedup import ProcessedInstructions, SentAck, SqliteProcessedInstructions
 from consumers.partner_clients import KafkaConsumer, KafkaProducer, partner_clients
-from consumers.partner_delivery import commit_points
+from consumers.partner_delivery import commit_points, instruction_of
 from consumers.partner_metrics import partner_metrics
 from consumers.partner_results import failed_ack
 from consumers.partner_sender import AckSender, PendingAck
@@ -264,9 +264,7 @@ class WebhookBridge:
 
     def _decode(self, record: Any) -> PartnerInstruction | None:
         try:
-            return self._serde.decode_as(
-                record.value() or b"", PartnerInstruction, record.topic() or ""
-            )
+            return instruction_of(self._serde, record)
         except Exception as exc:
             log.error(  # never the payload: it may hold personal data
                 "undecodable record at %s[%s]@%s skipped (%s)",

@@ -29,7 +29,7 @@ from schemas.cloudevents import ce_headers, instruction_event_type
 from schemas.contracts import PARTNER_INSTRUCTION
 from schemas.errors import ValidationError
 from schemas.jsonform import ack_from_json, instruction_to_json
-from schemas.partner import PartnerAcknowledgement, PartnerInstruction
+from schemas.partner import PartnerAcknowledgement, PartnerInstruction, instruction_extensions
 from schemas.webhook_signing import SIGNATURE_HEADER, signature_header
 
 __all__ = [
@@ -84,6 +84,7 @@ def request_headers(
         content_type=JSON_CONTENT_TYPE,
         data_schema=PARTNER_INSTRUCTION,
         published_at_ms=instruction.issued_at,
+        extensions=instruction_extensions(instruction),
     )
     headers = {
         ("ce-" + name[3:] if name.startswith("ce_") else name): value.decode()

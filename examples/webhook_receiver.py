@@ -10,6 +10,10 @@ Each POST is an instruction (JSON, CloudEvents HTTP binary mode). The receiver:
 2. answers a repeated instruction (same ``ce-id``) with the answer it gave the first time;
 3. carries out the instruction (here: nothing) and answers ``200`` with the
    acknowledgement ``{"status": "DONE"}``.
+
+An ERASE or RESTRICT whose ``partner_refs`` lack some records' references (they did not
+fit the subject's state) says how many in its ``ce-referencesdropped`` header: find that
+data by ``subject_ref`` and ``categories`` as well.
 """
 
 from __future__ import annotations
@@ -65,16 +69,20 @@ class Receiver:
             self.seen[signature] = now + 2 * TOLERANCE_S
             return True
 
-    def handle(self, instruction: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, instruction: dict[str, Any], refs_dropped: int = 0) -> dict[str, Any]:
         """Carry out the instruction; here every one is simply DONE."""
-        print(f"{instruction['action']} for {instruction['subject_ref'][:12]}...", flush=True)
+        lacking = f" (references of {refs_dropped} records missing)" if refs_dropped else ""
+        action, ref = instruction["action"], instruction["subject_ref"][:12]
+        print(f"{action} for {ref}...{lacking}", flush=True)
         return {"status": "DONE", "completed_at": int(time.time() * 1000)}
 
-    def answer(self, ce_id: str, instruction: dict[str, Any]) -> dict[str, Any]:
+    def answer(
+        self, ce_id: str, instruction: dict[str, Any], refs_dropped: int = 0
+    ) -> dict[str, Any]:
         with self.lock:
             if ce_id in self.answers:
                 return self.answers[ce_id]
-        result = self.handle(instruction)
+        result = self.handle(instruction, refs_dropped)
         with self.lock:
             return self.answers.setdefault(ce_id, result)
 
@@ -97,7 +105,9 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 return
             instruction = json.loads(body)
             ce_id = self.headers.get("ce-id") or instruction["instruction_id"]
-            self._send(200, receiver.answer(ce_id, instruction))
+            dropped = self.headers.get("ce-referencesdropped") or ""
+            refs_dropped = int(dropped) if dropped.isdigit() else 0
+            self._send(200, receiver.answer(ce_id, instruction, refs_dropped))
 
         def _send(self, status: int, obj: dict[str, Any]) -> None:
             data = json.dumps(obj).encode()

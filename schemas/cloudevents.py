@@ -2,6 +2,13 @@
 
 Besides the CloudEvents attributes, every record carries ``cs_published_at`` (ms since the
 epoch, when the publisher handed it to Kafka): the start of every latency hop.
+
+Extension attributes of partner instructions (``ce_<name>`` on Kafka, ``ce-<name>`` over
+HTTP), each present only when it says something:
+
+- ``referencesdropped``: how many data.shared records' references an ERASE or RESTRICT
+  lacks, because they did not fit the subject's state (``streams.state_limit``); the
+  partner finds that data by ``subject_ref`` and ``categories`` instead.
 """
 
 from __future__ import annotations
@@ -12,14 +19,17 @@ from typing import Final
 
 __all__ = [
     "PUBLISHED_AT",
+    "REFERENCES_DROPPED",
     "Headers",
     "ce_headers",
     "header_map",
     "instruction_event_type",
     "published_at_ms",
+    "references_dropped",
 ]
 
 PUBLISHED_AT: Final = "cs_published_at"
+REFERENCES_DROPPED: Final = "referencesdropped"
 _SPEC_VERSION: Final = "1.0"
 
 Headers = list[tuple[str, bytes]]
@@ -45,8 +55,10 @@ def ce_headers(
     content_type: str,
     data_schema: str,
     published_at_ms: int,
+    extensions: Mapping[str, str] | None = None,
 ) -> Headers:
-    """Binary-mode CloudEvents headers. ``subject`` is omitted when None (no raw PII)."""
+    """Binary-mode CloudEvents headers. ``subject`` is omitted when None (no raw PII);
+    ``extensions`` are extension attributes (lower-case names, ``ce_<name>``)."""
     headers: Headers = [
         ("ce_specversion", _SPEC_VERSION.encode()),
         ("ce_id", event_id.encode()),
@@ -59,6 +71,8 @@ def ce_headers(
     ]
     if subject is not None:
         headers.insert(5, ("ce_subject", subject.encode()))
+    for name, value in (extensions or {}).items():
+        headers.append((f"ce_{name}", value.encode()))
     return headers
 
 
@@ -78,3 +92,11 @@ def published_at_ms(headers: Mapping[str, bytes]) -> int | None:
         return int(raw) if raw else None
     except ValueError:
         return None
+
+
+def references_dropped(headers: Mapping[str, bytes | str]) -> int:
+    """The ``referencesdropped`` extension of an instruction's Kafka (``ce_``) or HTTP
+    (``ce-``, any case) headers; 0 when absent or not a count."""
+    raw = headers.get(f"ce_{REFERENCES_DROPPED}") or headers.get(f"ce-{REFERENCES_DROPPED}")
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else (raw or "")
+    return int(text) if text.isdigit() else 0

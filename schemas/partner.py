@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
+
+from schemas.cloudevents import REFERENCES_DROPPED, references_dropped
 
 __all__ = [
     "AcknowledgementStatus",
@@ -12,7 +15,9 @@ __all__ = [
     "PartnerAcknowledgement",
     "PartnerInstruction",
     "acks_topic",
+    "instruction_extensions",
     "instructions_topic",
+    "received_instruction",
 ]
 
 
@@ -58,6 +63,26 @@ class PartnerInstruction:
     subject_id: str | None = None
     app_id: str | None = None
     retain_until: int | None = None
+    references_dropped: int = 0
+    """ERASE, RESTRICT: how many data.shared records' references ``partner_refs`` lacks
+    (they did not fit the subject's state); find that data by ``subject_ref`` and
+    ``categories``. Not a field of the Avro record (readers of the contract as it was keep
+    reading it): it travels as the CloudEvents extension ``referencesdropped``
+    (``instruction_extensions``, ``received_instruction``)."""
+
+
+def instruction_extensions(instruction: PartnerInstruction) -> dict[str, str]:
+    """The CloudEvents extension attributes ``instruction`` is sent with."""
+    n = instruction.references_dropped
+    return {REFERENCES_DROPPED: str(n)} if n else {}
+
+
+def received_instruction(
+    instruction: PartnerInstruction, headers: Mapping[str, bytes | str]
+) -> PartnerInstruction:
+    """``instruction`` as decoded from a record's value, with what its headers add."""
+    n = references_dropped(headers)
+    return replace(instruction, references_dropped=n) if n else instruction
 
 
 @dataclass(frozen=True, slots=True)

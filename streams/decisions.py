@@ -21,7 +21,7 @@ from schemas.events import (
 )
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.views import PermissionRevocation, PurposeDecision
-from streams.fanout import FanOut, RequestOpening, deletion_fan_out, refs_dropped
+from streams.fanout import FanOut, RequestOpening, deletion_fan_out
 from streams.subject import Share, SubjectState, permission_key
 
 __all__ = ["Decision", "Outcome", "decide", "share_of", "shared_without_refs"]
@@ -41,9 +41,6 @@ class Decision:
     instructions: tuple[PartnerInstruction, ...] = ()
     request: RequestOpening | None = None
     consent_changed: bool = False
-    refs_dropped: tuple[tuple[str, int], ...] = ()
-    """Per deletion instruction (its id), the data.shared records whose references it
-    lacks (``streams.fanout.refs_dropped``); only instructions that lack some."""
 
 
 def _applied(
@@ -56,7 +53,6 @@ def _applied(
     purposes: tuple[PurposeDecision, ...] | None = None,
     permissions: tuple[PermissionRevocation, ...] | None = None,
     shares: tuple[Share, ...] | None = None,
-    dropped: tuple[tuple[str, int], ...] = (),
 ) -> Decision:
     """The event applied: ``state`` (with the fields given) remembers it, one version on."""
     state = state.remember(
@@ -66,7 +62,7 @@ def _applied(
         permissions=permissions,
         shares=shares,
     )
-    return Decision(Outcome.APPLIED, state, instructions, request, consent_changed, dropped)
+    return Decision(Outcome.APPLIED, state, instructions, request, consent_changed)
 
 
 def _not_applied(state: SubjectState, event: ConsentEvent, outcome: Outcome) -> Decision:
@@ -142,7 +138,7 @@ def _shared(state: SubjectState, event: ConsentEvent, share: Share, fan: FanOut)
         # Shared with a closed account (or arrived after the closure): the partner now
         # holds data it must delete under the closure request.
         instructions = deletion_fan_out((share,), None, event, fan, state.closed_by_request)
-        return _applied(state, event, instructions, dropped=refs_dropped((share,), instructions))
+        return _applied(state, event, instructions)
     return _applied(state, event, shares=_with_share(state.shares, share))
 
 
@@ -161,7 +157,6 @@ def _deletion(
     account = p.scope is DeletionScope.ACCOUNT
     wanted = None if account else frozenset(p.categories)
     instructions = deletion_fan_out(state.shares, wanted, event, fan, p.request_id)
-    dropped = refs_dropped(state.shares, instructions)
     if account:
         already_closed = state.closed_at is not None
         state = replace(
@@ -175,9 +170,7 @@ def _deletion(
     else:
         state = replace(state, shares=_without(state.shares, wanted or frozenset()))
     opening = fan.request_opening(event, p, store_erased=account)
-    return _applied(
-        state, event, instructions, consent_changed=account, request=opening, dropped=dropped
-    )
+    return _applied(state, event, instructions, consent_changed=account, request=opening)
 
 
 def _without(shares: tuple[Share, ...], categories: frozenset[str]) -> tuple[Share, ...]:

@@ -78,21 +78,13 @@ def ticket_entries(d: Decision, refs_digest: Callable[..., str]) -> list[tuple[s
                 key,
                 d.request if d.request and d.request.request_id == key else None,
                 tuple((i, refs_digest(i.partner_refs.items())) for i in items),
-                _lacking(d.refs_dropped, items),
+                tuple(
+                    (i.instruction_id, i.references_dropped) for i in items if i.references_dropped
+                ),
             ),
         )
         for key, items in by_key.items()
     ]
-
-
-def _lacking(
-    dropped: tuple[tuple[str, int], ...], items: list[PartnerInstruction]
-) -> tuple[tuple[str, int], ...]:
-    """The counts of ``dropped`` (``Decision.refs_dropped``) that are about ``items``."""
-    if not dropped:
-        return ()
-    ids = {i.instruction_id for i in items}
-    return tuple((iid, n) for iid, n in dropped if iid in ids)
 
 
 def plan_within(

@@ -16,7 +16,7 @@ from schemas.policy import Partner, Policy
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share
 
-__all__ = ["FanOut", "RequestOpening", "deletion_fan_out", "merge_refs", "refs_dropped"]
+__all__ = ["FanOut", "RequestOpening", "deletion_fan_out", "merge_refs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,7 @@ class FanOut:
         request_id: str | None = None,
         retain_until: int | None = None,
         app_id: str | None = None,
+        refs_dropped: int = 0,
     ) -> PartnerInstruction:
         spec: Partner = self.policy.partners[partner]
         iid = instruction_id(event.event_id, partner, action.value)
@@ -72,6 +73,7 @@ class FanOut:
             due_by=self.now_ms + self.policy.deadline_ms(partner, action),
             retain_until=retain_until,
             ack_key=request_id or iid,
+            references_dropped=refs_dropped,
         )
 
     def request_opening(
@@ -135,16 +137,17 @@ def _partner_instructions(
     out = []
     for action, cats in ((InstructionAction.ERASE, erase), (InstructionAction.RESTRICT, restrict)):
         if cats:
-            refs = merge_refs(s for s in shares if set(s.categories) & set(cats))
+            carried = [s for s in shares if set(s.categories) & set(cats)]
             out.append(
                 fan.instruction(
                     event,
                     partner.name,
                     action,
                     categories=tuple(cats),
-                    refs=refs,
+                    refs=merge_refs(carried),
                     request_id=request_id,
                     retain_until=until if action is InstructionAction.RESTRICT else None,
+                    refs_dropped=sum(s.refs_dropped for s in carried),
                 )
             )
     return out
@@ -169,23 +172,3 @@ def deletion_fan_out(
                 _partner_instructions(partner, by_partner[name], wanted, event, fan, request_id)
             )
     return tuple(out)
-
-
-def refs_dropped(
-    shares: Iterable[Share], instructions: Iterable[PartnerInstruction]
-) -> tuple[tuple[str, int], ...]:
-    """For each deletion instruction whose shares had references dropped
-    (``Share.refs_dropped``): its id and how many data.shared records' references it
-    lacks. The shares counted are those whose references it carries (``merge_refs``'s)."""
-    held = tuple(s for s in shares if s.refs_dropped)
-    if not held:
-        return ()
-    counts = []
-    for ins in instructions:
-        wanted = set(ins.categories)
-        n = sum(
-            s.refs_dropped for s in held if s.partner == ins.partner and wanted & set(s.categories)
-        )
-        if n:
-            counts.append((ins.instruction_id, n))
-    return tuple(counts)

@@ -238,6 +238,7 @@ def _follow_up(t: TrackedInstruction, now: int, due_ms: int) -> PartnerInstructi
         due_by=now + due_ms,
         retain_until=None,
         ack_key=sent.request_id or iid,
+        references_dropped=t.outcome.refs_dropped,
     )
 
 

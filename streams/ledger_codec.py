@@ -52,7 +52,8 @@ class OpenEntry:
     instructions: tuple[tuple[PartnerInstruction, str], ...]  # with refs digest
     refs_dropped: tuple[tuple[str, int], ...] = ()
     """Instructions (by id) lacking the references of some data.shared records, and how
-    many (``streams.decisions.Decision.refs_dropped``)."""
+    many (``PartnerInstruction.references_dropped``, which the instructions' own encoding
+    does not keep)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.cloudevents import Headers, ce_headers, instruction_event_type
-from schemas.partner import PartnerInstruction
+from schemas.partner import PartnerInstruction, instruction_extensions
 from schemas.records import Contracted
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
@@ -27,6 +27,7 @@ def instruction_headers(ins: PartnerInstruction, data_schema: str) -> Headers:
         content_type="application/avro",
         data_schema=data_schema,
         published_at_ms=ins.issued_at,
+        extensions=instruction_extensions(ins),
     )
 
 

@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from consumers.consent_store import ConsentStore
 from consumers.store_clients import make_redis
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
-from schemas.partner import PartnerInstruction
+from schemas.partner import PartnerInstruction, received_instruction
 from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from schemas.settings import Settings
 from streams.decisions import decide
@@ -188,7 +188,8 @@ def test_bad_records_are_dead_lettered_and_the_next_good_event_is_processed(
 def deletion_instructions(
     worker: WorkerProcess, partner: str, request_id: str
 ) -> list[PartnerInstruction]:
-    """The instructions of deletion ``request_id`` on ``partner``'s topic."""
+    """The instructions of deletion ``request_id`` on ``partner``'s topic, as a partner
+    reads them (with what their headers add)."""
     records = read_until(
         worker.settings,
         worker.settings.topics.instructions(partner),
@@ -197,7 +198,9 @@ def deletion_instructions(
         what=f"the deletion's instruction to {partner}",
         explain=worker.describe,
     )
-    return [r.obj for r in records if r.obj.request_id == request_id]
+    return [
+        received_instruction(r.obj, r.headers) for r in records if r.obj.request_id == request_id
+    ]
 
 
 def fitting(worker: WorkerProcess, orders: list[ConsentEvent]) -> int:
@@ -271,6 +274,8 @@ def test_orders_past_a_subjects_state_limit_keep_no_references_and_its_partition
     assert set(ins.partner_refs) == {k for e in orders[:kept] for k in e.payload.partner_refs}
     (paid,) = deletion_instructions(worker, "payment", request_id)
     assert paid.categories == ("payment_records",) and dict(paid.partner_refs) == {}
+    # the partners are told what their instructions lack (a CloudEvents extension)
+    assert (ins.references_dropped, paid.references_dropped) == (100 - kept, 1)
     statuses = read_until(
         settings,
         settings.topics.requests,

@@ -20,7 +20,7 @@ from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
 from streams.decisions import Decision, Outcome, decide, shared_without_refs
-from streams.fanout import FanOut, merge_refs, refs_dropped
+from streams.fanout import FanOut, merge_refs
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share, SubjectState
 
@@ -295,8 +295,9 @@ def without_refs(state: SubjectState, e: ConsentEvent) -> SubjectState:
 
 
 def lacking(d: Decision) -> list[tuple[str, InstructionAction, int]]:
-    by_id = {i.instruction_id: i for i in d.instructions}
-    return [(by_id[i].partner, by_id[i].action, n) for i, n in d.refs_dropped]
+    return [
+        (i.partner, i.action, i.references_dropped) for i in d.instructions if i.references_dropped
+    ]
 
 
 def test_instructions_lacking_dropped_references_are_counted() -> None:
@@ -321,14 +322,13 @@ def test_instructions_lacking_dropped_references_are_counted() -> None:
     behaviour = decide(state, delete(DeletionScope.CATEGORIES, ["behaviour"]), FAN)
     assert lacking(behaviour) == [("ads", ERASE, 1)]
     payment = decide(state, delete(DeletionScope.CATEGORIES, ["payment_records"]), FAN)
-    assert payment.instructions and payment.refs_dropped == ()
+    assert payment.instructions and lacking(payment) == []
 
 
 def test_nothing_is_counted_when_every_reference_was_kept() -> None:
     state = default_lineage()
     d = decide(state, delete(), FAN)
-    assert d.instructions and d.refs_dropped == ()
-    assert refs_dropped(state.shares, d.instructions) == ()
+    assert d.instructions and lacking(d) == []
 
 
 def test_data_shared_after_closure_without_its_references_is_counted() -> None:
@@ -339,7 +339,7 @@ def test_data_shared_after_closure_without_its_references_is_counted() -> None:
 
     (erase,) = d.instructions
     assert erase.action is ERASE and dict(erase.partner_refs) == {}
-    assert d.refs_dropped == ((erase.instruction_id, 1),)
+    assert erase.references_dropped == 1
 
 
 # ---- data shared after closure --------------------------------------------------------

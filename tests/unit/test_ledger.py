@@ -415,25 +415,22 @@ def test_instructions_lacking_references_say_so_through_their_follow_up() -> Non
     swept, (erase,) = sweep(t, RETAIN_UNTIL, POLICY)
     follow = swept.find(erase.instruction_id)
     assert follow is not None and follow.outcome.refs_dropped == 2  # the ERASE lacks them too
+    assert erase.references_dropped == 2  # and says so to the partner (its headers)
     status = request_status(swept, RETAIN_UNTIL)
     assert status is not None and [o.refs_dropped for o in status.partners] == [0, 0, 0, 2, 2]
 
 
 def test_each_ledger_entry_carries_the_counts_of_its_own_instructions() -> None:
-    lone = lone_instruction()
-    d = Decision(
-        Outcome.APPLIED,
-        SubjectState(SUBJECT),
-        (*INSTRUCTIONS, lone),
-        OPENING,
-        refs_dropped=((PAYMENT.instruction_id, 2), (lone.instruction_id, 5)),
-    )
+    lone = replace(lone_instruction(), references_dropped=5)
+    lacking = tuple(replace(i, references_dropped=2) if i is PAYMENT else i for i in INSTRUCTIONS)
+    d = Decision(Outcome.APPLIED, SubjectState(SUBJECT), (*lacking, lone), OPENING)
 
     entries = dict(ticket_entries(d, lambda refs: ""))
 
     assert entries[REQUEST].refs_dropped == ((PAYMENT.instruction_id, 2),)
     assert entries[lone.ack_key].refs_dropped == ((lone.instruction_id, 5),)
-    assert ticket_entries(replace(d, refs_dropped=()), lambda refs: "")[0][1].refs_dropped == ()
+    complete = replace(d, instructions=INSTRUCTIONS)
+    assert ticket_entries(complete, lambda refs: "")[0][1].refs_dropped == ()
 
 
 def test_partner_references_are_kept_only_while_a_follow_up_may_need_them() -> None:

@@ -6,7 +6,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from schemas.partner import (
 )
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
+from streams.outbox import instruction_headers
 
 TOPIC = "partner.logistics.instructions.v1"
 ACKS = "partner.logistics.acks.v1"
@@ -52,9 +53,13 @@ class FakeMessage:
     _value: bytes | None
     _partition: int = 0
     _error: Any = None
+    _headers: list[tuple[str, bytes]] | None = None
 
     def error(self) -> Any:
         return self._error
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
 
     def topic(self) -> str:
         return TOPIC
@@ -148,10 +153,15 @@ class Rig:
     log: list[tuple[str, Any]]
     offsets: dict[int, int] = field(default_factory=dict)
 
-    def feed(self, *values: bytes | None, partition: int = 0) -> None:
+    def feed(
+        self,
+        *values: bytes | None,
+        partition: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         for value in values:
             offset = self.offsets.get(partition, 0)
-            self.consumer.queue.append(FakeMessage(offset, value, partition))
+            self.consumer.queue.append(FakeMessage(offset, value, partition, None, headers))
             self.offsets[partition] = offset + 1
 
     def metric(self, name: str, **labels: str) -> float:
@@ -192,6 +202,24 @@ class CountingHandler:
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
+
+
+def test_the_handler_is_told_how_many_records_references_an_instruction_lacks(rig: Rig) -> None:
+    lacking = instruction(action=InstructionAction.ERASE, categories=("delivery_details",))
+    complete = instruction(action=InstructionAction.ERASE, categories=("delivery_details",))
+    # as the worker sends them (streams.outbox): the count in a CloudEvents extension
+    rig.feed(
+        encode(lacking), headers=instruction_headers(replace(lacking, references_dropped=7), "s")
+    )
+    rig.feed(encode(complete), headers=instruction_headers(complete, "s"))
+    seen: dict[str, int] = {}
+
+    def handler(ins: PartnerInstruction) -> Result:
+        seen[ins.instruction_id] = ins.references_dropped
+        return Done()
+
+    assert make(rig, handler).run(idle_timeout_s=0) == 2
+    assert seen == {lacking.instruction_id: 7, complete.instruction_id: 0}
 
 
 def test_each_instruction_is_acked_with_its_ack_key_then_committed(rig: Rig) -> None:

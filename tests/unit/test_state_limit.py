@@ -239,6 +239,7 @@ def test_a_deletion_of_a_full_subject_sends_every_reference_it_kept() -> None:
     (ins,) = [i for i, _ in deletion.instructions if i.partner == "logistics"]
     assert ins.action is InstructionAction.ERASE
     assert set(ins.partner_refs) == {f"waybill-{n}" for n in range(kept)}
+    assert ins.references_dropped == 30 - kept  # sent with it (streams.outbox)
     ((_, opened),) = deletion.tickets
     assert opened.refs_dropped == ((ins.instruction_id, 30 - kept),)
     assert len(stored[SUBJECT.encode()]) < 1024  # the lineage is gone: room again

@@ -9,7 +9,7 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -32,10 +32,12 @@ from schemas.partner import (
     InstructionAction,
     PartnerAcknowledgement,
     PartnerInstruction,
+    received_instruction,
 )
 from schemas.secrets import Secret
 from schemas.settings import Settings
 from schemas.webhook_signing import SIGNATURE_HEADER, ReplayGuard, verify
+from streams.outbox import instruction_headers
 
 SECRET = b"whsec-logistics-0123456789"
 
@@ -94,7 +96,7 @@ class Receiver:
             self.forged += 1
             return web.Response(status=401)
         assert request.headers["ce-id"] == json.loads(body)["instruction_id"]
-        ins = SERDE_JSON(body)
+        ins = received_instruction(SERDE_JSON(body), request.headers)
         self.seen.append(ins.instruction_id)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -159,7 +161,8 @@ def bridge_run(
         log: list[tuple[str, Any]] = []
         consumer, producer = WaitingConsumer(log), FakeProducer(log)
         for offset, (ins, key) in enumerate(records):
-            consumer.queue.append(KeyedMessage(offset, SERDE.encode(ins, TOPIC), 0, None, key))
+            value, headers = SERDE.encode(ins, TOPIC), instruction_headers(ins, "s")
+            consumer.queue.append(KeyedMessage(offset, value, 0, None, headers, _key=key))
         registry = CollectorRegistry()
         settings = Settings(webhook_concurrency=concurrency, webhook_timeout_s=2)
         bridge = WebhookBridge(
@@ -215,6 +218,21 @@ def test_every_instruction_is_posted_signed_and_its_ack_produced() -> None:
     assert run.metric("consent_stream_webhook_deliveries_total", outcome="acknowledged") == 5
     assert run.metric("consent_stream_webhook_round_trip_seconds_count") == 5
     assert run.metric("consent_stream_webhook_requests_in_flight") == 0
+
+
+def test_a_partner_is_told_how_many_records_references_an_instruction_lacks() -> None:
+    lacking = replace(instruction(), references_dropped=4)
+    complete = instruction()
+    told: dict[str, int] = {}
+
+    async def note(ins: PartnerInstruction, request: web.Request) -> web.StreamResponse:
+        told[ins.instruction_id] = int(request.headers.get("ce-referencesdropped", "0"))
+        assert ins.references_dropped == told[ins.instruction_id]  # as a partner reads it
+        return await done(ins, request)
+
+    bridge_run([(lacking, b"k1"), (complete, b"k2")], note, until=n_acks(2))
+
+    assert told == {lacking.instruction_id: 4, complete.instruction_id: 0}
 
 
 def test_500_then_recovery_is_retried_and_answered_once() -> None:
