@@ -85,19 +85,23 @@ def _report(args: argparse.Namespace, settings: Settings, policy: Policy) -> int
 def _replay(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
     from streams.commands import run_replay
 
-    return run_replay(settings, policy, args.partner, sys.stdout)
+    return run_replay(settings, policy, args.partner, sys.stdout, args.timeout_s)
 
 
 def _rebuild_store(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
     from consumers.store_rebuild import run_rebuild_store
 
-    return run_rebuild_store(settings, policy, topic=settings.topics.state, out=sys.stdout)
+    return run_rebuild_store(
+        settings, policy, topic=settings.topics.state, timeout_s=args.timeout_s, out=sys.stdout
+    )
 
 
 def _dead_letters(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
     from streams.deadletter_command import run_dead_letters
 
-    return run_dead_letters(settings, args.reason, args.subject, args.republish, sys.stdout)
+    return run_dead_letters(
+        settings, args.reason, args.subject, args.republish, sys.stdout, args.timeout_s
+    )
 
 
 def _acl(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
@@ -139,8 +143,10 @@ def _add_commands(sub: Any) -> None:
     report.set_defaults(handler=_report)
     replay = sub.add_parser("replay", help="send the current consent state to a (new) partner")
     replay.add_argument("--partner", required=True)
+    _add_read_timeout(replay, 600.0)
     replay.set_defaults(handler=_replay)
     rebuild = sub.add_parser("rebuild-store", help="rebuild the Redis store from consent.state.v1")
+    _add_read_timeout(rebuild, 600.0)
     rebuild.set_defaults(handler=_rebuild_store)
     dead = sub.add_parser(
         "dead-letters", help="list the dead-letter topic's records (JSON lines), or publish again"
@@ -150,6 +156,7 @@ def _add_commands(sub: Any) -> None:
     dead.add_argument(
         "--republish", action="store_true", help="publish them to the events topic again"
     )
+    _add_read_timeout(dead, 60.0)
     dead.set_defaults(handler=_dead_letters, principal="admin")
     from streams.cli_partners import add_partner_commands
 
@@ -158,6 +165,27 @@ def _add_commands(sub: Any) -> None:
     from streams.demo.command import add_demo_command
 
     add_demo_command(sub)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _add_read_timeout(command: argparse.ArgumentParser, default: float) -> None:
+    """``--timeout-s``: how long a command may read its topic to the end before it gives up
+    (exit 1, and nothing sent or applied past what it reports)."""
+    command.add_argument(
+        "--timeout-s",
+        type=_seconds,
+        default=default,
+        help="give up reading the topic to its end after this long (%(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

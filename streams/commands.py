@@ -80,7 +80,7 @@ class _States:
     complete: bool = False
 
 
-def _read_states(settings: Settings, serde: AvroSerde, timeout_s: float = 30.0) -> _States:
+def _read_states(settings: Settings, serde: AvroSerde, timeout_s: float) -> _States:
     read = _States()
     reader = TopicToEnd(settings, settings.topics.state, timeout_s)
     for msg in reader.messages():
@@ -101,7 +101,9 @@ def _read_states(settings: Settings, serde: AvroSerde, timeout_s: float = 30.0) 
     return read
 
 
-def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) -> int:
+def run_replay(
+    settings: Settings, policy: Policy, partner: str, out: TextIO, timeout_s: float = 600.0
+) -> int:
     from producers.publisher import make_producer
 
     if partner not in policy.partners:
@@ -110,11 +112,11 @@ def run_replay(settings: Settings, policy: Policy, partner: str, out: TextIO) ->
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     plan = ReplayPlan(partner, tuple(sorted(policy.partners[partner].purposes)))
     fan = FanOut(policy, Pseudonyms(settings.subject_keys), int(time.time() * 1000))
-    read = _read_states(settings, serde)
+    read = _read_states(settings, serde, timeout_s)
     if not read.complete:
         print(
-            f"consent-stream: {settings.topics.state} was not read to its end in time; "
-            "nothing replayed",
+            f"consent-stream: {settings.topics.state} was not read to its end within "
+            f"{timeout_s:g} s; nothing replayed (--timeout-s)",
             file=sys.stderr,
         )
         return 1

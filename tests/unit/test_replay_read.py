@@ -57,7 +57,7 @@ def test_the_latest_state_per_subject_without_tombstoned_or_undecodable_ones(
 ) -> None:
     monkeypatch.setattr(streams.commands, "TopicToEnd", _topic(RECORDS, complete=True))
 
-    read = streams.commands._read_states(SETTINGS, SERDE)
+    read = streams.commands._read_states(SETTINGS, SERDE, 5.0)
 
     assert {s: st.version for s, st in read.latest.items()} == {"a": 2}
     assert read.undecodable == 1 and read.complete
@@ -75,5 +75,24 @@ def test_an_incomplete_read_replays_nothing(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("sys.stderr", err)
 
     assert streams.commands.run_replay(SETTINGS, policy, "ads", out) == 1
-    assert "was not read to its end in time; nothing replayed" in err.getvalue()
+    assert "was not read to its end within 600 s; nothing replayed" in err.getvalue()
     assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "default"),
+    [(["replay", "--partner", "ads"], 600.0), (["rebuild-store"], 600.0), (["dead-letters"], 60.0)],
+)
+def test_how_long_a_command_reads_its_topic_is_an_option(
+    command: list[str], default: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(command).timeout_s == default
+    assert parser.parse_args([*command, "--timeout-s", "1800"]).timeout_s == 1800.0
+    for bad in ("0", "-5", "soon"):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args([*command, "--timeout-s", bad])
+        assert exited.value.code == 2
+        assert "is not a positive number of seconds" in capsys.readouterr().err
