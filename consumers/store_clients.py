@@ -54,19 +54,25 @@ def _client(settings: Settings, timeout_s: float, retry: Any, plain: Any, sentin
     sentinel = settings.redis_sentinel
     if sentinel is None:
         return plain.from_url(settings.redis_url, **options)
-    known = sentinels(sentinel.addresses, sentinel_kwargs=_sentinel_options(sentinel, timeout_s))
-    return known.master_for(sentinel.service, **options, **_node_options(settings.redis_url))
+    url = settings.redis_url
+    known = sentinels(
+        sentinel.addresses, sentinel_kwargs=_sentinel_options(sentinel, timeout_s, url)
+    )
+    return known.master_for(sentinel.service, **options, **_node_options(url))
 
 
 def _timeouts(timeout_s: float) -> dict[str, Any]:
     return {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
 
 
-def _sentinel_options(sentinel: RedisSentinel, timeout_s: float) -> dict[str, Any]:
-    """How a client talks to the Sentinels themselves."""
+def _sentinel_options(sentinel: RedisSentinel, timeout_s: float, url: str) -> dict[str, Any]:
+    """How a client talks to the Sentinels themselves: their password, and TLS verified
+    with the URL's ``ssl_*`` options when they are reached over TLS."""
     options = _timeouts(timeout_s)
     if sentinel.password is not None:
         options["password"] = sentinel.password.reveal().decode()
+    if sentinel.tls if sentinel.tls is not None else _tls(url):
+        options |= _tls_options(url)
     return options
 
 
@@ -74,11 +80,19 @@ def _node_options(url: str) -> dict[str, Any]:
     """What of the URL applies to the data nodes Sentinel names: database, user, password,
     TLS (not the host and port)."""
     options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
-    for where in ("host", "port", "path", "connection_class"):
+    for where in ("host", "port", "path", "connection_class", *_tls_options(url)):
         options.pop(where, None)
-    if url.startswith("rediss://"):
-        options["ssl"] = True
-    return options
+    return options | (_tls_options(url) if _tls(url) else {})
+
+
+def _tls(url: str) -> bool:
+    return url.startswith("rediss://")
+
+
+def _tls_options(url: str) -> dict[str, Any]:
+    """``ssl=True`` and the URL's ``ssl_*`` query options (CA, client certificate...)."""
+    parsed: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return {"ssl": True} | {k: v for k, v in parsed.items() if k.startswith("ssl_")}
 
 
 def _backoff() -> ExponentialBackoff:

@@ -1,8 +1,10 @@
 """A Redis primary, two replicas and one Sentinel on loopback, started for a test.
 
 Debian's ``redis-server`` (the local stack's) runs all three (``--sentinel`` for the
-Sentinel). Each process is started here and stopped, or killed for a failover, by the pid
-it got, never by name. The Sentinel promotes a replica one second after it loses the
+Sentinel). With ``tls``, every one of them listens on TLS only (certificates of a test CA,
+``trustme``) and the replicas and the Sentinel reach the others over TLS too. Each
+process is started here and stopped, or killed for a failover, by the pid it got, never by
+name. The Sentinel promotes a replica one second after it loses the
 primary (``down-after-milliseconds``; with one Sentinel its quorum is 1): the one with the
 most of the primary's writes, and the other replica then follows it.
 """
@@ -24,11 +26,40 @@ import redis
 from schemas.redis_settings import DEFAULT_SENTINEL_SERVICE, RedisSentinel
 from streams.demo.processes import free_port
 
-__all__ = ["SentinelRedis"]
+__all__ = ["SentinelRedis", "TlsFiles"]
 
 HOST: Final = "127.0.0.1"
 DOWN_AFTER_MS: Final = 1000
 READY_TIMEOUT_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA and one certificate for 127.0.0.1, as PEM files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def issue(cls, base: Path) -> TlsFiles:
+        import trustme
+
+        ca = trustme.CA()
+        issued = ca.issue_cert(HOST)
+        files = cls(base / "ca.pem", base / "redis.pem", base / "redis.key")
+        ca.cert_pem.write_to_path(str(files.ca))
+        issued.cert_chain_pems[0].write_to_path(str(files.cert))
+        issued.private_key_pem.write_to_path(str(files.key))
+        return files
+
+    def server_args(self) -> list[str]:
+        """``redis-server`` options: TLS only, for clients and for replication."""
+        return [
+            "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+            "--tls-replication", "yes",
+        ]  # fmt: skip
 
 
 @dataclass
@@ -36,6 +67,7 @@ class SentinelRedis:
     """The processes under ``base``; ``primary`` and ``replicas`` are ports."""
 
     base: Path
+    tls: TlsFiles | None = None
     primary: int = field(default_factory=free_port)
     replicas: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
     sentinel_port: int = field(default_factory=free_port)
@@ -48,6 +80,8 @@ class SentinelRedis:
     @property
     def url(self) -> str:
         """The data nodes' URL (its host and port are not used with Sentinels)."""
+        if self.tls is not None:
+            return f"rediss://{HOST}:{self.primary}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{HOST}:{self.primary}/0"
 
     def start(self) -> None:
@@ -56,7 +90,7 @@ class SentinelRedis:
             self._server(replica, "--replicaof", HOST, str(self.primary))
         conf = self.base / "sentinel.conf"  # Sentinel rewrites its file: one of its own
         conf.write_text(
-            f"port {self.sentinel_port}\nbind {HOST}\ndir {self.base}\n"
+            self._listen(self.sentinel_port) + f"bind {HOST}\ndir {self.base}\n"
             f"sentinel monitor {DEFAULT_SENTINEL_SERVICE} {HOST} {self.primary} 1\n"
             f"sentinel down-after-milliseconds {DEFAULT_SENTINEL_SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {DEFAULT_SENTINEL_SERVICE} 5000\n"
@@ -111,10 +145,21 @@ class SentinelRedis:
     def _server(self, port: int, *args: str) -> None:
         data = self.base / str(port)
         data.mkdir(parents=True, exist_ok=True)
+        listen = ["--port", str(port)]
+        if self.tls is not None:
+            listen = ["--port", "0", "--tls-port", str(port), *self.tls.server_args()]
         self._spawn(
-            port, "--port", str(port), "--bind", HOST, "--dir", str(data),
+            port, *listen, "--bind", HOST, "--dir", str(data),
             "--save", "", "--appendonly", "no", *args,
         )  # fmt: skip
+
+    def _listen(self, port: int) -> str:
+        """The Sentinel's configuration lines for where it listens (and how it connects)."""
+        if self.tls is None:
+            return f"port {port}\n"
+        options = self.tls.server_args()
+        pairs = zip(options[::2], options[1::2], strict=True)
+        return f"port 0\ntls-port {port}\n" + "".join(f"{k[2:]} {v}\n" for k, v in pairs)
 
     def _spawn(self, port: int, *args: str) -> None:
         binary = shutil.which("redis-server")
@@ -128,7 +173,10 @@ class SentinelRedis:
         self.wait_until(lambda: self._answers(port), f"redis-server on port {port}")
 
     def _client(self, port: int) -> redis.Redis:
-        return redis.Redis(host=HOST, port=port, socket_timeout=2, socket_connect_timeout=2)
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
+        return redis.Redis(host=HOST, port=port, socket_timeout=2, socket_connect_timeout=2, **tls)
 
     def _answers(self, port: int) -> bool:
         try:

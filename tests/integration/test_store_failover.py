@@ -6,7 +6,8 @@ its writes count once a replica has them (``CONSENT_STREAM_REDIS_MIN_REPLICAS=1`
 ``WAIT`` in the write's round trip). The primary is SIGKILLed by its pid: the writes
 during the failover fail as while Redis is down and are retried, then go to the promoted
 replica (the Sentinel picks the one with most of the primary's writes), which has every
-write that counted before.
+write that counted before. The same with TLS everywhere: clients to the Sentinel and the
+data nodes, replication, and the Sentinel to the data nodes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from schemas.views import ConsentState, PurposeDecision
 
 from .processes import WorkerFactory, consent_changed, new_subject
 from .processes import worker_factory as worker_factory
-from .redis_sentinel import HOST, SentinelRedis
+from .redis_sentinel import HOST, SentinelRedis, TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +39,23 @@ PURPOSE = "personalized_ads"  # opt-out: allowed until withdrawn
 FAILOVER_TIMEOUT_S = 60.0
 
 
-@pytest.fixture
-def redis_ha(tmp_path: Path) -> Iterator[SentinelRedis]:
-    ha = SentinelRedis(tmp_path)
+def started(ha: SentinelRedis) -> Iterator[SentinelRedis]:
     try:
         ha.start()
         yield ha
     finally:
         ha.stop()
+
+
+@pytest.fixture(params=["plain", "tls"])
+def redis_ha(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SentinelRedis]:
+    tls = TlsFiles.issue(tmp_path) if request.param == "tls" else None
+    yield from started(SentinelRedis(tmp_path, tls))
+
+
+@pytest.fixture
+def tls_redis_ha(tmp_path: Path) -> Iterator[SentinelRedis]:
+    yield from started(SentinelRedis(tmp_path, TlsFiles.issue(tmp_path)))
 
 
 def through_sentinel(settings: Settings, ha: SentinelRedis) -> ConsentStore:
@@ -88,6 +98,15 @@ def test_writes_that_counted_are_on_the_promoted_replica(redis_ha: SentinelRedis
     for state in before + after:
         assert store.consent_view(state.subject_id)["seen"] is True, state.subject_id
         assert store.is_allowed(state.subject_id, PURPOSE) is False
+
+
+def test_sentinels_on_tls_are_not_reached_without_it(tls_redis_ha: SentinelRedis) -> None:
+    plain = replace(tls_redis_ha.sentinel, tls=False)  # CONSENT_STREAM_REDIS_SENTINEL_TLS=false
+    s = replace(Settings(), redis_url=tls_redis_ha.url, redis_sentinel=plain)
+    store = ConsentStore(make_redis(s), POLICY, s.subject_keys, s.redis_prefix)
+
+    with pytest.raises(StoreUnavailableError):
+        store.apply_states([withdrawn("never")])
 
 
 def test_a_write_no_replica_has_is_retried_not_counted(redis_ha: SentinelRedis) -> None:

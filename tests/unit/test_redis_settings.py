@@ -54,6 +54,11 @@ def test_sentinels_service_password_and_replicas_are_read_once() -> None:
         ({"REDIS_SENTINELS": "s:26379,s:x"}, "'s:x' is not host:port"),
         ({"REDIS_SENTINELS": " , "}, "names no Sentinel"),
         ({"REDIS_SENTINEL_SERVICE": "store-eu"}, "need CONSENT_STREAM_REDIS_SENTINELS"),
+        ({"REDIS_SENTINEL_TLS": "true"}, "need CONSENT_STREAM_REDIS_SENTINELS"),
+        (
+            {"REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_TLS": "sometimes"},
+            "REDIS_SENTINEL_TLS: 'sometimes' is neither true nor false",
+        ),
         ({"REDIS_MIN_REPLICAS": "-1"}, "must be positive"),
     ],
 )
@@ -83,6 +88,37 @@ def test_with_sentinels_the_clients_ask_them_for_the_primary() -> None:
         sentinel_kwargs = sentinel.connection_pool.connection_kwargs
         assert (sentinel_kwargs["host"], sentinel_kwargs["port"]) == ("127.0.0.1", 26379)
         assert sentinel_kwargs["password"] == SENTINEL_SECRET
+
+
+CA = "/etc/consent-stream/redis-ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("url", "tls", "sentinels_over_tls", "nodes_over_tls"),
+    [
+        (f"rediss://:pw@h:1/0?ssl_ca_certs={CA}", None, True, True),  # as the data nodes
+        (f"rediss://:pw@h:1/0?ssl_ca_certs={CA}", "false", False, True),
+        (f"redis://:pw@h:1/0?ssl_ca_certs={CA}", "true", True, False),
+        ("redis://:pw@h:1/0", None, False, False),
+    ],
+)
+def test_sentinels_are_reached_over_tls_when_said_or_when_the_data_nodes_are(
+    url: str, tls: str | None, sentinels_over_tls: bool, nodes_over_tls: bool
+) -> None:
+    env = {"REDIS_URL": url, "REDIS_SENTINELS": "127.0.0.1:26379"}
+    s = settings(**env, **({"REDIS_SENTINEL_TLS": tls} if tls is not None else {}))
+    for client, ssl_pool in (
+        (make_redis(s), redis.sentinel.SentinelManagedSSLConnection),
+        (make_async_redis(s), redis.asyncio.sentinel.SentinelManagedSSLConnection),
+    ):
+        pool = client.connection_pool
+        assert (pool.connection_class is ssl_pool) is nodes_over_tls
+        assert (pool.connection_kwargs.get("ssl_ca_certs") == CA) is nodes_over_tls
+        (sentinel,) = pool.sentinel_manager.sentinels
+        kwargs = sentinel.connection_pool.connection_kwargs
+        assert (kwargs.get("ssl_ca_certs") == CA) is sentinels_over_tls
+        over_tls = "SSL" in sentinel.connection_pool.connection_class.__name__
+        assert over_tls is sentinels_over_tls
 
 
 def test_addresses_parse_as_given() -> None:
