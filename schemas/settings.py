@@ -77,6 +77,22 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 env_int = _int
+
+
+def _insync(env: Mapping[str, str]) -> int | None:
+    """``CONSENT_STREAM_MIN_INSYNC_REPLICAS`` (at most the replication factor), or None."""
+    if not env.get(ENV_PREFIX + "MIN_INSYNC_REPLICAS"):
+        return None
+    value = _int(env, "MIN_INSYNC_REPLICAS", 1)
+    factor = _int(env, "REPLICATION_FACTOR", _DEFAULT.replication_factor)
+    if value > factor:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}MIN_INSYNC_REPLICAS={value} is more than the replication factor "
+            f"({factor}): no write could ever count"
+        )
+    return value
+
+
 """``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
 ``default`` when unset; a ``ConfigurationError`` naming the variable otherwise."""
 
@@ -99,6 +115,10 @@ class Settings:
     policy_path: str | None = None
     partitions: int = 3
     replication_factor: int = 1
+    min_insync_replicas: int | None = None
+    """``min.insync.replicas`` of the service's topics (``CONSENT_STREAM_MIN_INSYNC_REPLICAS``,
+    1 to the replication factor): with ``acks=all`` a write counts once this many replicas
+    have it. None: ``insync_replicas`` derives it."""
     max_record_bytes: int = 1_048_576
     client_id: str = "consent-stream"
     http_port: int = 6066
@@ -170,6 +190,7 @@ class Settings:
             policy_path=env.get(ENV_PREFIX + "POLICY") or None,
             partitions=_int(env, "PARTITIONS", _DEFAULT.partitions),
             replication_factor=_int(env, "REPLICATION_FACTOR", _DEFAULT.replication_factor),
+            min_insync_replicas=_insync(env),
             max_record_bytes=_int(env, "MAX_RECORD_BYTES", _DEFAULT.max_record_bytes),
             client_id=get("CLIENT_ID", _DEFAULT.client_id),
             http_port=_int(env, "HTTP_PORT", _DEFAULT.http_port),
@@ -229,6 +250,14 @@ class Settings:
     def listener(self) -> str:
         """``SASL_PLAINTEXT://host:port`` of the bootstrap servers, for messages."""
         return f"{self.security_protocol}://{self.bootstrap_servers}"
+
+    @property
+    def insync_replicas(self) -> int:
+        """``min_insync_replicas``, or 2 with 3 replicas or more (one broker may be down
+        and every write is still on two), else 1."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return 2 if self.replication_factor >= 3 else 1
 
     @property
     def ticket_grace_ms(self) -> int:

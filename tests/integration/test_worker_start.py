@@ -14,9 +14,10 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 
 from schemas.settings import Settings
 from schemas.topics import record_limits
@@ -81,7 +82,29 @@ def test_a_worker_with_a_larger_record_limit_raises_its_topics_limits(
 
 def limits(settings: Settings, topics: list[str]) -> dict[str, str]:
     """``max.message.bytes`` of each topic, as the broker holds it."""
+    held = configs(settings, topics, "max.message.bytes")
+    return {name: entry.value for name, entry in held.items()}
+
+
+def configs(settings: Settings, topics: list[str], key: str) -> dict[str, Any]:
+    """The ``key`` config entry of each topic, as the broker describes it."""
     admin = AdminClient(settings.admin_config())
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics]
     described = admin.describe_configs(resources, request_timeout=30)
-    return {r.name: f.result()["max.message.bytes"].value for r, f in described.items()}
+    return {r.name: f.result()[key] for r, f in described.items()}
+
+
+def test_topics_are_created_with_the_settings_min_insync_replicas(
+    worker_factory: WorkerFactory,
+) -> None:
+    """Set on each topic, not left to the broker's default: with ``acks=all`` a record
+    counts once that many replicas have it (2 of 3 in production; 1 on this one broker)."""
+    worker = worker_factory(start=False)
+    settings = worker.settings
+    created = ensure_topics(settings, worker.policy)
+    assert set(created) == set(settings.topics.specs(worker.policy.partners, 1))
+
+    held = configs(settings, created, "min.insync.replicas")
+
+    assert {name: e.value for name, e in held.items()} == dict.fromkeys(created, "1")
+    assert {e.source for e in held.values()} == {ConfigSource.DYNAMIC_TOPIC_CONFIG.value}
