@@ -1,0 +1,156 @@
+"""Three Kafka brokers on loopback (KRaft), started for a test.
+
+The local stack runs one broker; what only a cluster shows (replicas, ``min.insync.replicas``,
+a broker lost) needs three. They run the stack's own Kafka jars (``deploy/local/stack.py``
+installs them) in plaintext with no ACLs, under the test's directory, on free ports. Broker
+3 is also the cluster's one controller, so brokers 1 and 2 can both be lost while the
+controller still moves leaders and shrinks the in-sync replicas: a broker that stops
+answering its heartbeats is fenced after ``SESSION_TIMEOUT_MS`` and leaves them. Each is
+started here and SIGKILLed or stopped by the pid it got, never by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Final
+
+import pytest
+
+from streams.demo.processes import free_port
+
+__all__ = ["KafkaCluster"]
+
+HOST: Final = "127.0.0.1"
+NODES: Final = (1, 2, 3)
+CONTROLLER: Final = 3
+SESSION_TIMEOUT_MS: Final = 3000
+READY_TIMEOUT_S: Final = 90.0
+_STACK_PY: Final = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack.py"
+
+
+def _stack() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("consent_stack", _STACK_PY)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class KafkaCluster:
+    """Brokers 1-3 under ``base``: ``ports[n]`` for clients; 3 is the controller too."""
+
+    base: Path
+    ports: dict[int, int] = field(default_factory=lambda: {n: free_port() for n in NODES})
+    controller_port: int = field(default_factory=free_port)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{self.ports[n]}" for n in NODES)
+
+    def start(self) -> None:
+        stack = _stack()
+        cfg = stack.load_config(stack.DEFAULT_CONFIG)
+        if not stack.jars_installed(cfg.kafka):
+            pytest.fail("the Kafka jars are not installed (make stack installs them)")
+        self._java, self._libs = stack.java_executable(), str(cfg.kafka.libs)
+        self._answers = stack.kafka_answers
+        cluster_id = stack.kafka_uuid()
+        for n in NODES:
+            self._format(n, cluster_id)
+        for n in NODES:
+            self._spawn(n)
+        for n in NODES:
+            self.wait_until(lambda n=n: self._answers(HOST, self.ports[n]), f"broker {n}")
+
+    def kill(self, n: int) -> None:
+        """SIGKILL broker ``n`` (1 or 2: 3 is the controller), by its pid."""
+        assert n != CONTROLLER, "the controller stays: it is what fences the others"
+        proc = self.procs.pop(n)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def restart(self, n: int) -> None:
+        self._spawn(n)
+        self.wait_until(lambda: self._answers(HOST, self.ports[n]), f"broker {n} again")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.procs.clear()
+
+    def wait_until(
+        self, condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.2)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _properties(self, n: int) -> Path:
+        listeners = f"PLAINTEXT://{HOST}:{self.ports[n]}"
+        if n == CONTROLLER:
+            listeners += f",CONTROLLER://{HOST}:{self.controller_port}"
+        props = {
+            "process.roles": "broker,controller" if n == CONTROLLER else "broker",
+            "node.id": str(n),
+            "controller.quorum.voters": f"{CONTROLLER}@{HOST}:{self.controller_port}",
+            "listeners": listeners,
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.ports[n]}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.base / f"kafka-{n}"),
+            "offsets.topic.replication.factor": "3",
+            "transaction.state.log.replication.factor": "3",
+            "transaction.state.log.min.isr": "2",
+            "group.initial.rebalance.delay.ms": "0",
+            "broker.session.timeout.ms": str(SESSION_TIMEOUT_MS),
+            "broker.heartbeat.interval.ms": "500",
+            "replica.lag.time.max.ms": "5000",
+        }
+        path = self.base / f"server-{n}.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _format(self, n: int, cluster_id: str) -> None:
+        argv = [
+            self._java, "-cp", f"{self._libs}/*", "kafka.tools.StorageTool", "format",
+            "-t", cluster_id, "-c", str(self._properties(n)),
+        ]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        if result.returncode != 0:
+            pytest.fail(f"formatting broker {n} failed:\n{result.stdout}{result.stderr}")
+
+    def _spawn(self, n: int) -> None:
+        argv = [
+            self._java, "-Xmx384m", "-XX:+UseSerialGC", f"-Dkafka.logs.dir={self.base}",
+            "-cp", f"{self._libs}/*", "kafka.Kafka", str(self.base / f"server-{n}.properties"),
+        ]  # fmt: skip
+        log = (self.base / f"kafka-{n}.log").open("ab")
+        self.procs[n] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()

@@ -1,0 +1,139 @@
+"""On three brokers (``kafka_cluster.KafkaCluster``), the service's topics have three
+replicas and ``min.insync.replicas=2``, and an event is acknowledged only once two brokers
+have it: with one broker SIGKILLed, events are still accepted; with two, and only the
+third in sync, none is (the same events to topics created with
+``CONSENT_STREAM_MIN_INSYNC_REPLICAS=1`` are: one copy); they go through once a broker is
+back. Read afterwards, every event is there exactly once (idempotent retries), in order
+per subject.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from producers.publisher import ConsentPublisher
+from schemas.events import ConsentEvent
+from schemas.policy import load_policy
+from schemas.serde import AvroSerde
+from schemas.settings import Settings
+from streams.topics import ensure_topics
+
+from .kafka_cluster import KafkaCluster
+from .processes import consent_changed, new_subject
+
+pytestmark = pytest.mark.integration
+
+POLICY = load_policy()
+PURPOSE = "personalized_ads"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    brokers = KafkaCluster(Path(tmp_path_factory.mktemp("kafka-cluster")))
+    try:
+        brokers.start()
+        yield brokers
+    finally:
+        brokers.stop()
+
+
+def namespace(cluster: KafkaCluster, **overrides: Any) -> Settings:
+    s = Settings(
+        bootstrap_servers=cluster.bootstrap,
+        replication_factor=3,
+        topic_namespace=f"c{uuid.uuid4().hex[:8]}",
+        dev_mode=True,
+        **overrides,
+    )
+    ensure_topics(s, POLICY, timeout_s=60)
+    return s
+
+
+@pytest.fixture(scope="module")
+def settings(cluster: KafkaCluster) -> Settings:
+    return namespace(cluster)
+
+
+def in_sync(settings: Settings, topic: str) -> set[int]:
+    """The brokers in sync on every partition of ``topic``."""
+    partitions = AdminClient(settings.admin_config()).list_topics(topic, timeout=30)
+    isrs = [set(p.isrs) for p in partitions.topics[topic].partitions.values()]
+    return set.intersection(*isrs)
+
+
+def events(n: int) -> list[ConsentEvent]:
+    subjects = [new_subject("cluster") for _ in range(10)]
+    return [consent_changed(subjects[i % 10], PURPOSE, i % 2 == 0) for i in range(n)]
+
+
+def read_events(settings: Settings) -> list[ConsentEvent]:
+    topic, serde = settings.topics.events, AvroSerde()
+    consumer = Consumer(settings.consumer_config(f"read-{uuid.uuid4().hex[:8]}"))
+    try:
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        got: list[ConsentEvent] = []
+        while sum(ends.values()) > len(got):
+            for msg in consumer.consume(500, 1.0):
+                assert msg.error() is None, msg.error()
+                got.append(serde.decode_as(msg.value() or b"", ConsentEvent, topic))
+        return got
+    finally:
+        consumer.close()
+
+
+def test_the_topics_have_three_replicas_and_writes_count_on_two(
+    cluster: KafkaCluster, settings: Settings
+) -> None:
+    admin = AdminClient(settings.admin_config())
+    names = list(settings.topics.specs(POLICY.partners, settings.max_record_bytes))
+    meta = admin.list_topics(timeout=30).topics
+    assert {len(p.replicas) for n in names for p in meta[n].partitions.values()} == {3}
+    described = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, n) for n in names], request_timeout=30
+    )
+    held = {r.name: f.result()["min.insync.replicas"].value for r, f in described.items()}
+    assert held == dict.fromkeys(names, "2")
+
+
+@pytest.mark.timeout(300)
+def test_accepted_stays_accepted_through_losing_brokers(
+    cluster: KafkaCluster, settings: Settings
+) -> None:
+    before, one_down, two_down = events(200), events(200), events(200)
+    one_copy = namespace(cluster, min_insync_replicas=1)
+    topic = settings.topics.events
+    with ConsentPublisher(settings, POLICY) as publisher:
+        assert len(publisher.publish_many(before, timeout_s=60)) == len(before)
+
+        cluster.kill(1)
+        assert len(publisher.publish_many(one_down, timeout_s=60)) == len(one_down)
+
+        cluster.kill(2)
+        cluster.wait_until(lambda: in_sync(settings, topic) == {3}, "brokers 1, 2 fenced")
+        for event in two_down:
+            publisher.publish_async(event)
+        assert publisher.flush(10.0) == len(two_down)  # one copy: not acknowledged
+        with ConsentPublisher(one_copy, POLICY) as careless:
+            assert len(careless.publish_many(events(20), timeout_s=30)) == 20  # it would be
+
+        cluster.restart(2)
+        assert publisher.flush(120.0) == 0
+    cluster.restart(1)
+
+    got = read_events(settings)
+    sent = before + one_down + two_down
+    assert sorted(e.event_id for e in got) == sorted(e.event_id for e in sent)  # once each
+    for subject in {e.subject_id for e in sent}:
+        order = [e.event_id for e in sent if e.subject_id == subject]
+        assert [e.event_id for e in got if e.subject_id == subject] == order
