@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any, NoReturn, Protocol, TypeVar, cast
@@ -51,7 +51,7 @@ from schemas.settings import Secret, Settings
 from streams.acl_sync import remove_namespace_acls
 from streams.demo.processes import free_port, http_get
 
-from .kafka_auth import admin_config, admin_settings, sync_acls
+from .kafka_auth import admin_settings, sync_acls
 
 __all__ = [
     "Metrics",
@@ -134,6 +134,9 @@ class WorkerConfig:
     redis_url: str
     partitions: int = 3
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    plaintext: bool = False
+    """Brokers without authentication or ACLs (``kafka_cluster.KafkaCluster``), not the
+    local stack's."""
 
     @property
     def app_id(self) -> str:
@@ -141,6 +144,11 @@ class WorkerConfig:
 
     def settings(self) -> Settings:
         """The tests' view of this worker's settings (as the admin principal)."""
+        if self.plaintext:
+            return replace(self._settings(), security_protocol="PLAINTEXT")
+        return self._settings()
+
+    def _settings(self) -> Settings:
         return admin_settings(
             bootstrap_servers=self.bootstrap_servers,
             redis_url=self.redis_url,
@@ -168,6 +176,7 @@ class WorkerConfig:
                 "CONSENT_STREAM_DEV_MODE": "1",  # the tests' Settings use the development key
                 "CONSENT_STREAM_HTTP_TOKENS": f"{TEST_CALLER}={TEST_TOKEN.reveal().decode()}",
                 "PYTHONUNBUFFERED": "1",
+                **({"CONSENT_STREAM_SECURITY_PROTOCOL": "PLAINTEXT"} if self.plaintext else {}),
                 **self.extra_env,
             }
         )
@@ -202,8 +211,8 @@ class WorkerProcess:
         if self.running:
             raise RuntimeError("worker already running")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self._acls_synced:  # the `worker` principal's ACLs for this namespace
-            sync_acls(self.settings, self.policy.partners)
+        if not self._acls_synced and not self.config.plaintext:  # the `worker` principal's
+            sync_acls(self.settings, self.policy.partners)  # ACLs for this namespace
             self._acls_synced = True
         self._log = self.config.log_path.open("ab")
         self._log.write(f"\n===== start #{self.starts + 1} =====\n".encode())
@@ -541,14 +550,19 @@ def read_all(settings: Settings, topic: str, *, decode: bool = True) -> list[Top
 
 class WorkerFactory(Protocol):
     def __call__(
-        self, *, start: bool = True, partitions: int = 3, env: Mapping[str, str] | None = None
+        self,
+        *,
+        start: bool = True,
+        partitions: int = 3,
+        env: Mapping[str, str] | None = None,
+        cluster: str | None = None,
     ) -> WorkerProcess: ...
 
 
 def _cleanup(config: WorkerConfig) -> list[str]:
     """Delete the namespace's topics (incl. Faust's internal ones) and Redis keys."""
     problems: list[str] = []
-    admin = AdminClient(admin_config(config.bootstrap_servers))
+    admin = AdminClient(config.settings().admin_config())
     try:
         names = [
             t
@@ -563,7 +577,8 @@ def _cleanup(config: WorkerConfig) -> list[str]:
     except KafkaException as exc:
         problems.append(f"list topics: {exc}")
     try:
-        remove_namespace_acls(config.settings(), sorted(load_policy().partners))
+        if not config.plaintext:
+            remove_namespace_acls(config.settings(), sorted(load_policy().partners))
     except ConsentStreamError as exc:
         problems.append(f"remove ACLs: {exc}")
     client = redis.Redis.from_url(config.redis_url)
@@ -598,8 +613,14 @@ def worker_factory(
     failed_before = request.session.testsfailed
 
     def create(
-        *, start: bool = True, partitions: int = 3, env: Mapping[str, str] | None = None
+        *,
+        start: bool = True,
+        partitions: int = 3,
+        env: Mapping[str, str] | None = None,
+        cluster: str | None = None,
     ) -> WorkerProcess:
+        """``cluster``: the bootstrap servers of brokers without authentication
+        (``kafka_cluster.KafkaCluster``) instead of the local stack's."""
         namespace = f"t{uuid.uuid4().hex[:8]}"
         base = tmp_path_factory.mktemp(f"worker-{namespace}")
         config = WorkerConfig(
@@ -607,10 +628,11 @@ def worker_factory(
             http_port=free_port(),
             data_dir=base / "data",
             log_path=base / "worker.log",
-            bootstrap_servers=bootstrap_servers,
+            bootstrap_servers=cluster or bootstrap_servers,
             redis_url=redis_url,
             partitions=partitions,
             extra_env=dict(env or {}),
+            plaintext=cluster is not None,
         )
         worker = WorkerProcess(config)
         workers.append(worker)

@@ -4,11 +4,12 @@ have it: with one broker SIGKILLed, events are still accepted; with two, and onl
 third in sync, none is (the same events to topics created with
 ``CONSENT_STREAM_MIN_INSYNC_REPLICAS=1`` are: one copy); they go through once a broker is
 back. Read afterwards, every event is there exactly once (idempotent retries), in order
-per subject.
+per subject. And a worker on these brokers rides through losing one.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +19,18 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from consumers.consent_store import ConsentStore
+from consumers.store_clients import make_redis
 from producers.publisher import ConsentPublisher
 from schemas.events import ConsentEvent
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
-from schemas.settings import Settings
+from schemas.settings import ENV_PREFIX, Settings
 from streams.topics import ensure_topics
 
 from .kafka_cluster import KafkaCluster
-from .processes import consent_changed, new_subject
+from .processes import WorkerFactory, consent_changed, new_subject, read_until
+from .processes import worker_factory as worker_factory
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +141,53 @@ def test_accepted_stays_accepted_through_losing_brokers(
     for subject in {e.subject_id for e in sent}:
         order = [e.event_id for e in sent if e.subject_id == subject]
         assert [e.event_id for e in got if e.subject_id == subject] == order
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_on_three_brokers_rides_through_losing_one(
+    cluster: KafkaCluster, worker_factory: WorkerFactory
+) -> None:
+    """Topics with 3 replicas, a broker SIGKILLed while events come (one that leads some
+    of the worker's partitions): every withdrawal reaches the store and the ads partner's
+    topic, and the worker never restarts."""
+    worker = worker_factory(cluster=cluster.bootstrap, env={ENV_PREFIX + "REPLICATION_FACTOR": "3"})
+    settings = worker.settings
+    own = [settings.topics.events, settings.topics.state, settings.topics.instructions("ads")]
+    meta = AdminClient(settings.admin_config()).list_topics(timeout=30).topics
+    assert any(p.leader == 1 for t in own for p in meta[t].partitions.values())
+    before, during = withdrawals(60), withdrawals(120)
+    client = make_redis(settings)
+    store = ConsentStore(client, POLICY, settings.subject_keys, settings.redis_prefix)
+    try:
+        with ConsentPublisher(settings, POLICY) as publisher:
+            publisher.publish_many(before, timeout_s=60)
+            worker.poll(lambda: all_withdrawn(store, before), 60.0, "the first withdrawals")
+            for n, event in enumerate(during):
+                publisher.publish_async(event)
+                if n == 30:
+                    cluster.kill(1)
+                time.sleep(0.02)
+            assert publisher.flush(120.0) == 0
+        everything = before + during
+        worker.poll(lambda: all_withdrawn(store, everything), 180.0, "every withdrawal")
+    finally:
+        client.close()
+        cluster.restart(1)
+    wanted = {e.event_id for e in everything}
+    read_until(
+        settings,
+        settings.topics.instructions("ads"),
+        lambda rs: wanted <= {r.obj.source_event_id for r in rs},
+        timeout_s=120.0,
+        what="a STOP_PROCESSING for each withdrawal",
+        explain=worker.describe,
+    )
+    assert worker.running and worker.starts == 1, worker.describe()
+
+
+def withdrawals(n: int) -> list[ConsentEvent]:
+    return [consent_changed(new_subject("cluster"), PURPOSE, False) for _ in range(n)]
+
+
+def all_withdrawn(store: ConsentStore, events: list[ConsentEvent]) -> bool:
+    return all(store.is_allowed(e.subject_id, PURPOSE) is False for e in events)
