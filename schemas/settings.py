@@ -139,6 +139,12 @@ class Settings:
     dev_mode: bool = False
     """``CONSENT_STREAM_DEV_MODE=1`` (the local stack and the tests): the built-in
     development subject key may be used."""
+    group_session_timeout_s: int = 60
+    """How long the group waits for a worker that stopped answering (SIGKILL, a machine
+    gone) before its partitions go to the others: they stall that long
+    (``CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S``; at least the broker's
+    ``group.min.session.timeout.ms``, 6 s by default; heartbeats every 3 s, or every third
+    of it when that is shorter)."""
     settled_ticket_grace_s: int = 86_400
     """How long the worker keeps a settled, answered ledger ticket (the request status
     stays in Redis and on consent.requests.v1)."""
@@ -203,6 +209,9 @@ class Settings:
             redis_prefix=get("REDIS_PREFIX", _DEFAULT.redis_prefix),
             subject_keys=subject_keys_from_env(env, ENV_PREFIX, _dev_mode(env)),
             dev_mode=_dev_mode(env),
+            group_session_timeout_s=_int(
+                env, "GROUP_SESSION_TIMEOUT_S", _DEFAULT.group_session_timeout_s
+            ),
             settled_ticket_grace_s=_int(
                 env, "SETTLED_TICKET_GRACE_S", _DEFAULT.settled_ticket_grace_s
             ),

@@ -170,6 +170,8 @@ def create_app(settings: Settings) -> faust.App:
         web_host="127.0.0.1",
         datadir=settings.data_dir,
         autodiscover=False,
+        broker_session_timeout=float(settings.group_session_timeout_s),
+        broker_heartbeat_interval=min(3.0, settings.group_session_timeout_s / 3),
         broker_commit_every=1_000_000_000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,

@@ -556,6 +556,7 @@ class WorkerFactory(Protocol):
         partitions: int = 3,
         env: Mapping[str, str] | None = None,
         cluster: str | None = None,
+        like: WorkerProcess | None = None,
     ) -> WorkerProcess: ...
 
 
@@ -618,10 +619,14 @@ def worker_factory(
         partitions: int = 3,
         env: Mapping[str, str] | None = None,
         cluster: str | None = None,
+        like: WorkerProcess | None = None,
     ) -> WorkerProcess:
         """``cluster``: the bootstrap servers of brokers without authentication
-        (``kafka_cluster.KafkaCluster``) instead of the local stack's."""
-        namespace = f"t{uuid.uuid4().hex[:8]}"
+        (``kafka_cluster.KafkaCluster``) instead of the local stack's. ``like``: one more
+        worker of that worker's group (its namespace, app id and settings, its own port
+        and data); started, it is ready once it serves HTTP (its share of the partitions
+        comes with the group's rebalance)."""
+        namespace = f"t{uuid.uuid4().hex[:8]}" if like is None else like.config.namespace
         base = tmp_path_factory.mktemp(f"worker-{namespace}")
         config = WorkerConfig(
             namespace=namespace,
@@ -634,11 +639,17 @@ def worker_factory(
             extra_env=dict(env or {}),
             plaintext=cluster is not None,
         )
+        if like is not None:
+            config = replace(like.config, http_port=config.http_port, data_dir=config.data_dir)
+            config = replace(config, log_path=base / "worker.log")
         worker = WorkerProcess(config)
         workers.append(worker)
         if start:
             worker.start()
-            worker.wait_ready()
+            if like is None:
+                worker.wait_ready()
+            else:
+                worker.poll(lambda: worker.http_status("/healthz") == 200, 60.0, "GET /healthz")
         return worker
 
     yield create

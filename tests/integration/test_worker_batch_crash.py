@@ -59,7 +59,7 @@ def worker(worker_factory: WorkerFactory) -> WorkerProcess:
     failpoint = f"{FAILPOINT}:{MIN_INSTRUCTIONS}"
     # a short session timeout, so the restarted worker gets the partitions back soon
     return worker_factory(
-        env={"CONSENT_STREAM_FAILPOINT": failpoint, "BROKER_SESSION_TIMEOUT": "10"}
+        env={"CONSENT_STREAM_FAILPOINT": failpoint, "CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S": "10"}
     )
 
 

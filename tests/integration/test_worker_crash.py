@@ -7,7 +7,8 @@ from replaying the same events, per subject in publish order, through the pure
 ``streams.decisions.decide`` with the same policy and key: the final consent store hash
 of every subject, every instruction id (deterministic per event) on the partner topics,
 and a status on consent.requests.v1 for every deletion request. Duplicates on partner
-topics are allowed (at-least-once); a missing effect is not.
+topics are allowed (at-least-once); a missing effect is not. The same with two workers
+of one group, one of them killed and not restarted: the other takes over.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState, to_consent_state
 
 from .processes import (
+    PROBE_PURPOSE,
     TopicRecord,
     WorkerFactory,
     WorkerProcess,
@@ -45,6 +47,7 @@ from .processes import (
     consent_changed,
     data_shared,
     deletion_requested,
+    new_subject,
     now_ms,
     permission_revoked,
     poll_until,
@@ -206,10 +209,9 @@ class BackgroundPublisher:
 
 @pytest.fixture(scope="module")
 def worker(worker_factory: WorkerFactory) -> WorkerProcess:
-    # Faust's default session timeout (60 s) keeps the killed member's partitions
-    # unassigned that long after a crash; the test worker uses 10 s (Faust reads it from
-    # the environment).
-    return worker_factory(env={"BROKER_SESSION_TIMEOUT": "10"})
+    # the default session timeout (60 s) keeps the killed member's partitions unassigned
+    # that long after a crash; the test worker uses 10 s
+    return worker_factory(env={"CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S": "10"})
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +249,6 @@ def test_sigkill_mid_stream_loses_no_effect(
     expected = expected_effects(workload, policy, settings)
     assert expected.outcomes["applied"] > EVENTS * 0.8
     assert expected.closed and expected.requests and len(expected.instructions) == 4
-    store = ConsentStore(redis_client, policy, settings.subject_keys, settings.redis_prefix)
     processed_before = worker.metric("consent_events_total")  # the readiness probe
     publisher = BackgroundPublisher(settings, policy, workload.events)
 
@@ -269,9 +270,66 @@ def test_sigkill_mid_stream_loses_no_effect(
     assert len(publisher.receipts) == EVENTS  # every event was accepted
     assert processed - processed_before < EVENTS, "the kill came after the end of the stream"
     remaining = max(10.0, CATCH_UP_TIMEOUT_S - (time.monotonic() - started))
+    assert_every_effect(worker, redis_client, expected, remaining)
+
+
+def test_a_second_worker_takes_over_from_a_sigkilled_one(worker_factory: WorkerFactory) -> None:
+    """Two workers of one group share the partitions; one is SIGKILLed mid-stream and not
+    restarted: the other takes its partitions over (after the 10 s session timeout),
+    recovers their subjects' states and tickets from the changelogs, and every effect is
+    there as if one worker had processed everything."""
+    first = worker_factory(env={"CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S": "10"})
+    second = worker_factory(like=first)
+    settings, policy = first.settings, first.policy
+    shared_out(first, second)
+    workload = make_workload(policy, SUBJECTS, EVENTS, SEED + 1)
+    expected = expected_effects(workload, policy, settings)
+    publisher = BackgroundPublisher(settings, policy, workload.events)
+
+    def processed() -> float:
+        return first.metric("consent_events_total") + second.metric("consent_events_total")
+
+    kill_at = processed() + int(EVENTS * KILL_AFTER_FRACTION)
+    publisher.start()
+    first.poll(lambda: processed() >= kill_at, 60.0, f"{kill_at:.0f} events", interval_s=0.02)
+    first.kill()
+    publisher.join(60.0)
+
+    assert publisher.errors == [] and len(publisher.receipts) == EVENTS
+    client = make_redis(settings)
+    try:
+        assert_every_effect(second, client, expected, CATCH_UP_TIMEOUT_S)
+    finally:
+        client.close()
+    assert second.running and second.starts == 1, second.describe()
+
+
+def shared_out(first: WorkerProcess, second: WorkerProcess) -> None:
+    """Until the group's rebalance gave ``second`` a share of the partitions: probe events
+    (grants no partner is told of, on fresh subjects, so on every partition) until both
+    workers have processed some."""
+    before = {w: w.metric("consent_events_total") for w in (first, second)}
+    with ConsentPublisher(first.settings, first.policy) as publisher:
+
+        def both() -> bool:
+            probes = [consent_changed(new_subject("probe"), PROBE_PURPOSE, True) for _ in range(6)]
+            publisher.publish_many(probes)
+            time.sleep(0.2)
+            return all(w.metric("consent_events_total") > n for w, n in before.items())
+
+        first.poll(both, 60.0, "both workers processing", interval_s=0.3)
+
+
+def assert_every_effect(
+    worker: WorkerProcess, redis_client: redis.Redis, expected: Expected, timeout_s: float
+) -> None:
+    """The store, the partner topics, the request statuses and the dead-letter topic hold
+    exactly what ``expected`` says (duplicates on partner topics allowed)."""
+    settings, policy = worker.settings, worker.policy
+    store = ConsentStore(redis_client, policy, settings.subject_keys, settings.redis_prefix)
     poll_until(
         lambda: not store_mismatches(redis_client, store, expected.store),
-        remaining,
+        timeout_s,
         "the consent store to reach the expected state of every subject",
         interval_s=0.5,
         explain=lambda: (

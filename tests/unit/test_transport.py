@@ -221,3 +221,12 @@ def test_faust_internal_topics_are_named_as_faust_names_them(tmp_path: Path) -> 
     }
     assert table.changelog_topic.get_topic_name() in topics
     assert app._leader_assignor._leader_topic_name in topics
+
+
+@pytest.mark.parametrize(("session_s", "heartbeat_s"), [(60, 3.0), (10, 3.0), (6, 2.0)])
+def test_the_group_session_timeout_is_the_settings(
+    tmp_path: Path, session_s: int, heartbeat_s: float
+) -> None:
+    app = create_app(Settings(data_dir=str(tmp_path), group_session_timeout_s=session_s))
+    assert app.conf.broker_session_timeout == session_s
+    assert app.conf.broker_heartbeat_interval == heartbeat_s
