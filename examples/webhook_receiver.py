@@ -106,7 +106,7 @@ def make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             instruction = json.loads(body)
             ce_id = self.headers.get("ce-id") or instruction["instruction_id"]
             dropped = self.headers.get("ce-referencesdropped") or ""
-            refs_dropped = int(dropped) if dropped.isdigit() else 0
+            refs_dropped = int(dropped) if dropped.isascii() and dropped.isdigit() else 0
             self._send(200, receiver.answer(ce_id, instruction, refs_dropped))
 
         def _send(self, status: int, obj: dict[str, Any]) -> None:

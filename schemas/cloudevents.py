@@ -99,4 +99,4 @@ def references_dropped(headers: Mapping[str, bytes | str]) -> int:
     (``ce-``, any case) headers; 0 when absent or not a count."""
     raw = headers.get(f"ce_{REFERENCES_DROPPED}") or headers.get(f"ce-{REFERENCES_DROPPED}")
     text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else (raw or "")
-    return int(text) if text.isdigit() else 0
+    return int(text) if text.isascii() and text.isdigit() else 0

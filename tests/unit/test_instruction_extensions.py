@@ -48,6 +48,7 @@ def test_only_an_instruction_that_lacks_references_carries_the_extension() -> No
         ({}, 0),
         ({"ce_referencesdropped": b"-3"}, 0),
         ({"ce_referencesdropped": b"twelve"}, 0),
+        ({"ce-referencesdropped": "\u00b2"}, 0),  # a digit to str.isdigit, not to int()
     ],
 )
 def test_the_count_is_read_from_either_transport(headers: object, expected: int) -> None:
