@@ -15,7 +15,6 @@ import importlib.util
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Final
 import pytest
 
 from streams.demo.processes import free_port
+
+from .processes import poll_until, stop_all
 
 __all__ = ["KafkaCluster"]
 
@@ -87,25 +88,13 @@ class KafkaCluster:
         self.wait_until(lambda: self._answers(HOST, self.ports[n]), f"broker {n} again")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_all(self.procs.values(), 30.0)
         self.procs.clear()
 
     def wait_until(
         self, condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
     ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-            time.sleep(0.2)
+        poll_until(condition, timeout_s, what, interval_s=0.2)
 
     # -- internals -----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -101,6 +101,21 @@ def poll_until(
             detail = f"\n{explain()}" if explain is not None else ""
             pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
         time.sleep(interval_s)
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """SIGTERM every process still running, then wait for each; SIGKILL one that takes
+    longer than ``timeout_s`` (all by the pids they got)."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 class Metrics:

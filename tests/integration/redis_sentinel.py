@@ -14,7 +14,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ import redis
 
 from schemas.redis_settings import DEFAULT_SENTINEL_SERVICE, RedisSentinel
 from streams.demo.processes import free_port
+
+from .processes import poll_until, stop_all
 
 __all__ = ["SentinelRedis", "TlsFiles"]
 
@@ -120,25 +121,13 @@ class SentinelRedis:
         return (answer[0].decode(), int(answer[1])) if answer else None
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_all(self.procs.values(), 10.0)
         self.procs.clear()
 
     def wait_until(
         self, condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S
     ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-            time.sleep(0.1)
+        poll_until(condition, timeout_s, what, interval_s=0.1)
 
     # -- internals -----------------------------------------------------------------------
 
