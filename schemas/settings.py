@@ -7,6 +7,7 @@ The librdkafka configuration dicts are built here and only here. Secrets are hel
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -77,6 +78,8 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 env_int = _int
+"""``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
+``default`` when unset; a ``ConfigurationError`` naming the variable otherwise."""
 
 
 def _insync(env: Mapping[str, str]) -> int | None:
@@ -93,8 +96,21 @@ def _insync(env: Mapping[str, str]) -> int | None:
     return value
 
 
-"""``env_int(env, "NAME", default)``: the positive integer ``CONSENT_STREAM_NAME``, or
-``default`` when unset; a ``ConfigurationError`` naming the variable otherwise."""
+def _instance_id(env: Mapping[str, str]) -> str | None:
+    """``CONSENT_STREAM_GROUP_INSTANCE_ID``: what Kafka accepts as a ``group.instance.id``
+    (letters, digits, ``.``, ``_``, ``-``; at most 249), or None when unset."""
+    raw = env.get(ENV_PREFIX + "GROUP_INSTANCE_ID", "")
+    if not raw:
+        return None
+    if len(raw) > 249 or raw in (".", "..") or not _INSTANCE_ID.fullmatch(raw):
+        raise ConfigurationError(
+            f"{ENV_PREFIX}GROUP_INSTANCE_ID={raw!r}: use 1-249 letters, digits, '.', '_' "
+            "or '-' (one name per worker, e.g. its host name)"
+        )
+    return raw
+
+
+_INSTANCE_ID: Final = re.compile(r"[A-Za-z0-9._-]+")
 
 FETCH_CLIENTS: Final = ("librdkafka", "aiokafka")
 """What may fetch the worker's records (``CONSENT_STREAM_FETCH_CLIENT``)."""
@@ -145,6 +161,13 @@ class Settings:
     (``CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S``; at least the broker's
     ``group.min.session.timeout.ms``, 6 s by default; heartbeats every 3 s, or every third
     of it when that is shorter)."""
+    group_instance_id: str | None = None
+    """This worker's lasting name in its group (``CONSENT_STREAM_GROUP_INSTANCE_ID``, Kafka
+    static membership): restarted within the session timeout, it gets its partitions back
+    at once, where a new member waits for the dead one's session to expire. Unique per
+    worker: a second worker with the same name fences the first. A static worker does not
+    leave the group when it stops, so a worker stopped for good stalls its partitions for
+    the session timeout. None: a new member on every start."""
     settled_ticket_grace_s: int = 86_400
     """How long the worker keeps a settled, answered ledger ticket (the request status
     stays in Redis and on consent.requests.v1)."""
@@ -212,6 +235,7 @@ class Settings:
             group_session_timeout_s=_int(
                 env, "GROUP_SESSION_TIMEOUT_S", _DEFAULT.group_session_timeout_s
             ),
+            group_instance_id=_instance_id(env),
             settled_ticket_grace_s=_int(
                 env, "SETTLED_TICKET_GRACE_S", _DEFAULT.settled_ticket_grace_s
             ),

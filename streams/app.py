@@ -172,6 +172,7 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
         broker_session_timeout=float(settings.group_session_timeout_s),
         broker_heartbeat_interval=min(3.0, settings.group_session_timeout_s / 3),
+        consumer_group_instance_id=settings.group_instance_id,
         broker_commit_every=1_000_000_000,
         broker_commit_interval=1.0,
         stream_wait_empty=False,

@@ -68,6 +68,10 @@ quarter of it) comes while it is still being published. Unpaced, it took ~0.6 s;
 counts an event when its batch settles, in jumps of up to ~1,900 with batches in flight,
 and one CI run read all 3,000 counted at its first reading past the kill point."""
 CATCH_UP_TIMEOUT_S = 150.0
+RESTART_BOUND_S = 30.0
+"""A named worker's restart to its withdrawals in the store: half the default session
+timeout, which an unnamed worker waits out."""
+ADS = "personalized_ads"
 DAY_MS = 86_400_000
 PURPOSES = ("personalized_ads", "ads_analytics", "research_sharing", "marketing_sms")
 APPS = ("carrier-tracking", "ads-insights", "partner-less-app")
@@ -302,6 +306,35 @@ def test_a_second_worker_takes_over_from_a_sigkilled_one(worker_factory: WorkerF
     finally:
         client.close()
     assert second.running and second.starts == 1, second.describe()
+
+
+def test_a_named_worker_restarted_after_sigkill_resumes_without_waiting_out_its_session(
+    worker_factory: WorkerFactory,
+) -> None:
+    """A worker with ``CONSENT_STREAM_GROUP_INSTANCE_ID`` (a static member) and the default
+    60 s session timeout, SIGKILLed and restarted: the group hands its partitions back when
+    it rejoins, so withdrawals published while it was down take effect seconds after the
+    restart. Without a name the new member waited for the dead one's session to expire
+    (62.7 s measured, docs/benchmarks.md)."""
+    worker = worker_factory(env={"CONSENT_STREAM_GROUP_INSTANCE_ID": f"w-{uuid.uuid4().hex}"})
+    worker.kill()
+    subjects = [new_subject("static") for _ in range(12)]  # on every partition
+    with ConsentPublisher(worker.settings, worker.policy) as publisher:
+        for granted in (True, False):
+            publisher.publish_many([consent_changed(s, ADS, granted) for s in subjects])
+    started = time.monotonic()
+    worker.start()
+
+    def withdrawn() -> bool:
+        views = [worker.get_json(f"/consent/{s}") for s in subjects]
+        return all(
+            code == 200 and v["seen"] and v["purposes"][ADS]["allowed"] is False
+            for code, v in views
+        )
+
+    worker.poll(lambda: worker.http_status("/healthz") == 200, 30.0, "GET /healthz 200")
+    worker.poll(withdrawn, RESTART_BOUND_S, "every withdrawal in the store", interval_s=0.1)
+    assert time.monotonic() - started < RESTART_BOUND_S
 
 
 def shared_out(first: WorkerProcess, second: WorkerProcess) -> None:

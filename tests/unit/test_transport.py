@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faust.types import TP
 
+from schemas.errors import ConfigurationError
 from schemas.settings import Settings
 from streams.app import create_app
 from streams.faust_glue import transport
@@ -230,3 +231,22 @@ def test_the_group_session_timeout_is_the_settings(
     app = create_app(Settings(data_dir=str(tmp_path), group_session_timeout_s=session_s))
     assert app.conf.broker_session_timeout == session_s
     assert app.conf.broker_heartbeat_interval == heartbeat_s
+
+
+def test_a_group_instance_id_makes_the_worker_a_static_member(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"CONSENT_STREAM_GROUP_INSTANCE_ID": "worker-1.eu_west", "CONSENT_STREAM_DEV_MODE": "1"}
+    )
+    assert settings.group_instance_id == "worker-1.eu_west"
+    app = create_app(replace(settings, data_dir=str(tmp_path)))
+    assert app.conf.consumer_group_instance_id == "worker-1.eu_west"
+    dynamic = create_app(Settings(data_dir=str(tmp_path)))
+    assert dynamic.conf.consumer_group_instance_id is None
+
+
+@pytest.mark.parametrize("value", ["worker 1", "worker/1", "..", "w" * 250, "wörker"])
+def test_a_group_instance_id_kafka_would_refuse_is_a_configuration_error(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="GROUP_INSTANCE_ID"):
+        Settings.from_env(
+            {"CONSENT_STREAM_GROUP_INSTANCE_ID": value, "CONSENT_STREAM_DEV_MODE": "1"}
+        )
