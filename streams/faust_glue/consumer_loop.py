@@ -105,6 +105,11 @@ class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
             assigned_states(consumer), active_partitions, timeout or 0.0, max_records
         )
 
+    def wake_fetch(self) -> None:
+        """A fetch call waiting for records looks at the partitions asked for again."""
+        if self._reader is not None:
+            self._reader.wake()
+
     async def stop(self) -> None:
         """What the thread runs when it ends (``ServiceThread._shutdown_thread``: the
         aiokafka consumer, children, futures, exit stacks), on this loop."""

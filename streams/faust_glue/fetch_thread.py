@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 POLL_S: Final = 0.05
 """How long one poll waits for a record; also the longest a change waits to be applied."""
+METADATA_TIMEOUT_S: Final = 5.0
+"""The longest the thread waits for a new topic's metadata (it polls nothing meanwhile)."""
 BATCH_RECORDS: Final = 500
 BUFFER_RECORDS: Final = 20_000
 """With 2,000 a no-op agent drained 3,600-4,100 records/s, with 20,000 10,800 (aiokafka's
@@ -82,6 +84,7 @@ class FetchThread:
         self._stopping = threading.Event()
         self._changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
         self._paused: set[TP] = set()  # thread side
+        self._known_topics: set[str] = set()  # thread side: metadata asked for
         self._last_change = 0  # loop side: numbers handed out
         self._applied = 0  # thread side: the last change applied
         self._arrived: deque[Arrival] = deque()
@@ -203,12 +206,32 @@ class FetchThread:
             consumer.incremental_assign(
                 [TopicPartition(topic, p, offset) for (topic, p), offset in change.assign]
             )
+            self._learn_leaders({topic for (topic, _), _ in change.assign})
         if change.pause:
             consumer.pause([TopicPartition(*tp) for tp in change.pause])
             paused.update(change.pause)
         if change.resume:
             consumer.resume([TopicPartition(*tp) for tp in change.resume])
             paused.difference_update(change.resume)
+
+    def _learn_leaders(self, topics: set[str]) -> None:
+        """Ask for the cluster's metadata when topics are assigned for the first time, so
+        that their partitions are fetched now: left to itself, librdkafka looks up the
+        leaders of a new topic on its 1 s topic scan, and a restarted worker waited that
+        long twice (the changelogs, then the source topics). One request for all topics:
+        the broker answers it only after the fetch in flight on the same connection (up to
+        ``fetch.wait.max.ms``). A failure is logged; the scan remains."""
+        if not topics <= self._known_topics:
+            try:
+                metadata = self._consumer.list_topics(timeout=METADATA_TIMEOUT_S)
+            except KafkaException as exc:
+                log.warning(
+                    "metadata of %s: %s (their leaders come with librdkafka's next scan)",
+                    sorted(topics - self._known_topics),
+                    exc,
+                )
+            else:
+                self._known_topics.update(metadata.topics)
 
     def _poll(self) -> list[Any]:
         first = self._consumer.poll(POLL_S)

@@ -153,9 +153,11 @@ class RecordReader:
         self._thread.stop()
 
     def _arrival_from_thread(self) -> None:
-        self._loop.call_soon_threadsafe(self._wake)
+        self._loop.call_soon_threadsafe(self.wake)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """A waiting fetch call looks again (records arrived, or Faust resumed partitions:
+        it asks for them in the set it passed, which it changes in place)."""
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -170,10 +172,14 @@ class RecordReader:
         waits up to ``timeout`` seconds for some, or ``HELD_BACK_WAIT_S`` while records are held for
         partitions not asked for: flow control asks for them again once their agent has
         room, and only a new call says so. ``states()``: aiokafka's partition states as
-        they are now (read again after every wait)."""
+        they are now, and ``active`` Faust's set of active partitions as it is now (both
+        read again after every wait: Faust resumes partitions in that set, and ``wake``s
+        the wait, so that records of partitions resumed after a rebalance's recovery
+        come now, not after the call's timeout)."""
         deadline = time.monotonic() + timeout
-        active = list(active)
+        asked = active
         while True:
+            active = list(asked)
             self._thread.raise_failure()
             self._take_arrived()
             assigned = states()

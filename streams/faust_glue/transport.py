@@ -110,6 +110,14 @@ class RedeliveringConsumer(aiokafka_driver.Consumer):
             await self.seek_wait(fresh)
         return committed
 
+    def resume_partitions(self, tps: Any) -> None:
+        """Faust's, and a fetch call waiting with the partitions asked for before fetches
+        the resumed ones at once (after a rebalance's recovery: up to 1 s sooner)."""
+        super().resume_partitions(tps)
+        thread = self._thread
+        if isinstance(thread, InLoopConsumerThread):
+            thread.wake_fetch()
+
     def resume_flow(self) -> None:
         """Faust resumes the flow (and has cleared the agents' queues): once a rebalance is
         over, seek again, so that nothing fetched before the queues were cleared is lost."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from schemas.errors import FetchError
 from streams.faust_glue import fetch_thread
@@ -42,6 +43,9 @@ class Consumer:
         self.queued: list[Message] = []
         self.closed = False
         self.lock = threading.Lock()
+        self.metadata_requests: list[str | None] = []
+        self.cluster_topics = ["events", "acks"]
+        self.metadata_error: KafkaException | None = None
 
     def incremental_assign(self, partitions: Any) -> None:
         self.calls.append(("assign", [(p.topic, p.partition, p.offset) for p in partitions]))
@@ -67,6 +71,12 @@ class Consumer:
         with self.lock:
             taken, self.queued = self.queued[:count], self.queued[count:]
         return taken
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        self.metadata_requests.append(topic)
+        if self.metadata_error is not None:
+            raise self.metadata_error
+        return SimpleNamespace(topics={name: object() for name in self.cluster_topics})
 
     def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
         return 0, 42
@@ -202,3 +212,38 @@ def test_polling_stops_while_the_loop_holds_the_bound_and_resumes_on_release(
         wait_for(lambda: not consumer.queued)
     finally:
         thread.stop()
+
+
+def test_the_cluster_metadata_is_asked_for_when_a_topic_is_assigned_the_first_time() -> None:
+    """librdkafka alone looks up a new topic's leaders on its 1 s scan: a restarted worker
+    waited for that twice before it fetched (docs/operations.md)."""
+    thread, consumer = started()
+    try:
+        thread.change(assign=[(("events", 0), 0)])
+        thread.change(assign=[(("events", 1), 0), (("acks", 0), 0)])  # both in the answer
+        wait_for(lambda: len(consumer.calls) == 2)
+        assert consumer.metadata_requests == [None]  # one request, for every topic
+        consumer.cluster_topics.append("ledger")
+        thread.change(assign=[(("ledger", 0), 0)])
+        wait_for(lambda: len(consumer.metadata_requests) == 2)
+    finally:
+        thread.stop()
+    assert consumer.metadata_requests == [None, None]
+
+
+def test_a_failed_metadata_request_is_logged_and_asked_again_next_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    thread, consumer = started()
+    try:
+        consumer.metadata_error = KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        thread.change(assign=[(("events", 0), 0)])
+        wait_for(lambda: len(consumer.metadata_requests) == 1)
+        consumer.metadata_error = None
+        thread.change(assign=[(("events", 1), 0)])
+        wait_for(lambda: len(consumer.metadata_requests) == 2)
+        thread.raise_failure()  # fetching goes on
+    finally:
+        thread.stop()
+    assert consumer.metadata_requests == [None, None]
+    assert "metadata of ['events']" in caplog.text

@@ -367,3 +367,23 @@ async def test_assigned_states_are_aiokafkas_own_states_of_the_assignment_now() 
 
     subscription.assign_from_user({TopicPartition(*EVENTS1)})  # a new assignment
     assert set(states()) == {EVENTS1}
+
+
+@in_loop
+async def test_a_partition_faust_resumes_while_a_call_waits_is_fetched_in_that_call() -> None:
+    """Faust resumes the source partitions after a rebalance's recovery in the set it
+    passed (in place) and the consumer wakes the call: their records come now, not after
+    the call's timeout (1 s in Faust's fetch loop)."""
+    states = {EVENTS0: State(0), EVENTS1: State(4)}
+    reader, thread, _fetch = reader_with(states)
+    active = {EVENTS0}  # Faust's set of active partitions, changed in place
+    call = asyncio.ensure_future(reader.fetched(lambda: states, active, 30.0, None))
+    await asyncio.sleep(0.01)
+    assert thread.changes == [(1, [], [(EVENTS0, 0)])]
+    active.add(EVENTS1)
+    reader.wake()
+    await asyncio.sleep(0.01)
+    assert thread.changes[-1] == (2, [], [(EVENTS1, 4)])
+    thread.deliver(2, Message(EVENTS1, 4))
+    got = await asyncio.wait_for(call, 1.0)
+    assert {tp: [m.offset() for m in ms] for tp, ms in got.items()} == {EVENTS1: [4]}
