@@ -23,6 +23,8 @@
     │   └── UnknownSubjectKeyError      a ref or digest under a key id not configured here
     ├── FetchError                      the worker's record fetching failed (it stops; its
     │                                   restart resumes from the committed offsets)
+    ├── MembershipError                 the worker's part in its consumer group ended
+    │                                   (it stops: without it, it processes nothing)
     └── TransientError                  retriable: the operation may succeed later
         ├── PublishError                the broker did not acknowledge a record
         ├── QueueFullError              the producer's local queue is full (try again soon)
@@ -46,6 +48,7 @@ __all__ = [
     "ContractError",
     "DecodeError",
     "FetchError",
+    "MembershipError",
     "NonWithdrawableError",
     "OversizedRecordError",
     "PolicyError",
@@ -192,6 +195,14 @@ class FetchError(ConsentStreamError):
     assignment refused); not retriable in place."""
 
     reason = "fetch_failed"
+
+
+class MembershipError(ConsentStreamError):
+    """aiokafka's group coordination ended with an error: the worker is in no group and
+    is assigned nothing, so it stops rather than run idle (a second worker with the same
+    ``CONSENT_STREAM_GROUP_INSTANCE_ID`` was one cause seen); not retriable in place."""
+
+    reason = "group_membership_ended"
 
 
 class TransientError(ConsentStreamError):

@@ -12,6 +12,7 @@ in order (``streams.events_loop``).
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -152,6 +153,12 @@ def create_app(settings: Settings) -> faust.App:
     Offsets are committed by Faust's commit timer only (``broker_commit_every`` is never
     reached): a commit does not hold up the fetch loop, and commits can only pass records
     whose batches are acknowledged.
+
+    The worker's URL (``web_host``: the host's name, and the HTTP port) goes with its
+    group membership, and Faust's assignor refuses an assignment made for another URL:
+    so a second worker that joins with a running worker's group instance id on another
+    host or port stops (``consumer_loop.watch_membership``), while a worker restarted on
+    its own host keeps its place. Nothing else reads the URL (no table routes).
     """
     transport.register()
     brokers = [f"{transport.SCHEME}://{hp.strip()}" for hp in settings.bootstrap_servers.split(",")]
@@ -167,7 +174,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=True,
         web_port=settings.http_port,
         web_bind=settings.http_bind,
-        web_host="127.0.0.1",
+        web_host=socket.gethostname(),  # in the URL Faust's assignor compares (below)
         datadir=settings.data_dir,
         autodiscover=False,
         broker_session_timeout=float(settings.group_session_timeout_s),

@@ -26,6 +26,8 @@ the group, the offsets and the positions.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +37,7 @@ from confluent_kafka import Consumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from mode.utils.futures import maybe_async
 
+from schemas.errors import MembershipError
 from streams.faust_glue.fetch_thread import FetchThread
 from streams.faust_glue.record_reader import (
     RecordReader,
@@ -43,7 +46,9 @@ from streams.faust_glue.record_reader import (
     positions_only,
 )
 
-__all__ = ["InLoopConsumerThread", "fetch_config_of", "fetch_with_librdkafka"]
+__all__ = ["InLoopConsumerThread", "fetch_config_of", "fetch_with_librdkafka", "watch_membership"]
+
+log = logging.getLogger(__name__)
 
 _FETCH_CONFIGS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
@@ -59,6 +64,31 @@ def fetch_config_of(app: Any) -> dict[str, Any] | None:
     return _FETCH_CONFIGS.get(app)
 
 
+def watch_membership(consumer: Any, app: Any) -> None:
+    """The worker stops when aiokafka's group coordination ends with an error.
+
+    aiokafka 0.14 logs "Unexpected error in coordinator routine" and leaves the consumer in
+    no group: nothing is assigned, nothing processed, while the process runs on and
+    ``/healthz`` answers. Seen when a second worker joined with the same group instance id
+    (Faust's assignor refused the first one's assignment). The app crashes instead, which
+    stops the worker with exit code 1, and its supervisor restarts it."""
+    task = consumer._coordinator._coordination_task
+
+    def ended(task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None or app.should_stop:
+            return
+        error = MembershipError(f"the worker's group membership ended: {task.exception()!r}")
+        log.critical("%s; the worker stops", error)
+        crashing = asyncio.ensure_future(app.crash(error))
+        _CRASHING.add(crashing)
+        crashing.add_done_callback(_CRASHING.discard)
+
+    task.add_done_callback(ended)
+
+
+_CRASHING: set[asyncio.Future[Any]] = set()
+
+
 class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust's aiokafka consumer "thread", run on the loop it is created on."""
 
@@ -72,6 +102,8 @@ class InLoopConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         with a fetch configuration, the librdkafka reader too."""
         self._thread_started.set()
         await self._default_start()
+        if self._consumer is not None and not self.app.client_only:
+            watch_membership(self._consumer, self.app)
         config = fetch_config_of(self.consumer.app)
         if config is not None and not self.app.client_only:
             positions_only(self._ensure_consumer()._fetcher)

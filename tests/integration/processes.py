@@ -222,6 +222,11 @@ class WorkerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of the last process started, None while it runs (or before)."""
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self) -> None:
         if self.running:
             raise RuntimeError("worker already running")

@@ -337,6 +337,25 @@ def test_a_named_worker_restarted_after_sigkill_resumes_without_waiting_out_its_
     assert time.monotonic() - started < RESTART_BOUND_S
 
 
+def test_a_second_worker_with_the_same_name_stops_and_the_first_goes_on(
+    worker_factory: WorkerFactory,
+) -> None:
+    """Two workers with one group instance id (a misconfiguration): the second takes the
+    first one's place, Faust's assignor refuses the first one's assignment and aiokafka's
+    group coordination dies; the second worker then stops (exit code 1, the reason in its
+    log) instead of running in no group while it answers /healthz. The first rejoins and
+    goes on processing."""
+    first = worker_factory(env={"CONSENT_STREAM_GROUP_INSTANCE_ID": f"w-{uuid.uuid4().hex}"})
+    second = worker_factory(like=first, start=False)
+    second.start()
+    second.exit_expected = True
+    poll_until(lambda: not second.running, 60.0, "the second worker to stop")
+    assert second.returncode == 1, second.describe()
+    assert "group membership ended" in second.log_tail(200)
+    first.wait_ready(60.0)  # a new probe event through the group into the store
+    assert first.running and first.starts == 1
+
+
 def shared_out(first: WorkerProcess, second: WorkerProcess) -> None:
     """Until the group's rebalance gave ``second`` a share of the partitions: probe events
     (grants no partner is told of, on fresh subjects, so on every partition) until both

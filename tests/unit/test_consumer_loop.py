@@ -4,17 +4,23 @@ caller's thread, and starting or stopping it starts no thread. Nothing here conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from schemas.errors import ConfigurationError
+from schemas.errors import ConfigurationError, MembershipError
 from schemas.settings import ENV_PREFIX, Settings
 from streams.app import create_app
-from streams.faust_glue.consumer_loop import InLoopConsumerThread, fetch_config_of
+from streams.faust_glue.consumer_loop import (
+    InLoopConsumerThread,
+    fetch_config_of,
+    watch_membership,
+)
 from streams.faust_glue.transport import RedeliveringConsumer
 
 
@@ -102,3 +108,55 @@ def test_the_fetch_client_is_read_from_the_environment() -> None:
     assert Settings.from_env(env).fetch_client == "aiokafka"
     with pytest.raises(ConfigurationError, match="FETCH_CLIENT must be one of"):
         Settings.from_env({**dev, ENV_PREFIX + "FETCH_CLIENT": "kafka-python"})
+
+
+class _App:
+    """What ``watch_membership`` uses of the Faust app."""
+
+    def __init__(self) -> None:
+        self.should_stop = False
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, reason: BaseException) -> None:
+        self.crashed.append(reason)
+
+
+async def _coordination(outcome: BaseException | None, app: _App) -> None:
+    async def routine() -> None:
+        await asyncio.sleep(0)
+        if outcome is not None:
+            raise outcome
+
+    coordinator = type("Coordinator", (), {})()
+    coordinator._coordination_task = asyncio.ensure_future(routine())
+    consumer = type("Consumer", (), {"_coordinator": coordinator})()
+    watch_membership(consumer, app)
+    task = coordinator._coordination_task
+    with contextlib.suppress(BaseException):
+        await task
+    if outcome is None:
+        task.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def test_the_worker_crashes_when_its_group_coordination_dies() -> None:
+    """aiokafka leaves a consumer whose coordination routine failed in no group, silently
+    (seen with a second worker of the same group instance id): the app crashes instead,
+    which stops the worker with exit code 1."""
+    app = _App()
+    asyncio.run(_coordination(KafkaError("Unexpected error during coordination"), app))
+    [reason] = app.crashed
+    assert isinstance(reason, MembershipError)
+    assert "group membership ended" in str(reason) and "Unexpected error" in str(reason)
+
+
+@pytest.mark.parametrize("how", ["cancelled", "stopping"])
+def test_a_stopping_worker_or_a_cancelled_coordination_is_no_crash(how: str) -> None:
+    app = _App()
+    if how == "stopping":
+        app.should_stop = True
+        asyncio.run(_coordination(KafkaError("connection closed"), app))
+    else:
+        asyncio.run(_coordination(None, app))
+    assert app.crashed == []

@@ -4,6 +4,7 @@ the streams, not dropped. No broker is involved: nothing here connects."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -250,3 +251,10 @@ def test_a_group_instance_id_kafka_would_refuse_is_a_configuration_error(value: 
         Settings.from_env(
             {"CONSENT_STREAM_GROUP_INSTANCE_ID": value, "CONSENT_STREAM_DEV_MODE": "1"}
         )
+
+
+def test_the_workers_url_names_its_host_and_port(tmp_path: Path) -> None:
+    """Faust's assignor compares it: a second worker with a running one's group instance id
+    on another host or port gets an assignment made for another URL and stops."""
+    app = create_app(Settings(data_dir=str(tmp_path), http_port=7123))
+    assert str(app.conf.canonical_url) == f"http://{socket.gethostname()}:7123"
