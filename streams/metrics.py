@@ -13,6 +13,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streams.loop_lag import LOOP_LAG_BUCKETS_SECONDS
+
 __all__ = ["BATCH_BUCKETS_RECORDS", "HOP_BUCKETS_SECONDS", "StreamMetrics", "stream_metrics"]
 
 HOP_BUCKETS_SECONDS: Final = (
@@ -99,6 +101,7 @@ class StreamMetrics:
     ledger_tickets: Gauge
     ledger_sweep: Histogram
     batch_records: Histogram
+    loop_lag: Histogram
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -252,5 +255,13 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
             ["stage"],
             registry=registry,
             buckets=BATCH_BUCKETS_RECORDS,
+        ),
+        loop_lag=Histogram(
+            "consent_event_loop_lag_seconds",
+            "How much later than asked a task sleeping 0.25 s at a time woke up on the "
+            "worker's event loop (agents, fetching, heartbeats, HTTP share it): held "
+            "longer than the group session timeout, the worker loses its partitions.",
+            registry=registry,
+            buckets=LOOP_LAG_BUCKETS_SECONDS,
         ),
     )

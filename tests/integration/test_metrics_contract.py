@@ -191,6 +191,10 @@ def test_worker_and_partner_pages_pass_promtool_check_metrics(
         taken = metrics.value("consent_batch_records_sum", stage=stage)
         assert taken >= metrics.value("consent_batch_records_count", stage=stage) >= 1
     assert "partner=" in partner_page and 'le="5.0"' in partner_page
+    # the loop's lag is sampled every 0.25 s from the start; nothing held it for seconds
+    samples = metrics.value("consent_event_loop_lag_seconds_count")
+    assert samples >= 4
+    assert metrics.value("consent_event_loop_lag_seconds_bucket", le="5.0") == samples
     for name, page in (("worker", worker_page), ("partner", partner_page)):
         result = promtool_check(page)
         findings = (result.stdout + result.stderr).strip()
