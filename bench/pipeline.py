@@ -18,6 +18,7 @@ from typing import Any
 
 from benchlib import Record, produce_all
 from cpu import cpu_delta, cpu_snapshot
+from histograms import LOOP_LAG, loop_lag_within_s, reading
 from workerproc import WorkerProcess
 from workload import Workload
 
@@ -122,6 +123,7 @@ def run_pipeline(
     records = prepare(worker.settings, policy, workload.events(events))
     size = sum(len(v) for _, v, _ in records) / len(records)
     before = _outcomes(worker)
+    lag_before = reading(worker, LOOP_LAG)
     baseline = worker.events_total()
     target = baseline + len(records)
     deadline = time.monotonic() + timeout_s
@@ -152,6 +154,7 @@ def run_pipeline(
             "worker_cpu_ms_per_event"
         ],
         "lag_after": idle_lag,
+        "loop_lag_within_s": loop_lag_within_s(lag_before, reading(worker, LOOP_LAG)),
         "outcomes": {k: v - before.get(k, 0.0) for k, v in _outcomes(worker).items()},
     }
     if not result["complete"]:

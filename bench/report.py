@@ -97,7 +97,19 @@ def _throughput(r: dict[str, Any]) -> list[str]:
             f"ledger work included); the whole machine was "
             f"{_share(pipe.get('machine_busy_share'))} busy.",
         ]
+    lags = [_lag_bound(r.get("loop_lag_within_s")) for r in pipe.get("rounds", [])]
+    if lags:
+        rows += [
+            "",
+            f"The worker's event loop was late by at most {', '.join(lags)} in the rounds "
+            "(`consent_event_loop_lag_seconds`, the bucket every sample fitted in).",
+        ]
     return rows
+
+
+def _lag_bound(bound: Any) -> str:
+    """A loop-lag bucket bound (seconds) as text; None: beyond every bucket or no sample."""
+    return "n/a" if bound is None else f"{bound * 1000:g} ms"
 
 
 NOOP_ROWS = {
@@ -260,6 +272,11 @@ def _sweep(r: dict[str, Any]) -> list[str]:
         f"`consent_ledger_tickets` {_num(sw.get('tickets_indexed'))}); the sweep runs every 5 s.",
         "",
         _sweep_runs(sw),
+        "",
+        f"The worker's event loop was late by at most "
+        f"{_lag_bound(sw.get('loop_lag_start_within_s'))} from its start to ready (the "
+        f"tickets' recovery and indexing) and {_lag_bound(sw.get('loop_lag_steps_within_s'))}"
+        " during the steps (`consent_event_loop_lag_seconds`).",
         "",
         "| offered ev/s | achieved ev/s | store p50 / p99 with tickets | "
         "store p50 / p99 without (d) | partner topic p99 with / without |",

@@ -128,6 +128,7 @@ ROUND_KEYS = (
     "worker_cpu_share_of_one_core",
     "machine_busy_share",
     "complete",
+    "loop_lag_within_s",
 )
 
 

@@ -27,6 +27,7 @@ from benchlib import (
     new_namespace,
     produce_one,
 )
+from histograms import LOOP_LAG, between, loop_lag_within_s, reading
 from latency import Planned, run_latency_steps
 from report import JUST_STARTED
 from workerproc import WorkerProcess, rss_kib
@@ -111,30 +112,17 @@ def held_tickets(
 SWEEP_METRIC = "consent_ledger_sweep_seconds"
 
 
-def sweep_runs(worker: WorkerProcess) -> dict[str, float]:
-    """The worker's sweep histogram: ``count``, ``sum`` and each bucket's count by bound."""
-    found: dict[str, float] = {}
-    names = (f"{SWEEP_METRIC}_{suffix}" for suffix in ("bucket", "count", "sum"))
-    for name, labels, value in worker.metrics(*names):
-        if name == f"{SWEEP_METRIC}_bucket":
-            found[labels["le"]] = value
-        elif name in (f"{SWEEP_METRIC}_count", f"{SWEEP_METRIC}_sum"):
-            found[name.rpartition("_")[2]] = value
-    return found
-
-
 def sweep_runs_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """How often the sweep ran between two readings, its mean time on the event loop,
-    and the smallest bucket bound every run fitted in (ms; None: longer than all)."""
-    runs = after.get("count", 0.0) - before.get("count", 0.0)
-    if runs <= 0:
+    """How often the sweep ran between two readings of its histogram, its mean time on the
+    event loop, and the smallest bucket bound every run fitted in (ms; None: longer than
+    all)."""
+    runs = between(before, after)
+    if not runs["count"]:
         return {"sweep_runs": 0}
-    spent = after.get("sum", 0.0) - before.get("sum", 0.0)
-    bounds = sorted((float(le), le) for le in after if le not in ("count", "sum", "+Inf"))
-    longest = next((b for b, le in bounds if after[le] - before.get(le, 0.0) >= runs), None)
+    longest = runs["longest_within_s"]
     return {
-        "sweep_runs": int(runs),
-        "sweep_mean_ms": round(spent / runs * 1000, 3),
+        "sweep_runs": runs["count"],
+        "sweep_mean_ms": round(runs["mean_s"] * 1000, 3),
         "sweep_longest_within_ms": None if longest is None else longest * 1000,
     }
 
@@ -158,16 +146,19 @@ def sweep_step(
         started = time.monotonic()
         worker.wait_ready(policy, ready_s)
         ready = time.monotonic() - started
+        lag_ready = reading(worker, LOOP_LAG)  # the recovery and indexing of the tickets
         held = worker.metric("consent_ledger_tickets")
         rss = rss_kib(worker.pid)
         plan = [
             Planned(f"{rates[0]:.0f}/s {JUST_STARTED}", rates[0], duration_s, noop=False),
             *(Planned(f"{rate:.0f}/s", rate, duration_s, noop=False) for rate in rates),
         ]
-        before = sweep_runs(worker)
+        before = reading(worker, SWEEP_METRIC)
         steps = run_latency_steps(worker, policy, plan, 120.0, (50.0, 3.0))
         return {
-            **sweep_runs_between(before, sweep_runs(worker)),
+            **sweep_runs_between(before, reading(worker, SWEEP_METRIC)),
+            "loop_lag_start_within_s": loop_lag_within_s({}, lag_ready),
+            "loop_lag_steps_within_s": loop_lag_within_s(lag_ready, reading(worker, LOOP_LAG)),
             **written,
             "worker_ready_s": round(ready, 1),
             "tickets_indexed": held,

@@ -248,3 +248,19 @@ def test_the_sweep_runs_are_read_from_the_workers_histogram_between_two_readings
     assert "ran 4 times" in text and "0.250 ms on average" in text and "at most 1 ms" in text
     assert sweep_runs_between(after, after) == {"sweep_runs": 0}
     assert "no run" in report._sweep_runs({"sweep_runs": 0})
+
+
+def test_the_loop_lag_is_the_bucket_every_sample_between_two_readings_fitted_in() -> None:
+    from histograms import loop_lag_within_s
+
+    before = {"count": 100.0, "sum": 0.2, "0.001": 90.0, "0.01": 99.0, "5.0": 100.0}
+    before |= {"60.0": 100.0, "+Inf": 100.0}
+    after = {"count": 140.0, "sum": 7.3, "0.001": 120.0, "0.01": 138.0, "5.0": 139.0}
+    after |= {"60.0": 140.0, "+Inf": 140.0}  # one of the 40 new samples: 5-60 s
+
+    assert loop_lag_within_s(before, after) == 60.0
+    assert loop_lag_within_s({}, before) == 5.0
+    assert loop_lag_within_s(after, after) is None  # no sample between them
+    after["60.0"] = 139.0  # one longer than every bound
+    assert loop_lag_within_s(before, after) is None
+    assert report._lag_bound(0.025) == "25 ms" and report._lag_bound(None) == "n/a"
