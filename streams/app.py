@@ -34,7 +34,6 @@ from streams.faust_glue.direct import deliver_directly
 from streams.faust_glue.raw_topics import raw_topic
 from streams.faust_glue.tables import StagedTable
 from streams.ledger_processor import LedgerProcessor
-from streams.loop_lag import watch_loop_lag
 from streams.metrics import StreamMetrics
 from streams.output import OutputProducer
 from streams.processor import EventProcessor
@@ -251,7 +250,3 @@ def attach_agents(app: faust.App, settings: Settings, policy: Policy, parts: Wor
     @app.timer(interval=SWEEP_INTERVAL_S)  # type: ignore[untyped-decorator]
     async def sweep_ledger() -> None:
         await parts.ledger.sweep_due(sweeps)
-
-    @app.task  # type: ignore[untyped-decorator]
-    async def loop_lag() -> None:
-        await watch_loop_lag(parts.metrics.loop_lag)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import faust
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from consumers.consent_store import AsyncConsentStore
 from consumers.store_clients import make_async_redis
@@ -19,6 +20,7 @@ from streams.failpoint import Failpoint
 from streams.faust_glue.internal_topics import internal_topics
 from streams.gc_tuning import freeze_started_heap, hold_collection_until_started
 from streams.ledger_processor import LedgerProcessor
+from streams.loop_lag import watch_loop_lag
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
 from streams.output import OutputProducer, output_producer_config
@@ -72,37 +74,49 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
     )
 
 
-def build_worker_app(settings: Settings, policy: Policy) -> faust.App:
+def build_worker_app(settings: Settings, policy: Policy) -> tuple[faust.App, WorkerParts]:
     app = create_app(settings)
     parts = build_parts(app, settings, policy)
     attach_agents(app, settings, policy, parts)
     attach_views(app, parts, settings)
-    return app
+    return app, parts
 
 
 class _Worker(faust.Worker):
+    def __init__(self, app: faust.App, *, loop_lag: Histogram | None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._loop_lag = loop_lag
+
+    async def on_first_start(self) -> None:
+        """The loop's lag is watched from the start, through the tables' recovery (Faust
+        starts an app's own tasks only once it is over)."""
+        await super().on_first_start()
+        if self._loop_lag is not None:
+            self.add_future(watch_loop_lag(self._loop_lag))
+
     async def on_startup_finished(self) -> None:
         """Once started (tables recovered): the heap so far is out of the collector's way."""
         await super().on_startup_finished()
         freeze_started_heap()
 
 
-def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+def faust_worker(app: faust.App, loglevel: str, loop_lag: Histogram | None = None) -> faust.Worker:
     """The Faust worker that runs ``app``: the service's and the benchmark's no-op agent's
     (so the framework's ceiling is measured as the service runs). Faust's terminal spinner
     is off: at WARNING and above it sets the root logger to DEBUG, so that every debug
-    record of aiokafka is built (about 10 % of the worker's CPU)."""
-    worker = _Worker(app, loglevel=loglevel, quiet=True)
+    record of aiokafka is built (about 10 % of the worker's CPU). With ``loop_lag``, the
+    event loop's lag is observed in it from the worker's start."""
+    worker = _Worker(app, loop_lag=loop_lag, loglevel=loglevel, quiet=True)
     worker.spinner = None
     return worker
 
 
 def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> int:
-    app = build_worker_app(settings, policy)
+    app, parts = build_worker_app(settings, policy)
     created = ensure_topics(settings, policy, extra=internal_topics(app, settings.max_record_bytes))
     if created:
         log.info("created %d topics", len(created))
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
     hold_collection_until_started()
-    faust_worker(app, loglevel).execute_from_commandline()
+    faust_worker(app, loglevel, parts.metrics.loop_lag).execute_from_commandline()
     return 0
