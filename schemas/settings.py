@@ -155,19 +155,21 @@ class Settings:
     dev_mode: bool = False
     """``CONSENT_STREAM_DEV_MODE=1`` (the local stack and the tests): the built-in
     development subject key may be used."""
-    group_session_timeout_s: int = 60
+    group_session_timeout_s: int = 20
     """How long the group waits for a worker that stopped answering (SIGKILL, a machine
     gone) before its partitions go to the others: they stall that long
     (``CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S``; at least the broker's
     ``group.min.session.timeout.ms``, 6 s by default; heartbeats every 3 s, or every third
-    of it when that is shorter)."""
+    of it when that is shorter). 20 s is 20 times the longest hold of the worker's event
+    loop ``make bench`` saw (docs/benchmarks.md); Faust's own default is 60 s."""
     group_instance_id: str | None = None
     """This worker's lasting name in its group (``CONSENT_STREAM_GROUP_INSTANCE_ID``, Kafka
     static membership): restarted within the session timeout, it gets its partitions back
     at once, where a new member waits for the dead one's session to expire. Unique per
-    worker: a second worker with the same name fences the first. A static worker does not
-    leave the group when it stops, so a worker stopped for good stalls its partitions for
-    the session timeout. None: a new member on every start."""
+    worker: a second worker with a running one's name takes its place, and then stops
+    (the worker's URL tells them apart, docs/operations.md). A named worker does not leave
+    the group when it stops, so one stopped for good stalls its partitions for the
+    session timeout. None: a new member on every start."""
     settled_ticket_grace_s: int = 86_400
     """How long the worker keeps a settled, answered ledger ticket (the request status
     stays in Redis and on consent.requests.v1)."""

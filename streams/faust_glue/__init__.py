@@ -19,6 +19,9 @@ limitation and says how to tell when it can go:
     (each fetch loop ``getmany``) crosses threads through a method queue, and the
     consumer thread waits for the GIL while an agent works. Runs the same consumer
     class on the worker's loop. Can go when Faust offers a consumer without the thread.
+    Also stops the worker when aiokafka's group coordination dies (``watch_membership``:
+    aiokafka 0.14 logs it and goes on in no group). Can go when aiokafka ends the
+    consumer on such an error.
 ``record_reader`` (with ``fetch_thread``)
     aiokafka's fetcher costs 330-390 us of Python per fetch of the worker's 19
     partitions. A librdkafka consumer fetches the records instead, assigned partition by

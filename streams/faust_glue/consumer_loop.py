@@ -71,7 +71,9 @@ def watch_membership(consumer: Any, app: Any) -> None:
     no group: nothing is assigned, nothing processed, while the process runs on and
     ``/healthz`` answers. Seen when a second worker joined with the same group instance id
     (Faust's assignor refused the first one's assignment). The app crashes instead, which
-    stops the worker with exit code 1, and its supervisor restarts it."""
+    stops the worker with exit code 1, and its supervisor restarts it. Can go when
+    aiokafka ends the consumer on such an error (and its heartbeats carry the group
+    instance id, so that Kafka fences a duplicate: 0.14 sends Heartbeat v1)."""
     task = consumer._coordinator._coordination_task
 
     def ended(task: asyncio.Task[Any]) -> None:

@@ -69,8 +69,8 @@ counts an event when its batch settles, in jumps of up to ~1,900 with batches in
 and one CI run read all 3,000 counted at its first reading past the kill point."""
 CATCH_UP_TIMEOUT_S = 150.0
 RESTART_BOUND_S = 30.0
-"""A named worker's restart to its withdrawals in the store: half the default session
-timeout, which an unnamed worker waits out."""
+"""A named worker's restart to its withdrawals in the store: half the 60 s session timeout
+it runs with, which an unnamed worker waits out."""
 ADS = "personalized_ads"
 DAY_MS = 86_400_000
 PURPOSES = ("personalized_ads", "ads_analytics", "research_sharing", "marketing_sms")
@@ -213,7 +213,7 @@ class BackgroundPublisher:
 
 @pytest.fixture(scope="module")
 def worker(worker_factory: WorkerFactory) -> WorkerProcess:
-    # the default session timeout (60 s) keeps the killed member's partitions unassigned
+    # the session timeout (default 20 s) keeps the killed member's partitions unassigned
     # that long after a crash; the test worker uses 10 s
     return worker_factory(env={"CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S": "10"})
 
@@ -311,12 +311,17 @@ def test_a_second_worker_takes_over_from_a_sigkilled_one(worker_factory: WorkerF
 def test_a_named_worker_restarted_after_sigkill_resumes_without_waiting_out_its_session(
     worker_factory: WorkerFactory,
 ) -> None:
-    """A worker with ``CONSENT_STREAM_GROUP_INSTANCE_ID`` (a static member) and the default
-    60 s session timeout, SIGKILLed and restarted: the group hands its partitions back when
-    it rejoins, so withdrawals published while it was down take effect seconds after the
+    """A worker with ``CONSENT_STREAM_GROUP_INSTANCE_ID`` (a static member) and a 60 s
+    session timeout, SIGKILLed and restarted: the group hands its partitions back when it
+    rejoins, so withdrawals published while it was down take effect seconds after the
     restart. Without a name the new member waited for the dead one's session to expire
     (62.7 s measured, docs/benchmarks.md)."""
-    worker = worker_factory(env={"CONSENT_STREAM_GROUP_INSTANCE_ID": f"w-{uuid.uuid4().hex}"})
+    worker = worker_factory(
+        env={
+            "CONSENT_STREAM_GROUP_INSTANCE_ID": f"w-{uuid.uuid4().hex}",
+            "CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S": "60",
+        }
+    )
     worker.kill()
     subjects = [new_subject("static") for _ in range(12)]  # on every partition
     with ConsentPublisher(worker.settings, worker.policy) as publisher:
