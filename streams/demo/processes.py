@@ -33,6 +33,7 @@ STOP_TIMEOUT_S: Final = 20.0
 _PORTS_FROM: Final = 20000  # below Linux's default ephemeral range (32768-60999)
 _PORTS_TO: Final = 32000
 _EPHEMERAL_RANGE: Final = "/proc/sys/net/ipv4/ip_local_port_range"
+_HANDED_OUT: set[int] = set()
 
 
 def command(*args: str) -> list[str]:
@@ -66,22 +67,27 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def free_port(rng: random.Random | None = None) -> int:
-    """A loopback TCP port free now, outside the kernel's ephemeral range.
+    """A loopback TCP port free now, outside the kernel's ephemeral range, and not one
+    this process handed out before.
 
     Not one the kernel hands out: between this call and the child's bind, a connection
     of any process on the machine (Kafka clients open many) may take an ephemeral port,
-    which once made a worker fail with EADDRINUSE in CI."""
+    which once made a worker fail with EADDRINUSE in CI. Not one handed out before: the
+    demo draws all its children's ports before the last of them binds, and a fresh
+    clone's first `make run` failed when the gateway's port was drawn again for
+    another child (EADDRINUSE)."""
     low, high = _ephemeral_range()
     draw = rng or random.SystemRandom()
     for _ in range(200):
         port = draw.randrange(_PORTS_FROM, _PORTS_TO)
-        if low <= port <= high:
+        if low <= port <= high or port in _HANDED_OUT:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise OSError(f"no free loopback port in {_PORTS_FROM}-{_PORTS_TO} outside {low}-{high}")
 

@@ -70,3 +70,11 @@ def test_free_ports_are_outside_the_ephemeral_range() -> None:
     ports = {free_port(rng) for _ in range(50)}
     assert all(not low <= p <= high for p in ports)
     assert all(1024 < p < 65536 for p in ports)
+
+
+def test_a_port_is_never_handed_out_twice() -> None:
+    """The demo draws every child's port before the last child binds its own: a second
+    draw of the same port failed a first `make run` (the gateway: EADDRINUSE)."""
+    first = free_port(random.Random(11))
+    again = free_port(random.Random(11))  # the same draws, in the same order
+    assert again != first
