@@ -73,9 +73,9 @@ def free_port(rng: random.Random | None = None) -> int:
     Not one the kernel hands out: between this call and the child's bind, a connection
     of any process on the machine (Kafka clients open many) may take an ephemeral port,
     which once made a worker fail with EADDRINUSE in CI. Not one handed out before: the
-    demo draws all its children's ports before the last of them binds, and a fresh
-    clone's first `make run` failed when the gateway's port was drawn again for
-    another child (EADDRINUSE)."""
+    demo draws all its children's ports before the last of them binds, so a port drawn
+    twice fails the second child (a fresh clone's first `make run` once failed so: the
+    gateway, EADDRINUSE; no log showed who held the port, so that is the likely cause)."""
     low, high = _ephemeral_range()
     draw = rng or random.SystemRandom()
     for _ in range(200):
