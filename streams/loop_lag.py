@@ -15,26 +15,9 @@ from typing import Final
 
 from prometheus_client import Histogram
 
-__all__ = ["LOOP_LAG_BUCKETS_SECONDS", "SAMPLE_INTERVAL_S", "watch_loop_lag"]
+__all__ = ["SAMPLE_INTERVAL_S", "watch_loop_lag"]
 
 SAMPLE_INTERVAL_S: Final = 0.25
-LOOP_LAG_BUCKETS_SECONDS: Final = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
 
 
 async def watch_loop_lag(lag: Histogram, interval_s: float = SAMPLE_INTERVAL_S) -> None:

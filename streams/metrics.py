@@ -13,8 +13,6 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.loop_lag import LOOP_LAG_BUCKETS_SECONDS
-
 __all__ = ["BATCH_BUCKETS_RECORDS", "HOP_BUCKETS_SECONDS", "StreamMetrics", "stream_metrics"]
 
 HOP_BUCKETS_SECONDS: Final = (
@@ -60,6 +58,23 @@ ACK_BUCKETS_SECONDS: Final = (
     604800.0,
 )
 
+LOOP_LAG_BUCKETS_SECONDS: Final = (  # up to the session timeout and past it
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 BATCH_BUCKETS_RECORDS: Final = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 SWEEP_BUCKETS_SECONDS: Final = (
     0.0001,
