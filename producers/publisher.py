@@ -231,7 +231,7 @@ class ConsentPublisher:
 def produce_record(
     producer: KafkaProducer,
     topic: str,
-    key: bytes,
+    key: bytes | None,
     value: bytes,
     headers: Any,
     on_delivery: Any,

@@ -83,7 +83,7 @@ def _report(args: argparse.Namespace, settings: Settings, policy: Policy) -> int
 
 
 def _replay(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from streams.commands import run_replay
+    from streams.replay_command import run_replay
 
     return run_replay(settings, policy, args.partner, sys.stdout, args.timeout_s)
 

@@ -1,4 +1,4 @@
-"""The CLI's read and maintenance commands: check, status, report, replay.
+"""The CLI's read commands: check, status, report (replay: ``streams.replay_command``).
 
 Each takes the settings and policy built once in ``streams.cli`` and returns an exit code.
 """
@@ -8,27 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from consumers.consent_store import ConsentStore
 from consumers.store_clients import make_redis
-from consumers.topic_reader import TopicToEnd
-from schemas.errors import ContractError, UnknownPurposeError
+from schemas.errors import UnknownPurposeError
 from schemas.policy import Policy
-from schemas.serde import AvroSerde
 from schemas.settings import Settings
-from schemas.views import ConsentState
 from streams.evidence import evidence_json, evidence_text, status_line
-from streams.fanout import FanOut
-from streams.ledger_codec import OpenEntry, encode_entry
-from streams.outbox import instruction_headers
-from streams.pseudonyms import Pseudonyms
-from streams.replay import ReplayPlan, replay_instructions
 from streams.request_views import RequestViews
 
-__all__ = ["run_check", "run_replay", "run_report", "run_status"]
+__all__ = ["run_check", "run_report", "run_status"]
 
 log = logging.getLogger(__name__)
 
@@ -69,85 +59,3 @@ def run_report(settings: Settings, request_id: str, as_json: bool, out: TextIO) 
     else:
         print(evidence_text(status), file=out)
     return 0
-
-
-@dataclass(slots=True)
-class _States:
-    """The latest state of every subject on the compacted topic, as read to its end."""
-
-    latest: dict[str, ConsentState] = field(default_factory=dict)
-    undecodable: int = 0
-    complete: bool = False
-
-
-def _read_states(settings: Settings, serde: AvroSerde, timeout_s: float) -> _States:
-    read = _States()
-    reader = TopicToEnd(settings, settings.topics.state, timeout_s)
-    for msg in reader.messages():
-        key, value = (msg.key() or b"").decode("utf-8", "replace"), msg.value()
-        if value is None:  # a tombstone: the subject has no state any more
-            read.latest.pop(key, None)
-            continue
-        try:
-            state = serde.decode_as(value, ConsentState, reader.topic)
-        except ContractError as exc:
-            read.undecodable += 1
-            log.warning(
-                "replay: undecodable state at %d@%d: %s", msg.partition(), msg.offset(), exc.reason
-            )
-            continue
-        read.latest[state.subject_id] = state
-    read.complete = reader.complete
-    return read
-
-
-def run_replay(
-    settings: Settings, policy: Policy, partner: str, out: TextIO, timeout_s: float = 600.0
-) -> int:
-    from producers.publisher import make_producer
-
-    if partner not in policy.partners:
-        print(f"consent-stream: partner {partner!r} is not in the policy", file=sys.stderr)
-        return 2
-    serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
-    plan = ReplayPlan(partner, tuple(sorted(policy.partners[partner].purposes)))
-    fan = FanOut(policy, Pseudonyms(settings.subject_keys), int(time.time() * 1000))
-    read = _read_states(settings, serde, timeout_s)
-    if not read.complete:
-        print(
-            f"consent-stream: {settings.topics.state} was not read to its end within "
-            f"{timeout_s:g} s; nothing replayed (--timeout-s)",
-            file=sys.stderr,
-        )
-        return 1
-    states = list(read.latest.values())
-    instructions = [i for s in states for i in replay_instructions(plan, s, fan)]
-    producer = make_producer(settings)
-    for ins in instructions:  # the ledger first: an ack can never precede its ticket
-        entry = OpenEntry(ins.ack_key, None, ((ins, ""),))
-        producer.produce(
-            settings.topics.ledger, value=encode_entry(entry), key=ins.ack_key.encode()
-        )
-    if producer.flush(60.0):
-        print("consent-stream: ledger entries not acknowledged", file=sys.stderr)
-        return 1
-    topic = settings.topics.instructions(partner)
-    for ins in instructions:
-        producer.produce(
-            topic,
-            value=serde.encode(ins, topic),
-            key=ins.subject_ref.encode(),
-            headers=instruction_headers(ins, "consentstream.v1"),
-        )
-    left = producer.flush(60.0)
-    print(
-        f"replayed {len(states)} subjects to {partner}: "
-        f"{len(instructions) - left} instructions sent",
-        file=out,
-    )
-    if read.undecodable:
-        print(
-            f"consent-stream: {read.undecodable} undecodable state record(s) not replayed",
-            file=sys.stderr,
-        )
-    return 0 if left == 0 and not read.undecodable else 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from consumers.topic_reader import TopicToEnd
+from producers.sending import CountedSends
 from schemas.errors import ContractError
 from schemas.events import ConsentEvent
 from schemas.jsonform import event_to_json
@@ -93,30 +94,32 @@ def run_dead_letters(
     timeout_s: float = 60.0,
 ) -> int:
     """Lists (and with ``republish`` publishes again) the selected dead letters; exit 0,
-    or 1 when the topic was not read to its end or a record was not delivered."""
+    or 1 when the topic was not read to its end or a record was not delivered (a full
+    local queue is waited out; every delivery report is counted)."""
     from producers.publisher import make_producer
 
     reader = TopicToEnd(settings, settings.topics.deadletter, timeout_s)
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     events = settings.topics.events
-    producer = make_producer(settings) if republish else None
-    listed = sent = 0
+    sends = CountedSends(make_producer(settings)) if republish else None
+    listed = 0
     for record in selected(_records(reader), reasons, subject):
         listed += 1
         view = record.view(serde, events)
-        if producer is not None and record.failure("source_topic") == events:
-            producer.produce(
-                events, key=record.key, value=record.value, headers=record.original_headers
-            )
+        if sends is not None and record.failure("source_topic") == events:
+            sends.send(events, record.key, record.value, record.original_headers)
             view["republished"] = True
-            sent += 1
         print(json.dumps(view, ensure_ascii=False, sort_keys=True), file=out)
-    left = producer.flush(60.0) if producer is not None else 0
-    summary = f"{listed} dead letters" + (f", {sent - left} published again" if republish else "")
+    delivered = sends is None or sends.settle(60.0)
+    summary = f"{listed} dead letters"
+    if sends is not None:
+        summary += f", {sends.delivered} published again"
+        if not delivered:
+            summary += f" ({sends.summary()})"
     if not reader.complete:
         summary += f"; the topic was not read to its end within {timeout_s:.0f} s"
     print(f"# {summary}", file=out)
-    return 0 if reader.complete and left == 0 else 1
+    return 0 if reader.complete and delivered else 1
 
 
 def _records(reader: TopicToEnd) -> Iterator[DeadLetterRecord]:

@@ -19,8 +19,10 @@ class Record:
         value: bytes | None,
         error: Any = None,
         key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self._p, self._o, self._v, self._e, self._k = partition, offset, value, error, key
+        self._h = headers
 
     def error(self) -> Any:
         return self._e
@@ -36,6 +38,9 @@ class Record:
 
     def key(self) -> bytes | None:
         return self._k
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._h
 
 
 class FakeConsumer:

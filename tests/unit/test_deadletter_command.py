@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+from fake_producer import QueueProducer
+from fake_topic import Record
+
+import producers.publisher
+import streams.deadletter_command
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.serde import AvroSerde
+from schemas.settings import Settings
 from streams.deadletter import DeadLetter, deadletter_headers
-from streams.deadletter_command import DeadLetterRecord, selected
+from streams.deadletter_command import DeadLetterRecord, run_dead_letters, selected
 
 EVENTS = "consent.events.v1"
 SERDE = AvroSerde()
@@ -55,3 +65,44 @@ def test_a_record_shows_where_it_came_from_and_its_event_when_it_decodes() -> No
     assert shown["event"]["event_id"] == event.event_id
     assert bad.view(SERDE, EVENTS)["event"] is None
     assert good.original_headers == [("ce_id", b"x")]  # what is published again
+
+
+class _Topic:
+    """Stands in for ``TopicToEnd``: the dead letters of ``records``, read to the end."""
+
+    def __init__(self, records: list[DeadLetterRecord]) -> None:
+        self.records = records
+
+    def __call__(self, settings: Settings, topic: str, timeout_s: float) -> Any:
+        records = [
+            Record(r.partition, r.offset, r.value, key=r.key, headers=list(r.headers))
+            for r in self.records
+        ]
+        return SimpleNamespace(messages=lambda: iter(records), complete=True)
+
+
+def republish(
+    monkeypatch: pytest.MonkeyPatch, producer: QueueProducer, count: int
+) -> tuple[int, str]:
+    records = [record(n, "unknown_schema", f"s{n}", b"junk") for n in range(count)]
+    monkeypatch.setattr(streams.deadletter_command, "TopicToEnd", _Topic(records))
+    monkeypatch.setattr(producers.publisher, "make_producer", lambda settings: producer)
+    out = io.StringIO()
+    code = run_dead_letters(Settings(), [], None, True, out)
+    return code, out.getvalue().splitlines()[-1]
+
+
+def test_republishing_more_than_the_local_queue_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = QueueProducer(capacity=2)
+
+    assert republish(monkeypatch, producer, 5) == (0, "# 5 dead letters, 5 published again")
+    assert producer.queue_full > 0
+
+
+def test_records_the_broker_refuses_are_not_counted_as_published_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, summary = republish(monkeypatch, QueueProducer(refused=frozenset({EVENTS})), 2)
+
+    assert code == 1
+    assert summary.startswith("# 2 dead letters, 0 published again (0 delivered, 2 failed (")

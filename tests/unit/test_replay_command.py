@@ -1,0 +1,186 @@
+"""``consent-stream replay`` (``streams.replay_command``): the index of each subject's latest
+state, only those replayed, instructions in chunks behind their acknowledged ledger
+entries, and a clear exit code when a read is short or a record is not delivered."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fake_producer import QueueProducer
+from fake_topic import Record
+
+import producers.publisher
+import streams.replay_command as replay
+from schemas.partner import InstructionAction, PartnerInstruction
+from schemas.policy import load_policy
+from schemas.serde import AvroSerde
+from schemas.settings import Settings
+from schemas.views import ConsentState, PurposeDecision
+from streams.ledger_codec import OpenEntry, decode_entry
+from streams.pseudonyms import Pseudonyms
+
+SETTINGS = Settings()
+TOPIC = SETTINGS.topics.state
+SERDE = AvroSerde()
+POLICY = load_policy(SETTINGS.policy_path)
+INSTRUCTIONS = SETTINGS.topics.instructions("ads")
+
+
+def state(subject: str, version: int, ads_allowed: bool = False) -> ConsentState:
+    at = 1_700_000_000_000 + version
+    ads = PurposeDecision("personalized_ads", ads_allowed, at, "2023-09-01")
+    return ConsentState(subject, version, at, purposes=(ads,))
+
+
+def encoded(subject: str, version: int, offset: int, ads_allowed: bool = False) -> Record:
+    value = SERDE.encode(state(subject, version, ads_allowed), TOPIC)
+    return Record(offset % 2, offset, value, key=subject.encode())
+
+
+def tombstone(subject: str, offset: int) -> Record:
+    return Record(offset % 2, offset, None, key=subject.encode())
+
+
+def test_the_index_holds_each_subjects_latest_offset_and_forgets_tombstoned_ones() -> None:
+    records = [encoded("a", 1, 0), encoded("b", 1, 1), encoded("a", 2, 2), tombstone("b", 3)]
+
+    assert replay.index_latest(records) == {0: {b"a": 2}, 1: {}}
+
+
+class Reads:
+    """Stands in for ``TopicToEnd``: each instance is the next read of ``reads``."""
+
+    def __init__(self, *reads: tuple[list[Record], bool]) -> None:
+        self.reads, self.made = list(reads), 0
+
+    def __call__(self, settings: Settings, topic: str, timeout_s: float) -> Any:
+        records, complete = self.reads[self.made]
+        self.made += 1
+
+        class Read:
+            def __init__(self) -> None:
+                self.topic, self.complete = topic, False
+
+            def messages(self) -> Iterator[Record]:
+                yield from records
+                self.complete = complete
+
+        return Read()
+
+
+def run(
+    monkeypatch: pytest.MonkeyPatch,
+    reads: Reads,
+    producer: QueueProducer | None = None,
+    chunk_size: int = replay.CHUNK,
+) -> tuple[int, str, str, QueueProducer]:
+    producer = producer or QueueProducer()
+    monkeypatch.setattr(replay, "TopicToEnd", reads)
+    monkeypatch.setattr(producers.publisher, "make_producer", lambda settings: producer)
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    code = replay.run_replay(SETTINGS, POLICY, "ads", out, chunk_size=chunk_size)
+    return code, out.getvalue(), err.getvalue(), producer
+
+
+def sent_to(producer: QueueProducer, topic: str) -> list[tuple[bytes | None, bytes]]:
+    return [(key, value) for t, key, value in producer.log if t == topic]
+
+
+def test_only_each_subjects_latest_state_is_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = [
+        encoded("a", 1, 0),
+        encoded("b", 1, 1),
+        encoded("a", 2, 2),  # a: still withdrawn, at version 2
+        encoded("c", 1, 3),
+        encoded("c", 2, 5, ads_allowed=True),  # c: back to the default, nothing to send
+        tombstone("b", 7),  # b: no state any more
+    ]
+    later = [encoded("d", 1, 8), encoded("a", 3, 10, ads_allowed=True)]  # after the index
+    code, out, err, producer = run(monkeypatch, Reads((first, True), (first + later, True)))
+
+    assert code == 0, err
+    assert out == "replayed 2 subjects to ads: 1 instructions sent\n"
+    ((ref, value),) = sent_to(producer, INSTRUCTIONS)
+    ins = SERDE.decode_as(value, PartnerInstruction, INSTRUCTIONS)
+    assert ins.action is InstructionAction.STOP_PROCESSING
+    assert ins.subject_ref == Pseudonyms(SETTINGS.subject_keys).subject_ref("ads", "a")
+    assert ref == ins.subject_ref.encode()
+    ((ticket_key, ticket),) = sent_to(producer, SETTINGS.topics.ledger)
+    assert ticket_key == ins.ack_key.encode()
+    assert isinstance(decode_entry(ticket), OpenEntry)
+
+
+def test_an_undecodable_latest_state_is_counted_not_replaced_by_an_older_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = [encoded("a", 1, 0), Record(0, 2, b"\x00not a state", key=b"a")]
+    code, out, err, producer = run(monkeypatch, Reads((records, True), (records, True)))
+
+    assert code == 1
+    assert "1 undecodable state record(s) not replayed" in err
+    assert out == "replayed 0 subjects to ads: 0 instructions sent\n"
+    assert sent_to(producer, INSTRUCTIONS) == []
+
+
+def withdrawn(count: int) -> list[Record]:
+    return [encoded(f"s{n}", 1, n) for n in range(count)]
+
+
+def test_each_chunks_ledger_entries_are_acknowledged_before_its_instructions_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = withdrawn(5)
+    producer = QueueProducer(capacity=2)  # smaller than a chunk: the queue fills
+    code, out, err, _ = run(
+        monkeypatch, Reads((records, True), (records, True)), producer, chunk_size=2
+    )
+
+    assert code == 0, err
+    assert out == "replayed 5 subjects to ads: 5 instructions sent\n"
+    assert producer.queue_full > 0
+    kinds = {SETTINGS.topics.ledger: "L", INSTRUCTIONS: "I", "flush": "|"}
+    assert "".join(kinds[t] for t, _, _ in producer.log) == "LL|IILL|IIL|I|"
+
+
+def test_instructions_the_broker_refuses_fail_the_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = withdrawn(3)
+    producer = QueueProducer(refused=frozenset({INSTRUCTIONS}))
+    code, out, err, _ = run(monkeypatch, Reads((records, True), (records, True)), producer)
+
+    assert code == 1
+    assert out == "replayed 3 subjects to ads: 0 instructions sent\n"
+    assert "instructions: 0 delivered, 3 failed (" in err
+    assert "Topic authorization failed" in err
+
+
+def test_refused_ledger_entries_stop_the_replay_before_any_instruction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = withdrawn(3)
+    producer = QueueProducer(refused=frozenset({SETTINGS.topics.ledger}))
+    code, _, err, _ = run(monkeypatch, Reads((records, True), (records, True)), producer)
+
+    assert code == 1
+    assert sent_to(producer, INSTRUCTIONS) == []
+    assert "ledger entries: 0 delivered, 3 failed (" in err
+
+
+def test_a_short_second_read_says_what_was_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = withdrawn(3)
+    code, out, err, _ = run(monkeypatch, Reads((records, True), (records[:2], False)))
+
+    assert code == 1
+    assert out == "replayed 2 subjects to ads: 2 instructions sent\n"
+    assert "2 instructions sent before the second read stopped short" in err
+
+
+def test_an_incomplete_first_read_replays_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err, producer = run(monkeypatch, Reads(([encoded("a", 1, 0)], False)))
+
+    assert code == 1
+    assert "was not read to its end within 600 s; nothing replayed" in err
+    assert out == "" and producer.log == []
