@@ -34,6 +34,7 @@ from streams.faust_glue.direct import deliver_directly
 from streams.faust_glue.raw_topics import raw_topic
 from streams.faust_glue.tables import StagedTable
 from streams.ledger_processor import LedgerProcessor
+from streams.loop_lag import LoopPulse
 from streams.metrics import StreamMetrics
 from streams.output import OutputProducer
 from streams.processor import EventProcessor
@@ -57,9 +58,7 @@ class WorkerParts:
     metrics: StreamMetrics
     source_reader: SourceReader
     output: OutputProducer
-    store: Any
-    views: Any
-    redis: Any
+    loop_pulse: LoopPulse
 
 
 def _sequencers(
@@ -172,6 +171,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
+        web_in_thread=True,  # the HTTP API does not wait for the agents (streams.web)
         web_port=settings.http_port,
         web_bind=settings.http_bind,
         web_host=socket.gethostname(),  # in the URL Faust's assignor compares (below)

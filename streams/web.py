@@ -4,36 +4,81 @@
 bearer token of ``CONSENT_STREAM_HTTP_TOKENS``; ``/metrics`` needs
 ``CONSENT_STREAM_METRICS_TOKEN`` when one is set (``streams.http_auth``). ``/metrics`` takes
 ``name[]`` parameters, as prometheus_client's own handler does: only those series are
-rendered (the whole page costs the event loop ~2-3 ms; the bench samples one counter).
+rendered (the whole page costs ~2-3 ms; the bench samples one counter).
+
+The server runs on a thread and event loop of its own (Faust's ``web_in_thread``), with a
+Redis client of its own (``HttpParts``, used on that loop only). On the worker's loop, a
+consent check waited behind the agents: a batch of 500 records is planned in one step, and
+while a backlog drained, ``GET /consent/...`` took up to 0.43-0.77 s (p50 2 ms;
+docs/benchmarks.md). Now it waits for the agents only through the interpreter's lock.
+``/healthz`` says 503 when the worker's loop has not turned for ``LOOP_STALLED_S``
+(``streams.loop_lag.LoopPulse``): a worker whose loop is stuck is not healthy, although its
+HTTP thread still answers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from consumers.consent_store import AsyncConsentStore
+from consumers.store_clients import make_async_redis
 from schemas.errors import StoreUnavailableError
+from schemas.policy import Policy
 from schemas.records import to_record
 from schemas.settings import Settings
-from streams.app import WorkerParts
 from streams.http_auth import TokenCheck, guarded
+from streams.loop_lag import LoopPulse
+from streams.request_views import AsyncRequestViews
 
-__all__ = ["attach_views"]
+__all__ = ["LOOP_STALLED_S", "HttpParts", "attach_views", "build_http_parts"]
+
+LOOP_STALLED_S: Final = 10.0
+"""``/healthz`` says 503 when the worker's loop has not turned for this long (the alert
+``ConsentWorkerLoopStalled`` fires at 5 s; the group session timeout is 20 s)."""
+
+
+@dataclass(frozen=True)
+class HttpParts:
+    """What the HTTP API reads. ``redis``, ``store`` and ``views`` are its own clients,
+    used on the HTTP server's loop only (a client is bound to the loop it first ran on)."""
+
+    redis: Any
+    store: AsyncConsentStore
+    views: AsyncRequestViews
+    registry: CollectorRegistry
+    pulse: LoopPulse
+
+
+def build_http_parts(
+    settings: Settings, policy: Policy, registry: CollectorRegistry, pulse: LoopPulse
+) -> HttpParts:
+    redis = make_async_redis(settings)
+    store = AsyncConsentStore(
+        redis, policy, settings.subject_keys, settings.redis_prefix, settings.redis_min_replicas
+    )
+    views = AsyncRequestViews(redis, settings.redis_prefix)
+    return HttpParts(redis, store, views, registry, pulse)
 
 
 def _error(web: Any, status: int, message: str) -> Any:
     return web.json({"error": message, "status": status}, status=status)
 
 
-def attach_views(app: faust.App, parts: WorkerParts, settings: Settings) -> None:
+def attach_views(app: faust.App, parts: HttpParts, settings: Settings) -> None:
     callers = TokenCheck(settings.http_tokens)
     scrapers = TokenCheck({"metrics": settings.metrics_token} if settings.metrics_token else {})
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        held = parts.pulse.held_s()
+        if held > LOOP_STALLED_S:
+            body = {"status": "stalled", "event_loop_held_s": round(held, 1)}
+            return web.json(body, status=503)
         try:
             await parts.redis.ping()
         except (OSError, RedisError) as exc:

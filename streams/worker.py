@@ -20,7 +20,7 @@ from streams.failpoint import Failpoint
 from streams.faust_glue.internal_topics import internal_topics
 from streams.gc_tuning import freeze_started_heap, hold_collection_until_started
 from streams.ledger_processor import LedgerProcessor
-from streams.loop_lag import watch_loop_lag
+from streams.loop_lag import LoopPulse, watch_loop_lag
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
 from streams.output import OutputProducer, output_producer_config
@@ -30,7 +30,7 @@ from streams.request_views import AsyncRequestViews
 from streams.source_reader import KafkaSourceReader
 from streams.ticket_index import TicketIndex
 from streams.topics import ensure_topics
-from streams.web import attach_views
+from streams.web import attach_views, build_http_parts
 
 __all__ = ["build_parts", "build_worker_app", "faust_worker", "run_worker"]
 
@@ -68,9 +68,7 @@ def build_parts(app: faust.App, settings: Settings, policy: Policy) -> WorkerPar
         metrics=metrics,
         source_reader=KafkaSourceReader(settings, str(app.conf.id)),
         output=OutputProducer(output_producer_config(settings, "worker")),
-        store=store,
-        views=views,
-        redis=redis,
+        loop_pulse=LoopPulse(),
     )
 
 
@@ -78,21 +76,29 @@ def build_worker_app(settings: Settings, policy: Policy) -> tuple[faust.App, Wor
     app = create_app(settings)
     parts = build_parts(app, settings, policy)
     attach_agents(app, settings, policy, parts)
-    attach_views(app, parts, settings)
+    http = build_http_parts(settings, policy, parts.registry, parts.loop_pulse)
+    attach_views(app, http, settings)
     return app, parts
 
 
 class _Worker(faust.Worker):
-    def __init__(self, app: faust.App, *, loop_lag: Histogram | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        *,
+        loop_lag: Histogram | None,
+        pulse: LoopPulse | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
-        self._loop_lag = loop_lag
+        self._loop_lag, self._pulse = loop_lag, pulse
 
     async def on_first_start(self) -> None:
         """The loop's lag is watched from the start, through the tables' recovery (Faust
         starts an app's own tasks only once it is over)."""
         await super().on_first_start()
         if self._loop_lag is not None:
-            self.add_future(watch_loop_lag(self._loop_lag))
+            self.add_future(watch_loop_lag(self._loop_lag, pulse=self._pulse))
 
     async def on_startup_finished(self) -> None:
         """Once started (tables recovered): the heap so far is out of the collector's way."""
@@ -100,13 +106,19 @@ class _Worker(faust.Worker):
         freeze_started_heap()
 
 
-def faust_worker(app: faust.App, loglevel: str, loop_lag: Histogram | None = None) -> faust.Worker:
+def faust_worker(
+    app: faust.App,
+    loglevel: str,
+    loop_lag: Histogram | None = None,
+    pulse: LoopPulse | None = None,
+) -> faust.Worker:
     """The Faust worker that runs ``app``: the service's and the benchmark's no-op agent's
     (so the framework's ceiling is measured as the service runs). Faust's terminal spinner
     is off: at WARNING and above it sets the root logger to DEBUG, so that every debug
     record of aiokafka is built (about 10 % of the worker's CPU). With ``loop_lag``, the
-    event loop's lag is observed in it from the worker's start."""
-    worker = _Worker(app, loop_lag=loop_lag, loglevel=loglevel, quiet=True)
+    event loop's lag is observed in it from the worker's start (and each turn noted in
+    ``pulse``, which ``/healthz`` reads)."""
+    worker = _Worker(app, loop_lag=loop_lag, pulse=pulse, loglevel=loglevel, quiet=True)
     worker.spinner = None
     return worker
 
@@ -118,5 +130,6 @@ def run_worker(settings: Settings, policy: Policy, loglevel: str = "info") -> in
         log.info("created %d topics", len(created))
     log.info("worker pid %d serving HTTP on 127.0.0.1:%d", os.getpid(), settings.http_port)
     hold_collection_until_started()
-    faust_worker(app, loglevel, parts.metrics.loop_lag).execute_from_commandline()
+    worker = faust_worker(app, loglevel, parts.metrics.loop_lag, parts.loop_pulse)
+    worker.execute_from_commandline()
     return 0

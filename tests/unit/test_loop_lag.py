@@ -8,7 +8,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from streams.loop_lag import watch_loop_lag
+from streams.loop_lag import LoopPulse, watch_loop_lag
 from streams.metrics import stream_metrics
 
 
@@ -37,3 +37,27 @@ def test_a_blocked_loop_is_observed_as_late_as_it_was_held() -> None:
     assert count("0.1") == samples - 1  # every sample but the held one within 100 ms
     assert count("0.25") == samples - 1  # the held one: at least 0.3 s - 0.02 s late
     assert count("0.5") == samples
+
+
+def test_the_pulse_shows_how_long_the_loop_has_not_turned() -> None:
+    metrics = stream_metrics(CollectorRegistry())
+    pulse = LoopPulse()
+    held: list[float] = []
+
+    async def scenario() -> None:
+        watcher = asyncio.ensure_future(
+            watch_loop_lag(metrics.loop_lag, interval_s=0.02, pulse=pulse)
+        )
+        await asyncio.sleep(0.1)
+        held.append(pulse.held_s())  # turning: noted at most an interval or so ago
+        time.sleep(0.3)  # the loop is held
+        held.append(pulse.held_s())  # read as /healthz reads it, from elsewhere
+        await asyncio.sleep(0.05)
+        held.append(pulse.held_s())  # turning again
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    asyncio.run(scenario())
+
+    assert held[0] < 0.1 and held[1] >= 0.3 and held[2] < 0.1
