@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from schemas.client_errors import kafka_error
@@ -46,8 +46,13 @@ class TopicToEnd:
         group: str | None = None,
         batch_size: int = 500,
         consumer_factory: ConsumerFactory | None = None,
+        start: Mapping[int, int] | None = None,
     ) -> None:
+        """``start``: the offset to read each partition from (default: its low
+        watermark); ``ends`` holds the ends captured once reading starts."""
         self._settings, self.topic, self._timeout_s = settings, topic, timeout_s
+        self._start = dict(start or {})
+        self.ends: dict[int, int] = {}
         self._group = group or f"{settings.app_id}-read-{uuid.uuid4().hex[:12]}"
         self._batch_size = batch_size
         self._factory = consumer_factory
@@ -79,8 +84,9 @@ class TopicToEnd:
             consumer.close()
 
     def _watermarks(self, consumer: Any) -> dict[int, int]:
-        """Low watermarks of every partition; the partitions with records to read (and
-        their captured ends) go to ``_remaining``."""
+        """Where to start each partition with records to read (its low watermark, or
+        ``start`` when later); those partitions and their captured ends go to
+        ``_remaining``, every partition's end to ``ends``."""
         from confluent_kafka import TopicPartition
 
         wait = min(self._timeout_s, _METADATA_TIMEOUT_S)
@@ -97,8 +103,10 @@ class TopicToEnd:
             if offsets is None:
                 raise TransientError(f"no watermark offsets for {self.topic}[{partition}]")
             low, high = int(offsets[0]), int(offsets[1])
-            if high > low:
-                lows[partition], self._remaining[partition] = low, high
+            begin = max(low, self._start.get(partition, low))
+            self.ends[partition] = high
+            if high > begin:
+                lows[partition], self._remaining[partition] = begin, high
         return lows
 
     def _take(self, message: Any) -> bool:

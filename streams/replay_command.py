@@ -1,17 +1,19 @@
 """``consent-stream replay --partner P``: the current consent state to a (new) partner, in
 memory that holds an offset per subject, not its state, whatever the number of subjects.
 
-Two reads of the compacted consent.state.v1, each to the end it has when it starts:
+Reads of the compacted consent.state.v1, each to the end it has when it starts:
 
 1. the index: each subject's latest offset, values not decoded; a tombstone removes the
    subject. Nothing is sent when this read does not reach the end within the timeout;
-2. the sending: a record is replayed when it is its subject's latest in the index. A
-   state written after the first read is not replayed: the worker told the partner itself.
-
-The instructions go out in chunks of ``CHUNK``: the chunk's ledger entries first, all of
-them acknowledged (an acknowledgement can never precede its ticket), then its
-instructions. A full local queue is waited out, and every delivery report is counted
-(``producers.sending``): a record the broker refused is a failure, reported, exit 1.
+2. the sending: a record is replayed when it is its subject's latest in the index
+   (``streams.replay_sender``: in chunks, ledger entries first);
+3. the catch-up, from where the index ended: a subject whose state changed meanwhile was
+   told of the change by the worker, and the replayed instruction may have reached the
+   partner after that one. So each replayed action the newer state no longer implies is
+   sent again as the newer state has it (``streams.replay.corrections``), and the
+   catch-up reads again from where it ended, until a read finds nothing to correct (at
+   most ``MAX_ROUNDS``). The worker must have the partner in its policy before the
+   replay starts, or it tells the partner of no change at all.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from consumers.topic_reader import TopicToEnd
-from producers.sending import CountedSends
 from schemas.errors import ContractError
 from schemas.partner import PartnerInstruction
 from schemas.policy import Policy
@@ -32,18 +33,16 @@ from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import ConsentState
 from streams.fanout import FanOut
-from streams.ledger_codec import OpenEntry, encode_entry
-from streams.outbox import instruction_headers
 from streams.pseudonyms import Pseudonyms
-from streams.replay import ReplayPlan, replay_instructions
+from streams.replay import ReplayPlan, Sent, corrections, replay_instructions, sent_of
+from streams.replay_sender import CHUNK, ReplaySender
 
-__all__ = ["CHUNK", "LatestOffsets", "index_latest", "run_replay"]
+__all__ = ["MAX_ROUNDS", "LatestOffsets", "index_latest", "run_replay"]
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 5_000
-"""Instructions per chunk: their ledger entries are acknowledged before they are sent."""
-_SETTLE_S: Final = 60.0
+MAX_ROUNDS: Final = 5
+"""Catch-up reads at most; subjects still changing after them: exit 1, run it again."""
 
 LatestOffsets = dict[int, dict[bytes, int]]
 """Per partition, each subject's (record key's) latest offset."""
@@ -64,66 +63,83 @@ def index_latest(records: Iterable[Any]) -> LatestOffsets:
 
 @dataclass(slots=True)
 class _Replay:
-    """What the second read found: latest states replayed, undecodable ones skipped."""
+    """The states read and what was sent for each subject."""
 
-    index: LatestOffsets
+    plan: ReplayPlan
+    fan: FanOut
     serde: AvroSerde
     subjects: int = 0
     undecodable: int = 0
+    corrected: int = 0
+    sent: dict[str, Sent] = field(default_factory=dict)
 
-    def states(self, reader: TopicToEnd) -> Iterator[ConsentState]:
+    def decoded(self, msg: Any, topic: str) -> ConsentState | None:
+        try:
+            state: ConsentState = self.serde.decode_as(msg.value(), ConsentState, topic)
+        except ContractError as exc:
+            self.undecodable += 1
+            log.warning(
+                "replay: undecodable state at %d@%d: %s", msg.partition(), msg.offset(), exc.reason
+            )
+            return None
+        return state
+
+    def replayed(self, reader: TopicToEnd, index: LatestOffsets) -> Iterator[PartnerInstruction]:
+        """The instructions of each subject's latest state in ``index``."""
         for msg in reader.messages():
-            offsets, key = self.index.get(msg.partition(), {}), msg.key() or b""
+            offsets, key = index.get(msg.partition(), {}), msg.key() or b""
             if msg.value() is None or offsets.get(key) != msg.offset():
                 continue
             del offsets[key]  # each subject's latest state is replayed once
-            try:
-                state = self.serde.decode_as(msg.value(), ConsentState, reader.topic)
-            except ContractError as exc:
-                self.undecodable += 1
-                log.warning(
-                    "replay: undecodable state at %d@%d: %s",
-                    msg.partition(),
-                    msg.offset(),
-                    exc.reason,
-                )
+            state = self.decoded(msg, reader.topic)
+            if state is None:
                 continue
             self.subjects += 1
-            yield state
+            instructions = list(replay_instructions(self.plan, state, self.fan))
+            if instructions:
+                self.sent[state.subject_id] = sent_of(instructions)
+                yield from instructions
+
+    def to_correct(self, reader: TopicToEnd) -> list[PartnerInstruction]:
+        """What to send again for the replayed subjects with a newer state in ``reader``."""
+        newer: dict[str, ConsentState] = {}
+        for msg in reader.messages():
+            subject = (msg.key() or b"").decode("utf-8", "replace")
+            if msg.value() is not None and subject in self.sent:
+                state = self.decoded(msg, reader.topic)
+                if state is not None:
+                    newer[subject] = state
+        fixes: list[PartnerInstruction] = []
+        for subject, state in newer.items():
+            fix = corrections(self.plan, self.sent[subject], state, self.fan)
+            if fix:
+                done = dict(self.sent[subject]) | dict(sent_of(fix))
+                self.sent[subject] = tuple(done.items())
+                fixes.extend(fix)
+        self.corrected += len(fixes)
+        return fixes
 
 
-def _chunks(items: Iterable[PartnerInstruction], size: int) -> Iterator[list[PartnerInstruction]]:
-    chunk: list[PartnerInstruction] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-class _Sender:
-    """Each chunk's ledger entries (acknowledged), then its instructions."""
-
-    def __init__(self, settings: Settings, serde: AvroSerde, partner: str, producer: Any) -> None:
-        self._ledger_topic = settings.topics.ledger
-        self._topic = settings.topics.instructions(partner)
-        self._serde = serde
-        self.ledger, self.instructions = CountedSends(producer), CountedSends(producer)
-
-    def send(self, instructions: Iterable[PartnerInstruction], chunk_size: int) -> bool:
-        for chunk in _chunks(instructions, chunk_size):
-            for ins in chunk:
-                entry = OpenEntry(ins.ack_key, None, ((ins, ""),))
-                self.ledger.send(self._ledger_topic, ins.ack_key.encode(), encode_entry(entry))
-            if not self.ledger.settle(_SETTLE_S):
-                return False
-            for ins in chunk:
-                value = self._serde.encode(ins, self._topic)
-                headers = instruction_headers(ins, "consentstream.v1")
-                self.instructions.send(self._topic, ins.subject_ref.encode(), value, headers)
-        return self.instructions.settle(_SETTLE_S)
+def _catch_up(
+    settings: Settings,
+    replay: _Replay,
+    sender: ReplaySender,
+    ends: Mapping[int, int],
+    timeout_s: float,
+    chunk_size: int,
+) -> str | None:
+    """Corrections until a read finds none; None when done, else what stopped it."""
+    for _ in range(MAX_ROUNDS):
+        tail = TopicToEnd(settings, settings.topics.state, timeout_s, start=ends)
+        fixes = replay.to_correct(tail)
+        if not tail.complete:
+            return f"the catch-up read stopped short of the topic's end ({timeout_s:g} s)"
+        if not fixes:
+            return None
+        if not sender.send(fixes, chunk_size):
+            return "not every correction was delivered"
+        ends = tail.ends
+    return f"subjects still changed after {MAX_ROUNDS} catch-up reads"
 
 
 def run_replay(
@@ -136,8 +152,8 @@ def run_replay(
     chunk_size: int = CHUNK,
 ) -> int:
     """Exit 0 when every replayed instruction was delivered; 1 when a read was not
-    complete within ``timeout_s`` (each read), a record was not delivered or a state was
-    undecodable; 2 for a partner not in the policy."""
+    complete within ``timeout_s`` (each read), a record was not delivered, a state was
+    undecodable or subjects kept changing; 2 for a partner not in the policy."""
     from producers.publisher import make_producer
 
     if partner not in policy.partners:
@@ -156,34 +172,32 @@ def run_replay(
     serde = AvroSerde(settings.schema_registry(), settings.max_record_bytes)
     plan = ReplayPlan(partner, tuple(sorted(policy.partners[partner].purposes)))
     fan = FanOut(policy, Pseudonyms(settings.subject_keys), int(time.time() * 1000))
-    replay, second = _Replay(index, serde), TopicToEnd(settings, topic, timeout_s)
-    sender = _Sender(settings, serde, partner, make_producer(settings))
-    instructions = (i for s in replay.states(second) for i in replay_instructions(plan, s, fan))
-    delivered = sender.send(instructions, chunk_size)
-    return _report(replay, sender, second.complete and delivered, partner, timeout_s, out)
+    replay, second = _Replay(plan, fan, serde), TopicToEnd(settings, topic, timeout_s)
+    sender = ReplaySender(settings, serde, partner, make_producer(settings))
+    stopped: str | None = "not every instruction was delivered"
+    if sender.send(replay.replayed(second, index), chunk_size):
+        stopped = f"the second read stopped short of the topic's end ({timeout_s:g} s)"
+        if second.complete:
+            stopped = _catch_up(settings, replay, sender, first.ends, timeout_s, chunk_size)
+    return _report(replay, sender, stopped, out)
 
 
-def _report(
-    replay: _Replay, sender: _Sender, done: bool, partner: str, timeout_s: float, out: TextIO
-) -> int:
-    sent = sender.instructions
-    print(
-        f"replayed {replay.subjects} subjects to {partner}: {sent.delivered} instructions sent",
-        file=out,
-    )
-    failed = [s for s in (sender.ledger, sender.instructions) if s.failed or s.pending]
-    for what, sends in (("ledger entries", sender.ledger), ("instructions", sender.instructions)):
-        if sends in failed:
-            print(f"consent-stream: {what}: {sends.summary()}", file=sys.stderr)
-    if not done and not failed:
+def _report(replay: _Replay, sender: ReplaySender, stopped: str | None, out: TextIO) -> int:
+    sent = sender.instructions.delivered
+    partner = replay.plan.partner
+    print(f"replayed {replay.subjects} subjects to {partner}: {sent} instructions sent", file=out)
+    if replay.corrected:
         print(
-            f"consent-stream: {sent.delivered} instructions sent before the second read "
-            f"stopped short of the topic's end ({timeout_s:g} s); run it again",
-            file=sys.stderr,
+            f"{replay.corrected} of them sent again: their subjects changed during the replay",
+            file=out,
         )
+    for line in sender.failures():
+        print(f"consent-stream: {line}", file=sys.stderr)
+    if stopped is not None:
+        print(f"consent-stream: {stopped}; run it again", file=sys.stderr)
     if replay.undecodable:
         print(
             f"consent-stream: {replay.undecodable} undecodable state record(s) not replayed",
             file=sys.stderr,
         )
-    return 0 if done and not replay.undecodable else 1
+    return 0 if stopped is None and not replay.undecodable else 1

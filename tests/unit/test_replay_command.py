@@ -51,18 +51,22 @@ def test_the_index_holds_each_subjects_latest_offset_and_forgets_tombstoned_ones
 
 
 class Reads:
-    """Stands in for ``TopicToEnd``: each instance is the next read of ``reads``."""
+    """Stands in for ``TopicToEnd``: each instance is the next read of ``reads`` (the
+    index, the sending, then the catch-up reads); a read past them finds nothing."""
 
     def __init__(self, *reads: tuple[list[Record], bool]) -> None:
         self.reads, self.made = list(reads), 0
+        self.starts: list[dict[int, int] | None] = []
 
-    def __call__(self, settings: Settings, topic: str, timeout_s: float) -> Any:
-        records, complete = self.reads[self.made]
+    def __call__(self, settings: Settings, topic: str, timeout_s: float, start: Any = None) -> Any:
+        records, complete = self.reads[self.made] if self.made < len(self.reads) else ([], True)
         self.made += 1
+        self.starts.append(start)
+        ends = {0: 1000 * self.made}
 
         class Read:
             def __init__(self) -> None:
-                self.topic, self.complete = topic, False
+                self.topic, self.complete, self.ends = topic, False, ends
 
             def messages(self) -> Iterator[Record]:
                 yield from records
@@ -175,7 +179,7 @@ def test_a_short_second_read_says_what_was_sent(monkeypatch: pytest.MonkeyPatch)
 
     assert code == 1
     assert out == "replayed 2 subjects to ads: 2 instructions sent\n"
-    assert "2 instructions sent before the second read stopped short" in err
+    assert "the second read stopped short of the topic's end (600 s); run it again" in err
 
 
 def test_an_incomplete_first_read_replays_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,3 +188,49 @@ def test_an_incomplete_first_read_replays_nothing(monkeypatch: pytest.MonkeyPatc
     assert code == 1
     assert "was not read to its end within 600 s; nothing replayed" in err
     assert out == "" and producer.log == []
+
+
+def actions(producer: QueueProducer) -> list[tuple[str, str]]:
+    found = []
+    for _, value in sent_to(producer, INSTRUCTIONS):
+        ins = SERDE.decode_as(value, PartnerInstruction, INSTRUCTIONS)
+        found.append((ins.subject_ref, ins.action.value))
+    return found
+
+
+def test_a_subject_that_changed_during_the_replay_gets_its_newer_decision_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = withdrawn(2)  # s0, s1 withdrew personalized_ads
+    tail = [
+        encoded("s0", 2, 10, ads_allowed=True),  # s0 granted again while replayed
+        encoded("s1", 2, 11),  # s1 changed something else: still withdrawn
+        encoded("new", 1, 12),  # not replayed: the worker told the partner
+    ]
+    reads = Reads((records, True), (records, True), (tail, True))
+    code, out, err, producer = run(monkeypatch, reads)
+
+    assert code == 0, err
+    ref = Pseudonyms(SETTINGS.subject_keys).subject_ref
+    assert actions(producer) == [
+        (ref("ads", "s0"), "STOP_PROCESSING"),
+        (ref("ads", "s1"), "STOP_PROCESSING"),
+        (ref("ads", "s0"), "RESUME_PROCESSING"),  # after whatever the worker sent
+    ]
+    assert out.splitlines() == [
+        "replayed 2 subjects to ads: 3 instructions sent",
+        "1 of them sent again: their subjects changed during the replay",
+    ]
+    assert reads.starts[2] == {0: 1000}  # the catch-up starts where the index ended
+    assert reads.starts[3] == {0: 3000} and reads.made == 4  # a last read: nothing new
+
+
+def test_subjects_that_keep_changing_end_the_replay_with_exit_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = withdrawn(1)
+    flips = [([encoded("s0", v, v, ads_allowed=v % 2 == 0)], True) for v in range(2, 2 + 9)]
+    code, _, err, _ = run(monkeypatch, Reads((records, True), (records, True), *flips))
+
+    assert code == 1
+    assert f"subjects still changed after {replay.MAX_ROUNDS} catch-up reads" in err

@@ -43,6 +43,19 @@ def test_reads_from_the_low_watermarks_to_the_captured_ends() -> None:
     assert consumer.config["group.id"].startswith(f"{Settings().app_id}-read-")
 
 
+def test_a_read_from_given_offsets_starts_there_and_notes_every_ends() -> None:
+    consumer = FakeConsumer(
+        ends={0: (5, 9), 1: (0, 4), 2: (0, 2)},
+        batches=[[Record(0, 8, b"a"), Record(2, 1, b"b")]],
+    )
+    reader = TopicToEnd(Settings(), "t", 5.0, consumer_factory=consumer, start={0: 8, 1: 4})
+
+    assert [(r.partition(), r.offset()) for r in reader.messages()] == [(0, 8), (2, 1)]
+    # 0 from 8; 1 has nothing past 4; 2 from its low watermark (no start given)
+    assert consumer.assigned == [(0, 8), (2, 0)]
+    assert reader.complete and reader.ends == {0: 9, 1: 4, 2: 2}
+
+
 def test_a_record_at_the_end_completes_its_partition_without_the_eof() -> None:
     consumer = FakeConsumer(ends={0: (0, 2)}, batches=[[Record(0, 0, b"a"), Record(0, 1, b"b")]])
     reader = _reader(consumer)
