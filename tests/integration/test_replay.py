@@ -5,19 +5,24 @@ No worker: the test writes the states topic itself, as the worker would have."""
 
 from __future__ import annotations
 
+import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import streams.replay_command
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import ConsentState, PurposeDecision
 from streams.pseudonyms import Pseudonyms
+from streams.replay_command import run_replay
+from streams.replay_sender import ReplaySender
 
 from .conftest import delete_topics, wait_for_leaders
 from .kafka_auth import admin_config, admin_settings, sync_acls
@@ -48,6 +53,14 @@ def namespace(bootstrap_servers: str) -> Iterator[Settings]:
         wait_for_leaders(admin, topic, 3)
     yield settings
     delete_topics(admin, topics)
+
+
+def _write(settings: Settings, states: list[ConsentState]) -> None:
+    serde, topic = AvroSerde(), settings.topics.state
+    producer = Producer(settings.producer_config())
+    for state in states:
+        producer.produce(topic, serde.encode(state, topic), state.subject_id.encode())
+    assert producer.flush(30) == 0
 
 
 def test_a_replay_larger_than_the_local_queue_sends_each_latest_decision_once(
@@ -82,3 +95,39 @@ def test_a_replay_larger_than_the_local_queue_sends_each_latest_decision_once(
     assert {i.action for i in sent} == {InstructionAction.STOP_PROCESSING}
     tickets = read_all(namespace, namespace.topics.ledger, decode=False)
     assert sorted(t.key for t in tickets) == sorted(i.ack_key.encode() for i in sent)
+
+
+def test_subjects_that_change_while_they_are_replayed_get_their_newer_decision_last(
+    namespace: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, so the states can change at a known point: after the index is read,
+    before the first instruction goes out (as a subject's change during a long replay)."""
+    subjects = [f"replay-{uuid.uuid4().hex[:8]}-{n}" for n in range(30)]
+    _write(namespace, [_state(s, 1, False) for s in subjects])
+    changed = subjects[:10]
+
+    class ChangedMeanwhile(ReplaySender):
+        def send(self, instructions: Iterable[PartnerInstruction], chunk_size: int = 5000) -> bool:
+            if not self.instructions.sent:  # the first send: the replayed states
+                _write(namespace, [_state(s, 2, True) for s in changed])  # allowed again
+            return super().send(instructions, chunk_size)
+
+    monkeypatch.setattr(streams.replay_command, "ReplaySender", ChangedMeanwhile)
+    worker = replace(
+        Settings.from_env().as_principal("worker"), topic_namespace=namespace.topic_namespace
+    )
+    out = io.StringIO()
+
+    assert run_replay(worker, load_policy(), "ads", out) == 0
+    assert out.getvalue().splitlines() == [
+        "replayed 30 subjects to ads: 40 instructions sent",
+        "10 of them sent again: their subjects changed during the replay",
+    ]
+    ref = Pseudonyms(namespace.subject_keys).subject_ref
+    last: dict[str, InstructionAction] = {}
+    for record in read_all(namespace, namespace.topics.instructions("ads")):
+        last[record.obj.subject_ref] = record.obj.action  # in order, per subject's partition
+    assert {s: last[ref("ads", s)] for s in subjects} == {
+        s: InstructionAction.RESUME_PROCESSING if n < 10 else InstructionAction.STOP_PROCESSING
+        for n, s in enumerate(subjects)
+    }
