@@ -25,6 +25,7 @@ _KAFKA_COMMANDS = frozenset(
         "worker",
         "replay",
         "rebuild-store",
+        "remove-worker",
         "dead-letters",
         "partner",
         "webhook-bridge",
@@ -88,6 +89,16 @@ def _replay(args: argparse.Namespace, settings: Settings, policy: Policy) -> int
     return run_replay(settings, policy, args.partner, sys.stdout, args.timeout_s)
 
 
+def _remove_worker(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
+    from streams.group_members import remove_workers
+
+    removal = remove_workers(settings, args.names)
+    for name, removed in removal.removed.items():
+        outcome = "removed: its partitions go to the others now" if removed else "not in it"
+        print(f"{name}: {outcome} (group {removal.group})")
+    return 0 if all(removal.removed.values()) else 1
+
+
 def _rebuild_store(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
     from consumers.store_rebuild import run_rebuild_store
 
@@ -145,6 +156,14 @@ def _add_commands(sub: Any) -> None:
     replay.add_argument("--partner", required=True)
     _add_read_timeout(replay, 600.0)
     replay.set_defaults(handler=_replay)
+    remove = sub.add_parser(
+        "remove-worker",
+        help="named workers stopped for good leave the group now, not after the session timeout",
+    )
+    remove.add_argument(
+        "names", nargs="+", metavar="NAME", help="a worker's CONSENT_STREAM_GROUP_INSTANCE_ID"
+    )
+    remove.set_defaults(handler=_remove_worker)
     rebuild = sub.add_parser("rebuild-store", help="rebuild the Redis store from consent.state.v1")
     _add_read_timeout(rebuild, 600.0)
     rebuild.set_defaults(handler=_rebuild_store)

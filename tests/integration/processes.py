@@ -643,9 +643,9 @@ def worker_factory(
     ) -> WorkerProcess:
         """``cluster``: the bootstrap servers of brokers without authentication
         (``kafka_cluster.KafkaCluster``) instead of the local stack's. ``like``: one more
-        worker of that worker's group (its namespace, app id and settings, its own port
-        and data); started, it is ready once it serves HTTP (its share of the partitions
-        comes with the group's rebalance)."""
+        worker of that worker's group (its namespace, app id and settings, with ``env``
+        over them, its own port and data); started, it is ready once it serves HTTP (its
+        share of the partitions comes with the group's rebalance)."""
         namespace = f"t{uuid.uuid4().hex[:8]}" if like is None else like.config.namespace
         base = tmp_path_factory.mktemp(f"worker-{namespace}")
         config = WorkerConfig(
@@ -660,8 +660,13 @@ def worker_factory(
             plaintext=cluster is not None,
         )
         if like is not None:
-            config = replace(like.config, http_port=config.http_port, data_dir=config.data_dir)
-            config = replace(config, log_path=base / "worker.log")
+            config = replace(
+                like.config,
+                http_port=config.http_port,
+                data_dir=config.data_dir,
+                log_path=base / "worker.log",
+                extra_env={**like.config.extra_env, **(env or {})},
+            )
         worker = WorkerProcess(config)
         workers.append(worker)
         if start:
