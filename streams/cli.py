@@ -231,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from streams.http_log import redact_malformed_requests
+
+    redact_malformed_requests()
     try:
         settings = Settings.from_env().as_principal(_principal(args))
         policy = load_policy(settings.policy_path)

@@ -60,3 +60,20 @@ def test_the_access_log_names_the_caller_never_the_token_or_the_subject(
     assert "GET /consent/{subject_id} 401 (no valid token)" in log
     assert subject not in log
     assert TEST_TOKEN.reveal().decode() not in log and WRONG.reveal().decode() not in log
+
+
+def test_a_malformed_request_is_refused_and_logged_without_its_subject(
+    worker: WorkerProcess,
+) -> None:
+    """aiohttp refuses a request line over 8 KB (400) and logs why; the request line,
+    which holds the subject id, stays out of the log."""
+    subject = f"auth-long-{uuid.uuid4().hex[:8]}"
+    status, _ = worker.http_get(f"/consent/{subject}{'x' * 9000}")
+    assert status == 400
+
+    def logged() -> str | None:
+        log = worker.config.log_path.read_text(encoding="utf-8", errors="replace")
+        return log if "refused as malformed (400, LineTooLong" in log else None
+
+    log = worker.poll(logged, 10.0, "the refusal in the worker's log")
+    assert subject not in log
