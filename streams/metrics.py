@@ -117,6 +117,8 @@ class StreamMetrics:
     ledger_sweep: Histogram
     batch_records: Histogram
     loop_lag: Histogram
+    http_requests: Counter
+    http_request_duration: Histogram
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -274,9 +276,25 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
         loop_lag=Histogram(
             "consent_event_loop_lag_seconds",
             "How much later than asked a task sleeping 0.25 s at a time woke up on the "
-            "worker's event loop (agents, fetching, heartbeats, HTTP share it): held "
-            "longer than the group session timeout, the worker loses its partitions.",
+            "worker's event loop (agents, fetching, heartbeats share it; the HTTP API has "
+            "its own): held longer than the group session timeout, the worker loses its "
+            "partitions.",
             registry=registry,
             buckets=LOOP_LAG_BUCKETS_SECONDS,
+        ),
+        http_requests=Counter(
+            "consent_http_requests_total",
+            "Requests the worker's HTTP API answered, by route (its template: never a "
+            "subject id) and HTTP status code.",
+            ["route", "code"],
+            registry=registry,
+        ),
+        http_request_duration=Histogram(
+            "consent_http_request_duration_seconds",
+            "Time the worker's HTTP API took to answer a request, by route (from the "
+            "handler's start: the token check and the Redis round trip included).",
+            ["route"],
+            registry=registry,
+            buckets=LOOP_LAG_BUCKETS_SECONDS,  # 1 ms .. 60 s
         ),
     )

@@ -18,6 +18,8 @@ HTTP thread still answers.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,9 +35,10 @@ from schemas.records import to_record
 from schemas.settings import Settings
 from streams.http_auth import TokenCheck, guarded
 from streams.loop_lag import LoopPulse
+from streams.metrics import StreamMetrics
 from streams.request_views import AsyncRequestViews
 
-__all__ = ["LOOP_STALLED_S", "HttpParts", "attach_views", "build_http_parts"]
+__all__ = ["LOOP_STALLED_S", "HttpParts", "attach_views", "build_http_parts", "observed"]
 
 LOOP_STALLED_S: Final = 10.0
 """``/healthz`` says 503 when the worker's loop has not turned for this long (the alert
@@ -51,18 +54,45 @@ class HttpParts:
     store: AsyncConsentStore
     views: AsyncRequestViews
     registry: CollectorRegistry
+    metrics: StreamMetrics
     pulse: LoopPulse
 
 
 def build_http_parts(
-    settings: Settings, policy: Policy, registry: CollectorRegistry, pulse: LoopPulse
+    settings: Settings,
+    policy: Policy,
+    registry: CollectorRegistry,
+    metrics: StreamMetrics,
+    pulse: LoopPulse,
 ) -> HttpParts:
     redis = make_async_redis(settings)
     store = AsyncConsentStore(
         redis, policy, settings.subject_keys, settings.redis_prefix, settings.redis_min_replicas
     )
     views = AsyncRequestViews(redis, settings.redis_prefix)
-    return HttpParts(redis, store, views, registry, pulse)
+    return HttpParts(redis, store, views, registry, metrics, pulse)
+
+
+View = Callable[..., Awaitable[Any]]
+
+
+def observed(metrics: StreamMetrics, route: str, view: View) -> View:
+    """``view`` counted by route and status code and timed
+    (``consent_http_requests_total``, ``consent_http_request_duration_seconds``); a view
+    that raises counts as 500 (aiohttp answers it so)."""
+
+    async def handler(web: Any, request: Any, **kwargs: Any) -> Any:
+        started, code = time.perf_counter(), "500"
+        try:
+            response = await view(web, request, **kwargs)
+            code = str(response.status)
+            return response
+        finally:
+            metrics.http_requests.labels(route, code).inc()
+            metrics.http_request_duration.labels(route).observe(time.perf_counter() - started)
+
+    handler.__name__ = getattr(view, "__name__", "view")
+    return handler
 
 
 def _error(web: Any, status: int, message: str) -> Any:
@@ -73,7 +103,6 @@ def attach_views(app: faust.App, parts: HttpParts, settings: Settings) -> None:
     callers = TokenCheck(settings.http_tokens)
     scrapers = TokenCheck({"metrics": settings.metrics_token} if settings.metrics_token else {})
 
-    @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         held = parts.pulse.held_s()
         if held > LOOP_STALLED_S:
@@ -104,6 +133,11 @@ def attach_views(app: faust.App, parts: HttpParts, settings: Settings) -> None:
             return _error(web, 404, f"unknown request {request_id}")
         return web.json(to_record(status))
 
-    app.page("/metrics")(guarded(scrapers, "/metrics", metrics, open_without_tokens=True))
-    app.page("/consent/{subject_id}")(guarded(callers, "/consent/{subject_id}", consent))
-    app.page("/requests/{request_id}")(guarded(callers, "/requests/{request_id}", request_status))
+    routes: dict[str, View] = {
+        "/healthz": healthz,
+        "/metrics": guarded(scrapers, "/metrics", metrics, open_without_tokens=True),
+        "/consent/{subject_id}": guarded(callers, "/consent/{subject_id}", consent),
+        "/requests/{request_id}": guarded(callers, "/requests/{request_id}", request_status),
+    }
+    for route, view in routes.items():
+        app.page(route)(observed(parts.metrics, route, view))

@@ -76,7 +76,7 @@ def build_worker_app(settings: Settings, policy: Policy) -> tuple[faust.App, Wor
     app = create_app(settings)
     parts = build_parts(app, settings, policy)
     attach_agents(app, settings, policy, parts)
-    http = build_http_parts(settings, policy, parts.registry, parts.loop_pulse)
+    http = build_http_parts(settings, policy, parts.registry, parts.metrics, parts.loop_pulse)
     attach_views(app, http, settings)
     return app, parts
 

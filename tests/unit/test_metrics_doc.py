@@ -32,8 +32,8 @@ def test_the_doc_lists_every_registered_metric_with_its_type_and_labels() -> Non
     documented = owned_documented()
 
     assert (
-        len(registered) == 39
-    )  # 23 worker + 6 partner + 5 gateway + 5 webhook: a new one needs a doc row
+        len(registered) == 41
+    )  # 25 worker + 6 partner + 5 gateway + 5 webhook: a new one needs a doc row
     missing = sorted(set(registered) - set(documented))
     stale = sorted(set(documented) - set(registered))
     assert missing == [], f"registered but not in docs/metrics.md: {missing}"
@@ -74,7 +74,7 @@ def test_the_exposition_has_a_documented_family_for_every_sample() -> None:
     exposed = {f"{f}_total" if f"{f}_total" in documented else f for f in families - created}
 
     assert exposed <= documented
-    assert len(exposed) == 39
+    assert len(exposed) == 41
     for family in created:
         base = family.removesuffix("_created")
         assert f"{base}_total" in documented or base in documented, family
