@@ -49,6 +49,7 @@ from consumers.store_layout import (
 from schemas.errors import StoreReplicasMissingError, StoreUnavailableError
 from schemas.policy import Policy
 from schemas.subject_keys import SubjectKeys
+from schemas.validation import validate_subject_id
 from schemas.views import ConsentState
 
 __all__ = ["DEFAULT_PREFIX", "REPLICA_WAIT_MS", "AsyncConsentStore", "ConsentStore"]
@@ -86,14 +87,24 @@ class _StoreCore:
         """The subject's Redis key under the current subject key (a keyed hash of the id)."""
         return self.keys.current(subject_id)
 
+    def _read_key(self, subject_id: str) -> str:
+        """``key``, for a read: an id no event can carry raises ``ValidationError`` (before
+        any I/O) instead of reading the policy's defaults."""
+        validate_subject_id(subject_id)
+        return self.key(subject_id)
+
+    def _view_slots(self, subject_id: str) -> list[str]:
+        key = self._read_key(subject_id)
+        return self.keys(subject_id) if self.keys.rotating else [key]
+
     def _allowed(self, subject_id: str, purpose: str) -> FieldsRead[bool]:
-        return allowed_read(self.policy, self.key(subject_id), purpose)
+        return allowed_read(self.policy, self._read_key(subject_id), purpose)
 
     def _permission(self, subject_id: str, permission: str, device_id: str) -> FieldsRead[bool]:
-        return permission_revoked_read(self.key(subject_id), permission, device_id)
+        return permission_revoked_read(self._read_key(subject_id), permission, device_id)
 
     def _app(self, subject_id: str, app_id: str) -> FieldsRead[bool]:
-        return app_revoked_read(self.key(subject_id), app_id)
+        return app_revoked_read(self._read_key(subject_id), app_id)
 
     def _other_slots(self, subject_id: str) -> list[str]:
         """The subject's slots under the other accepted keys ([] unless rotating)."""
@@ -156,7 +167,8 @@ class ConsentStore(_StoreCore):
         return read.parse(newest_reply(replies))
 
     def is_allowed(self, subject_id: str, purpose: str) -> bool:
-        """One HMGET. Raises ``UnknownPurposeError`` (before any I/O) for an unknown purpose."""
+        """One HMGET. Raises (before any I/O) ``UnknownPurposeError`` for an unknown purpose,
+        ``ValidationError`` for a subject id no event can carry."""
         return self._read(subject_id, self._allowed(subject_id, purpose))
 
     def is_permission_revoked(self, subject_id: str, permission: str, device_id: str) -> bool:
@@ -166,7 +178,7 @@ class ConsentStore(_StoreCore):
         return self._read(subject_id, self._app(subject_id, app_id))
 
     def consent_view(self, subject_id: str) -> dict[str, Any]:
-        slots = self.keys(subject_id) if self.keys.rotating else [self.key(subject_id)]
+        slots = self._view_slots(subject_id)
         raw: Mapping[Any, Any]
         with _store_errors("view"):
             if len(slots) == 1:
@@ -253,7 +265,7 @@ class AsyncConsentStore(_StoreCore):
         return await self._read(subject_id, self._app(subject_id, app_id))
 
     async def consent_view(self, subject_id: str) -> dict[str, Any]:
-        slots = self.keys(subject_id) if self.keys.rotating else [self.key(subject_id)]
+        slots = self._view_slots(subject_id)
         raw: Mapping[Any, Any]
         with _store_errors("view"):
             if len(slots) == 1:

@@ -23,7 +23,7 @@ from schemas.events import (
 from schemas.policy import Policy
 from schemas.records import CANONICAL_UUID
 
-__all__ = ["MAX_ID_LENGTH", "validate_event"]
+__all__ = ["MAX_ID_LENGTH", "validate_event", "validate_subject_id"]
 
 MAX_ID_LENGTH: Final = 256
 _EARLIEST_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -119,13 +119,20 @@ def _shared(p: DataShared, policy: Policy) -> None:
         _text(ref, f"payload.partner_refs.{name}")
 
 
+def validate_subject_id(subject_id: str) -> None:
+    """A subject id as events may carry it: not empty, at most ``MAX_ID_LENGTH``
+    characters, no control characters (it becomes a Kafka key, a table key and, hashed, a
+    Redis key). Readers of the store check it too: an id no event can carry gets an
+    error, not the policy's defaults."""
+    _text(subject_id, "subject_id")
+    if _CONTROL_CHARACTER.search(subject_id):
+        raise ValidationError("subject_id contains control characters", field="subject_id")
+
+
 def validate_event(event: ConsentEvent, policy: Policy, now_ms: int) -> None:
     """Raise a ``ValidationError`` subclass naming the field if ``event`` is invalid."""
     _uuid(event.event_id, "event_id")
-    _text(event.subject_id, "subject_id")
-    if _CONTROL_CHARACTER.search(event.subject_id):
-        # an identifier: it becomes a Kafka key, a table key and (hashed) a Redis key
-        raise ValidationError("subject_id contains control characters", field="subject_id")
+    validate_subject_id(event.subject_id)
     _text(event.source, "source")
     if not isinstance(event.occurred_at, int) or event.occurred_at < _EARLIEST_MS:
         raise ValidationError(

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from consumers.consent_store import AsyncConsentStore
 from consumers.store_clients import make_async_redis
-from schemas.errors import StoreUnavailableError
+from schemas.errors import StoreUnavailableError, ValidationError
 from schemas.policy import Policy
 from schemas.records import to_record
 from schemas.settings import Settings
@@ -123,6 +123,8 @@ def attach_views(app: faust.App, parts: HttpParts, settings: Settings) -> None:
     async def consent(web: Any, request: Any, subject_id: str) -> Any:
         try:
             view = await parts.store.consent_view(subject_id)
+        except ValidationError as exc:  # an id no event can carry: not the defaults
+            return _error(web, 400, str(exc))
         except StoreUnavailableError as exc:
             return _error(web, 503, str(exc))
         return web.json(view)  # an unseen subject: the defaults the store answers, "seen" false

@@ -150,3 +150,9 @@ def test_an_oversized_line_is_rejected_by_number_and_the_rest_published(
     assert "line 2: rejected (oversized): record of " in result.stderr
     assert "exceeds the maximum of 1,048,576 bytes" in result.stderr
     assert "published 2 of 3 events (1 rejected, 0 not delivered)" in result.stdout
+
+
+def test_check_of_a_subject_id_no_event_can_carry() -> None:
+    result = cli("check", "x" * 257, "marketing_sms")
+    assert result.returncode == 2
+    assert "subject_id longer than 256 characters" in one_line(result, "invalid_field")

@@ -77,3 +77,12 @@ def test_a_malformed_request_is_refused_and_logged_without_its_subject(
 
     log = worker.poll(logged, 10.0, "the refusal in the worker's log")
     assert subject not in log
+
+
+def test_a_subject_id_no_event_can_carry_is_a_400_not_the_defaults(
+    worker: WorkerProcess,
+) -> None:
+    for path in ("/consent/a%00b", f"/consent/{'x' * 257}"):
+        status, body = worker.http_get(path)
+        assert status == 400, (path, body)
+        assert b"subject_id" in body

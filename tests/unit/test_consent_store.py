@@ -24,7 +24,7 @@ from consumers.store_layout import (
     view_from_hash,
 )
 from consumers.store_rebuild import RebuildReport, rebuild_from_topic
-from schemas.errors import StoreUnavailableError, UnknownPurposeError
+from schemas.errors import StoreUnavailableError, UnknownPurposeError, ValidationError
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings, SubjectKeys
@@ -283,3 +283,27 @@ def test_report_counts_outcomes() -> None:
     report = RebuildReport()
     report.count([ApplyOutcome.APPLIED, ApplyOutcome.NOT_NEWER, ApplyOutcome.REFUSED_CLOSED])
     assert (report.applied, report.skipped, report.refused_closed) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("subject", "said"),
+    [
+        ("", "subject_id is missing or empty"),
+        ("a\x00b", "subject_id contains control characters"),
+        ("x" * 257, "subject_id longer than 256 characters"),
+    ],
+)
+def test_a_subject_id_no_event_can_carry_is_an_error_not_the_defaults(
+    subject: str, said: str
+) -> None:
+    store = ConsentStore(_FailingClient(), POLICY, KEYS)  # type: ignore[arg-type]
+    before = _FailingClient.calls
+
+    for read in (
+        lambda: store.is_allowed(subject, "marketing_sms"),
+        lambda: store.is_app_revoked(subject, "app-1"),
+        lambda: store.consent_view(subject),
+    ):
+        with pytest.raises(ValidationError, match=said):
+            read()
+    assert _FailingClient.calls == before  # refused before any I/O
