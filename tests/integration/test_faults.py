@@ -126,8 +126,13 @@ def test_a_redis_outage_mid_stream_loses_no_store_write(
     time.sleep(2)  # the worker keeps retrying its store write meanwhile
     assert worker.running
     assert applied() - before < len(events)  # no event counts as applied without its store write
+    # the HTTP API (its own thread and Redis client) says so, and answers again after
+    assert worker.http_get(f"/consent/{subjects[0]}", timeout_s=30.0)[0] == 503
+    assert worker.http_get("/healthz", token=None, timeout_s=30.0)[0] == 503
     own_redis.start()
     worker.poll(lambda: applied() - before >= len(events), 120, "every event applied")
+    code, view = worker.get_json(f"/consent/{subjects[-1]}")
+    assert code == 200 and view["purposes"]["personalized_ads"]["allowed"] is False
 
     assert worker.metric("consent_store_write_retries_total") > 0
     store = ConsentStore(

@@ -147,5 +147,7 @@ def test_a_worker_goes_on_through_a_failover_and_loses_no_withdrawal(
 
     worker.poll(all_withdrawn, FAILOVER_TIMEOUT_S, "every withdrawal in the store")
     assert redis_ha.current_primary() in {(HOST, port) for port in redis_ha.replicas}
+    code, view = worker.get_json(f"/consent/{subjects[-1]}")  # the HTTP API's own client
+    assert code == 200 and view["purposes"][PURPOSE]["allowed"] is False
     assert worker.metric("consent_store_write_retries_total") > 0
     assert worker.running
