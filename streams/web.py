@@ -9,7 +9,7 @@ rendered (the whole page costs ~2-3 ms; the bench samples one counter).
 The server runs on a thread and event loop of its own (Faust's ``web_in_thread``), with a
 Redis client of its own (``HttpParts``, used on that loop only). On the worker's loop, a
 consent check waited behind the agents: a batch of 500 records is planned in one step, and
-while a backlog drained, ``GET /consent/...`` took up to 0.43-0.77 s (p50 2 ms;
+while a backlog drained, ``GET /consent/...`` took up to 0.3-0.7 s (p50 2 ms;
 docs/benchmarks.md). Now it waits for the agents only through the interpreter's lock.
 ``/healthz`` says 503 when the worker's loop has not turned for ``LOOP_STALLED_S``
 (``streams.loop_lag.LoopPulse``): a worker whose loop is stuck is not healthy, although its
