@@ -69,12 +69,33 @@ def replay_instructions(
             yield _instruction(plan, state, fan, purpose, action)
 
 
-Sent = tuple[tuple[str, InstructionAction], ...]
-"""The purposes a subject's replayed instructions were for, with their actions."""
+Sent = int
+"""What a subject's replayed instructions said, in one small int (kept per subject while
+the replay runs): for the ``i``-th purpose of the plan, bit ``2i`` set when an instruction
+went out, bit ``2i + 1`` set when it was RESUME_PROCESSING."""
 
 
-def sent_of(instructions: Iterable[PartnerInstruction]) -> Sent:
-    return tuple((i.purposes[0], i.action) for i in instructions)
+def sent_of(plan: ReplayPlan, instructions: Iterable[PartnerInstruction], sent: Sent = 0) -> Sent:
+    """``sent`` with ``instructions`` (one purpose each) noted over it."""
+    for ins in instructions:
+        i = plan.purposes.index(ins.purposes[0])
+        resume = ins.action is InstructionAction.RESUME_PROCESSING
+        sent = (sent & ~(3 << 2 * i)) | (1 << 2 * i) | (int(resume) << (2 * i + 1))
+    return sent
+
+
+def _sent_actions(plan: ReplayPlan, sent: Sent) -> Iterator[tuple[str, InstructionAction]]:
+    for i, purpose in enumerate(plan.purposes):
+        if sent >> 2 * i & 1:
+            resume = sent >> (2 * i + 1) & 1
+            yield (
+                purpose,
+                (
+                    InstructionAction.RESUME_PROCESSING
+                    if resume
+                    else InstructionAction.STOP_PROCESSING
+                ),
+            )
 
 
 def corrections(
@@ -85,7 +106,7 @@ def corrections(
     So every replayed action that ``newer`` no longer implies is sent again as ``newer``
     has it."""
     out = []
-    for purpose, action in sent:
+    for purpose, action in _sent_actions(plan, sent):
         now = current_action(fan.policy, newer, purpose)
         if now is not action:
             out.append(_instruction(plan, newer, fan, purpose, now))

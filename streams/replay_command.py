@@ -1,5 +1,6 @@
 """``consent-stream replay --partner P``: the current consent state to a (new) partner, in
-memory that holds an offset per subject, not its state, whatever the number of subjects.
+memory that holds an offset per subject (and a small int for each it sent to), not its
+state, whatever the number of subjects.
 
 Reads of the compacted consent.state.v1, each to the end it has when it starts:
 
@@ -71,7 +72,8 @@ class _Replay:
     subjects: int = 0
     undecodable: int = 0
     corrected: int = 0
-    sent: dict[str, Sent] = field(default_factory=dict)
+    sent: dict[bytes, Sent] = field(default_factory=dict)
+    """Per subject (record key) with instructions replayed: what they said."""
 
     def decoded(self, msg: Any, topic: str) -> ConsentState | None:
         try:
@@ -97,24 +99,23 @@ class _Replay:
             self.subjects += 1
             instructions = list(replay_instructions(self.plan, state, self.fan))
             if instructions:
-                self.sent[state.subject_id] = sent_of(instructions)
+                self.sent[key] = sent_of(self.plan, instructions)
                 yield from instructions
 
     def to_correct(self, reader: TopicToEnd) -> list[PartnerInstruction]:
         """What to send again for the replayed subjects with a newer state in ``reader``."""
-        newer: dict[str, ConsentState] = {}
+        newer: dict[bytes, ConsentState] = {}
         for msg in reader.messages():
-            subject = (msg.key() or b"").decode("utf-8", "replace")
-            if msg.value() is not None and subject in self.sent:
+            key = msg.key() or b""
+            if msg.value() is not None and key in self.sent:
                 state = self.decoded(msg, reader.topic)
                 if state is not None:
-                    newer[subject] = state
+                    newer[key] = state
         fixes: list[PartnerInstruction] = []
-        for subject, state in newer.items():
-            fix = corrections(self.plan, self.sent[subject], state, self.fan)
+        for key, state in newer.items():
+            fix = corrections(self.plan, self.sent[key], state, self.fan)
             if fix:
-                done = dict(self.sent[subject]) | dict(sent_of(fix))
-                self.sent[subject] = tuple(done.items())
+                self.sent[key] = sent_of(self.plan, fix, self.sent[key])
                 fixes.extend(fix)
         self.corrected += len(fixes)
         return fixes

@@ -234,3 +234,22 @@ def test_subjects_that_keep_changing_end_the_replay_with_exit_1(
 
     assert code == 1
     assert f"subjects still changed after {replay.MAX_ROUNDS} catch-up reads" in err
+
+
+def test_what_was_sent_is_noted_per_purpose_and_corrected_as_the_newer_state_has_it() -> None:
+    from streams.fanout import FanOut
+    from streams.replay import ReplayPlan, corrections, replay_instructions, sent_of
+
+    plan = ReplayPlan("ads", tuple(sorted(POLICY.partners["ads"].purposes)))
+    assert "personalized_ads" in plan.purposes
+    fan = FanOut(POLICY, Pseudonyms(SETTINGS.subject_keys), 1_700_000_000_000)
+    replayed = list(replay_instructions(plan, state("a", 1), fan))  # ads withdrawn: a STOP
+    sent = sent_of(plan, replayed)
+
+    assert corrections(plan, sent, state("a", 2), fan) == []  # still withdrawn
+    (again,) = corrections(plan, sent, state("a", 3, ads_allowed=True), fan)
+    assert again.action is InstructionAction.RESUME_PROCESSING
+    assert again.purposes == ("personalized_ads",)
+    now = sent_of(plan, [again], sent)  # noted over what was sent before
+    assert corrections(plan, now, state("a", 4, ads_allowed=True), fan) == []
+    assert corrections(plan, now, state("a", 5), fan)[0].action is InstructionAction.STOP_PROCESSING
