@@ -5,6 +5,12 @@ A client whose password is wrong (or whose principal does not exist) gets no err
 refusal is reported through ``error_cb`` alone. ``check_access`` connects once as the
 configured principal and turns that into an ``AccessDeniedError`` naming the principal and
 the listener, within about a second, before a command starts its work.
+
+The same for TLS: a broker certificate the client does not trust (another CA, no
+``CONSENT_STREAM_SSL_CA_LOCATION``, a name it does not hold) is also reported through
+``error_cb`` alone, and becomes a ``ConfigurationError`` (reason ``tls_failed``) with
+librdkafka's own words. When the broker does not answer in time, the error names the last
+transport failure librdkafka reported (e.g. TLS spoken to a plaintext listener).
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ import time
 from typing import Any, Final
 
 from schemas.client_errors import kafka_error
-from schemas.errors import AccessDeniedError
+from schemas.errors import AccessDeniedError, ConfigurationError
 from schemas.settings import Settings
 
-__all__ = ["check_access", "refused_credentials"]
+__all__ = ["check_access", "refused_credentials", "refused_tls"]
 
 _ATTEMPT_S: Final = 0.5
 
@@ -31,6 +37,15 @@ def refused_credentials(settings: Settings, detail: str = "") -> AccessDeniedErr
     )
 
 
+def refused_tls(settings: Settings, detail: str) -> ConfigurationError:
+    ca = settings.ssl_ca_location or "unset: the system's CAs"
+    return ConfigurationError(
+        f"Kafka: TLS with listener {settings.listener} failed (CONSENT_STREAM_SSL_CA_LOCATION "
+        f"{ca}): {detail}",
+        reason="tls_failed",
+    )
+
+
 def check_access(settings: Settings, timeout_s: float = 10.0) -> None:
     """Connect as ``settings``' principal: ``AccessDeniedError`` as soon as the broker
     refuses the login, ``BrokerUnavailableError`` when it does not answer in time."""
@@ -38,10 +53,16 @@ def check_access(settings: Settings, timeout_s: float = 10.0) -> None:
     from confluent_kafka.admin import AdminClient
 
     refusals: list[str] = []
+    tls: list[str] = []
+    transport: list[str] = []
 
     def on_error(error: Any) -> None:
         if error.code() == KafkaError._AUTHENTICATION:
             refusals.append(str(error.str()))
+        elif error.code() == KafkaError._SSL:
+            tls.append(str(error.str()))
+        elif error.code() == KafkaError._TRANSPORT:
+            transport.append(str(error.str()))
 
     config: dict[str, Any] = {**settings.admin_config(), "error_cb": on_error, "log_level": 0}
     admin = AdminClient(config)
@@ -54,5 +75,8 @@ def check_access(settings: Settings, timeout_s: float = 10.0) -> None:
             admin.poll(0)
             if refusals:
                 raise refused_credentials(settings) from None
+            if tls:
+                raise refused_tls(settings, tls[-1]) from None
             if time.monotonic() >= deadline:
-                raise kafka_error(exc, f"connecting to {settings.listener}") from None
+                last = f" (last: {transport[-1]})" if transport else ""
+                raise kafka_error(exc, f"connecting to {settings.listener}{last}") from None

@@ -98,6 +98,31 @@ def _sasl_login(env: Mapping[str, str]) -> tuple[str | None, Secret | None]:
     return user, Secret(password) if password else None
 
 
+def _ca_location(env: Mapping[str, str]) -> str | None:
+    """``CONSENT_STREAM_SSL_CA_LOCATION``: a readable PEM file of CA certificates, or a
+    directory of them (OpenSSL's hashed layout); None when unset (the system's CAs)."""
+    raw = env.get(ENV_PREFIX + "SSL_CA_LOCATION", "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    readable = path.is_dir() or (path.is_file() and _opens(path))
+    if not readable:
+        why = "not readable" if path.exists() else "no such file or directory"
+        raise ConfigurationError(
+            f"{ENV_PREFIX}SSL_CA_LOCATION={raw!r}: {why} (the CA certificates, PEM, that "
+            "issued the brokers' TLS certificates)"
+        )
+    return raw
+
+
+def _opens(path: Path) -> bool:
+    try:
+        with path.open("rb"):
+            return True
+    except OSError:
+        return False
+
+
 def kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
     """The Kafka security settings of ``env`` (Settings fields)."""
     user, password = _sasl_login(env)
@@ -111,7 +136,7 @@ def kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
         "sasl_mechanism": env_choice(env, "SASL_MECHANISM", SASL_MECHANISMS, "SCRAM-SHA-512"),
         "sasl_username": user,
         "sasl_password": password,
-        "ssl_ca_location": env.get(ENV_PREFIX + "SSL_CA_LOCATION", "").strip() or None,
+        "ssl_ca_location": _ca_location(env),
         "credentials": read_credentials(path) if path else {},
         "credentials_file": path,
     }

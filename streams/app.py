@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, cast
 
 import faust
@@ -127,12 +128,21 @@ async def _in_batches(
         await batches.ack(events)
 
 
+def tls_context(ca_location: str | None) -> ssl.SSLContext:
+    """aiokafka's TLS context: it checks the brokers' certificates and names, trusting the
+    CAs of ``ca_location`` (a PEM file or a directory, as librdkafka's
+    ``ssl.ca.location``), else the system's."""
+    if ca_location is not None and Path(ca_location).is_dir():
+        return ssl.create_default_context(capath=ca_location)
+    return ssl.create_default_context(cafile=ca_location)
+
+
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """aiokafka's SASL login (and TLS context) from the same settings as librdkafka's."""
     protocol = settings.security_protocol
     context = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.ssl_ca_location)
+        context = tls_context(settings.ssl_ca_location)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     if protocol != "SASL_PLAINTEXT" and context is None:

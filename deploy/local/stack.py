@@ -7,13 +7,14 @@ broker's own ``org.apache.kafka.tools.TopicCommand``.
 
 Subcommands::
 
-    install   apt-get install what is missing (redis-server, promtool, java, mvn) and
+    install   apt-get install what is missing (redis-server, promtool, java, mvn, openssl) and
               fetch the pinned Kafka jars with Maven into the jar cache (once)
     up        install if needed, format KRaft storage once, start Kafka and Redis
               detached, wait until both answer, create the topics (idempotent)
     down      stop what `up` started (pid files; SIGTERM, then SIGKILL after a timeout)
     status    what runs, ports, log files
-    env       shell `export` lines with the settings the application reads
+    env       shell `export` lines with the settings the application reads (`--tls`:
+              through the broker's SASL_SSL listener, trusting the stack's own CA)
     reset     down, then delete data, logs and generated config (keeps the jar cache)
 
 Configuration: deploy/local/stack.toml, merged with deploy/local/stack.local.toml when
@@ -48,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # stack_auth beside this file, also when loaded by path
 
 import stack_auth  # noqa: E402
+import stack_tls  # noqa: E402
 
 REPO_ROOT = HERE.parent.parent
 DEFAULT_CONFIG = HERE / "stack.toml"
@@ -61,6 +63,7 @@ APT_PACKAGES: dict[str, str] = {
     "promtool": "prometheus",
     "java": "default-jre-headless",
     "mvn": "maven",
+    "openssl": "openssl",  # the TLS listener's certificates (stack_tls)
 }
 
 
@@ -84,6 +87,7 @@ class KafkaConfig:
     host: str
     port: int
     controller_port: int
+    tls_port: int
     heap: str
     jvm_opts: tuple[str, ...]
     cache_dir: Path
@@ -96,6 +100,10 @@ class KafkaConfig:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls_bootstrap(self) -> str:
+        return f"{self.host}:{self.tls_port}"
 
     @property
     def jar_dir(self) -> Path:
@@ -168,6 +176,11 @@ class StackConfig:
         return self.conf_dir / "admin.properties"
 
     @property
+    def tls_files(self) -> stack_tls.TlsFiles:
+        """The stack's CA and the broker's keystore (``stack_tls``; kept by ``reset``)."""
+        return stack_tls.TlsFiles(self.state_dir / "tls")
+
+    @property
     def auth_marker(self) -> Path:
         """Digest of the admin password the KRaft storage was formatted with."""
         return self.kafka.data_dir / "consent-stream-admin.sha256"
@@ -219,6 +232,7 @@ def parse_kafka(data: Mapping[str, Any]) -> KafkaConfig:
         host=str(data.get("host", "127.0.0.1")),
         port=int(data.get("port", 19092)),
         controller_port=int(data.get("controller_port", 19093)),
+        tls_port=int(data.get("tls_port", 19094)),
         heap=str(data.get("heap", "1g")),
         jvm_opts=tuple(str(o) for o in data.get("jvm_opts", [])),
         cache_dir=repo_path(data.get("cache_dir", ".stack/cache"), "kafka.cache_dir"),
@@ -667,7 +681,10 @@ def server_properties(cfg: StackConfig) -> dict[str, str]:
         "node.id": "1",
         "controller.quorum.voters": f"1@{k.host}:{k.controller_port}",
         "controller.listener.names": "CONTROLLER",
-        **stack_auth.security_properties(k.host, k.port, k.controller_port, admin_password(cfg)),
+        **stack_auth.security_properties(
+            k.host, k.port, k.controller_port, admin_password(cfg), tls_port=k.tls_port
+        ),
+        **stack_tls.listener_properties(stack_auth.TLS_PROTOCOL, cfg.tls_files),
         "log.dirs": str(k.data_dir),
         "num.partitions": str(cfg.partitions),
         "default.replication.factor": str(cfg.replication_factor),
@@ -809,6 +826,10 @@ def redis_answers(host: str, port: int, timeout: float = 2.0) -> bool:
 
 
 def start_kafka(cfg: StackConfig, service: Service) -> subprocess.Popen[bytes]:
+    try:
+        stack_tls.ensure_tls(cfg.tls_files.base, cfg.kafka.host)
+    except stack_tls.TlsError as exc:
+        raise StackError(str(exc)) from exc
     write_properties(cfg.server_properties, server_properties(cfg))
     write_properties(cfg.log4j_properties, log4j_properties(cfg))
     if not kafka_formatted(cfg.kafka):
@@ -875,7 +896,7 @@ def not_running(cfg: StackConfig) -> list[Service]:
 
 def service_ports(cfg: StackConfig, service: Service) -> tuple[int, ...]:
     if service.name == "kafka":
-        return (cfg.kafka.port, cfg.kafka.controller_port)
+        return (cfg.kafka.port, cfg.kafka.controller_port, cfg.kafka.tls_port)
     return (cfg.redis.port,)
 
 
@@ -899,6 +920,9 @@ def cmd_up(cfg: StackConfig) -> None:
         for service in services(cfg):
             wait_until_answers(service, procs.get(service.name), cfg.startup_timeout_s)
         say(f"kafka and redis answer ({time.monotonic() - booting:.1f} s)")
+        if not port_open(cfg.kafka.host, cfg.kafka.tls_port):
+            say(f"warning: nothing listens on the TLS port {cfg.kafka.tls_bootstrap}: the broker")
+            say("         was started before its TLS listener existed; `stack.py down`, `up`")
         ensure_topics(cfg)
     say(f"up in {time.monotonic() - started:.1f} s; `stack.py env` prints the settings")
 
@@ -1150,7 +1174,10 @@ def service_line(service: Service) -> str:
 
 def cmd_status(cfg: StackConfig) -> int:
     kafka, redis = services(cfg)
-    print(service_line(kafka) + f"  (controller {cfg.kafka.host}:{cfg.kafka.controller_port})")
+    k = cfg.kafka
+    print(
+        service_line(kafka) + f"  (TLS {k.tls_bootstrap}, controller {k.host}:{k.controller_port})"
+    )
     print(service_line(redis))
     for service in (kafka, redis):
         print(f"{service.name} logs: {', '.join(rel(p) for p in service.logs)}")
@@ -1161,14 +1188,27 @@ def cmd_status(cfg: StackConfig) -> int:
     return 0 if all(owned_pid(s) is not None for s in (kafka, redis)) else 3
 
 
-def env_settings(cfg: StackConfig) -> dict[str, str]:
+def env_settings(cfg: StackConfig, tls: bool = False) -> dict[str, str]:
+    """What the application reads to reach the stack; with ``tls``, through the broker's
+    ``SASL_SSL`` listener (the same principals), trusting the stack's CA."""
     try:  # the file exists before anything reads it (quietly: stdout is eval'd)
         stack_auth.ensure_credentials(cfg.credentials_file, stack_auth.principals(cfg.partners))
     except stack_auth.CredentialsError as exc:
         raise StackError(str(exc)) from exc
+    kafka = (
+        {
+            "CONSENT_STREAM_BOOTSTRAP_SERVERS": cfg.kafka.tls_bootstrap,
+            "CONSENT_STREAM_SECURITY_PROTOCOL": stack_auth.TLS_PROTOCOL,
+            "CONSENT_STREAM_SSL_CA_LOCATION": str(cfg.tls_files.ca),
+        }
+        if tls
+        else {
+            "CONSENT_STREAM_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap,
+            "CONSENT_STREAM_SECURITY_PROTOCOL": stack_auth.PROTOCOL,
+        }
+    )
     return {
-        "CONSENT_STREAM_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap,
-        "CONSENT_STREAM_SECURITY_PROTOCOL": stack_auth.PROTOCOL,
+        **kafka,
         "CONSENT_STREAM_SASL_MECHANISM": stack_auth.MECHANISM,
         # each command takes its own principal from this file (never one for all)
         "CONSENT_STREAM_CREDENTIALS_FILE": str(cfg.credentials_file),
@@ -1179,8 +1219,8 @@ def env_settings(cfg: StackConfig) -> dict[str, str]:
     }
 
 
-def cmd_env(cfg: StackConfig, out: TextIO) -> None:
-    for key, value in env_settings(cfg).items():
+def cmd_env(cfg: StackConfig, out: TextIO, tls: bool = False) -> None:
+    for key, value in env_settings(cfg, tls).items():
         out.write(f"export {key}={shlex.quote(value)}\n")
 
 
@@ -1199,10 +1239,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         choices=("install", "up", "down", "status", "env", "reset", "kill-kafka"),
         help="kill-kafka: SIGKILL the broker this stack started (fault tests; `up` restarts it)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="env: the settings of the broker's SASL_SSL listener (the stack's CA) instead",
+    )
     return parser.parse_args(argv)
 
 
-def run(command: str, cfg: StackConfig) -> int:
+def run(command: str, cfg: StackConfig, tls: bool = False) -> int:
     if command == "install":
         cmd_install(cfg)
     elif command == "up":
@@ -1212,7 +1257,7 @@ def run(command: str, cfg: StackConfig) -> int:
     elif command == "status":
         return cmd_status(cfg)
     elif command == "env":
-        cmd_env(cfg, sys.stdout)
+        cmd_env(cfg, sys.stdout, tls=tls)
     elif command == "reset":
         cmd_reset(cfg)
     elif command == "kill-kafka":
@@ -1223,7 +1268,7 @@ def run(command: str, cfg: StackConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return run(args.command, load_config(args.config.resolve()))
+        return run(args.command, load_config(args.config.resolve()), tls=args.tls)
     except StackError as exc:
         print(f"stack: error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -33,6 +33,7 @@ __all__ = [
     "ADMIN",
     "MECHANISM",
     "PROTOCOL",
+    "TLS_PROTOCOL",
     "admin_client_config",
     "admin_client_properties",
     "ensure_credentials",
@@ -46,6 +47,7 @@ __all__ = [
 ADMIN: Final = "admin"
 MECHANISM: Final = "SCRAM-SHA-512"
 PROTOCOL: Final = "SASL_PLAINTEXT"
+TLS_PROTOCOL: Final = "SASL_SSL"  # the second client listener (``stack_tls``)
 SCRAM_ITERATIONS: Final = 8192
 _NAME: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -112,22 +114,32 @@ def _jaas(module: str, username: str, password: str, **users: str) -> str:
 
 
 def security_properties(
-    host: str, port: int, controller_port: int, admin_password: str
+    host: str, port: int, controller_port: int, admin_password: str, tls_port: int | None = None
 ) -> dict[str, str]:
-    """The broker's listeners, SASL and authorizer settings (server.properties)."""
+    """The broker's listeners, SASL and authorizer settings (server.properties). With
+    ``tls_port``, a second client listener, ``SASL_SSL``, takes the same SCRAM logins over
+    TLS (its certificate settings: ``stack_tls.listener_properties``)."""
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
     plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
-    return {
-        "listeners": f"{PROTOCOL}://{host}:{port},CONTROLLER://{host}:{controller_port}",
-        "advertised.listeners": f"{PROTOCOL}://{host}:{port}",
-        "listener.security.protocol.map": f"{PROTOCOL}:{PROTOCOL},CONTROLLER:SASL_PLAINTEXT",
+    clients = {PROTOCOL: port, **({TLS_PROTOCOL: tls_port} if tls_port is not None else {})}
+    client_listeners = ",".join(f"{name}://{host}:{p}" for name, p in clients.items())
+    props = {
+        "listeners": f"{client_listeners},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": client_listeners,
+        "listener.security.protocol.map": ",".join(
+            [*(f"{name}:{name}" for name in clients), "CONTROLLER:SASL_PLAINTEXT"]
+        ),
         "inter.broker.listener.name": PROTOCOL,
         "sasl.mechanism.inter.broker.protocol": MECHANISM,
         "sasl.mechanism.controller.protocol": "PLAIN",
-        f"listener.name.{PROTOCOL.lower()}.sasl.enabled.mechanisms": MECHANISM,
-        f"listener.name.{PROTOCOL.lower()}.{MECHANISM.lower()}.sasl.jaas.config": _jaas(
+    }
+    for name in clients:
+        props[f"listener.name.{name.lower()}.sasl.enabled.mechanisms"] = MECHANISM
+        props[f"listener.name.{name.lower()}.{MECHANISM.lower()}.sasl.jaas.config"] = _jaas(
             scram, ADMIN, admin_password
-        ),
+        )
+    return {
+        **props,
         "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
         "listener.name.controller.plain.sasl.jaas.config": _jaas(
             plain, ADMIN, admin_password, **{ADMIN: admin_password}

@@ -19,13 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = {"CONSENT_STREAM_DEV_MODE": "1"}
 
 
-def _stack_auth() -> Any:
-    spec = importlib.util.spec_from_file_location("stack_auth", REPO / "deploy/local/stack_auth.py")
+def _deploy_module(name: str) -> Any:
+    """``deploy/local/<name>.py`` (not a package: loaded by path, as ``stack.py`` does)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"deploy/local/{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["stack_auth"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _stack_auth() -> Any:
+    return _deploy_module("stack_auth")
 
 
 def _credentials(tmp_path: Path, mode: int = 0o600) -> Path:
@@ -134,3 +139,71 @@ def test_stack_credentials_are_generated_once_and_owner_only(tmp_path: Path) -> 
         .sasl_username
         == "partner-ads"
     )
+
+
+def _stack_tls() -> Any:
+    return _deploy_module("stack_tls")
+
+
+def test_the_ca_location_is_a_file_or_a_directory_that_exists(tmp_path: Path) -> None:
+    tls = {**BASE, "CONSENT_STREAM_SECURITY_PROTOCOL": "SSL"}
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    for where in (ca, tmp_path):
+        settings = Settings.from_env({**tls, "CONSENT_STREAM_SSL_CA_LOCATION": str(where)})
+        assert settings.admin_config()["ssl.ca.location"] == str(where)
+    unset = Settings.from_env({**tls, "CONSENT_STREAM_SSL_CA_LOCATION": " "})
+    assert unset.ssl_ca_location is None and "ssl.ca.location" not in unset.admin_config()
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(ConfigurationError, match=r"SSL_CA_LOCATION='.*missing\.pem': no such file"):
+        Settings.from_env({**tls, "CONSENT_STREAM_SSL_CA_LOCATION": missing})
+
+
+def test_aiokafka_trusts_the_same_ca_file_or_directory(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    from streams.app import tls_context
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    from_file = tls_context(str(tmp_path / "ca.pem"))
+    assert len(from_file.get_ca_certs()) == 1
+    for context in (from_file, tls_context(str(tmp_path)), tls_context(None)):
+        assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_the_local_broker_also_serves_sasl_ssl_with_the_same_logins(tmp_path: Path) -> None:
+    props = _stack_auth().security_properties("127.0.0.1", 19092, 19093, "pw-1", tls_port=19094)
+    assert props["listeners"] == (
+        "SASL_PLAINTEXT://127.0.0.1:19092,SASL_SSL://127.0.0.1:19094,CONTROLLER://127.0.0.1:19093"
+    )
+    assert props["advertised.listeners"] == (
+        "SASL_PLAINTEXT://127.0.0.1:19092,SASL_SSL://127.0.0.1:19094"
+    )
+    assert "SASL_SSL:SASL_SSL" in props["listener.security.protocol.map"].split(",")
+    jaas = "listener.name.{}.scram-sha-512.sasl.jaas.config"
+    assert props[jaas.format("sasl_ssl")] == props[jaas.format("sasl_plaintext")]
+    assert props["inter.broker.listener.name"] == "SASL_PLAINTEXT"
+    tls = _stack_tls()
+    files = tls.TlsFiles(tmp_path)
+    assert tls.listener_properties("SASL_SSL", files) == {
+        "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(tmp_path / "broker.pem"),
+        "listener.name.sasl_ssl.ssl.client.auth": "none",
+        "listener.name.sasl_ssl.ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+    }
+
+
+@pytest.mark.parametrize(
+    ("host", "names"),
+    [
+        ("127.0.0.1", "IP:127.0.0.1,DNS:localhost"),
+        ("::1", "IP:::1,DNS:localhost"),
+        ("kafka.internal", "DNS:kafka.internal,DNS:localhost"),
+        ("localhost", "DNS:localhost"),
+    ],
+)
+def test_the_broker_certificate_names_the_stack_host_and_localhost(host: str, names: str) -> None:
+    assert _stack_tls().subject_alt_names(host) == names
