@@ -10,7 +10,9 @@ the one Lua write); only the I/O differs.
   accepted key, the newest slot winning.
 * ``apply_state`` is versioned and idempotent: a replay never moves a subject backwards,
   and a closed subject (a marker holding only ``v`` and ``closed``) is never re-opened.
-* Redis connection errors and timeouts are raised as ``StoreUnavailableError``.
+* Redis connection errors and timeouts are raised as ``StoreUnavailableError``; a login or
+  command Redis refuses (the ACL user of ``CONSENT_STREAM_REDIS_URL``, ``consumers.store_acl``)
+  as ``AccessDeniedError`` (``schemas.client_errors.redis_error``).
 * With ``min_replicas`` (``CONSENT_STREAM_REDIS_MIN_REPLICAS``), ``apply_states`` sends
   ``WAIT`` in the same round trip and raises ``StoreReplicasMissingError`` when fewer replicas
   have the writes within ``REPLICA_WAIT_MS`` (the worker then writes them again: they are
@@ -46,7 +48,8 @@ from consumers.store_layout import (
     permission_revoked_read,
     view_from_hash,
 )
-from schemas.errors import StoreReplicasMissingError, StoreUnavailableError
+from schemas.client_errors import redis_error
+from schemas.errors import StoreReplicasMissingError
 from schemas.policy import Policy
 from schemas.subject_keys import SubjectKeys
 from schemas.validation import validate_subject_id
@@ -57,7 +60,6 @@ __all__ = ["DEFAULT_PREFIX", "REPLICA_WAIT_MS", "AsyncConsentStore", "ConsentSto
 DEFAULT_PREFIX: Final = "cs"
 REPLICA_WAIT_MS: Final = 1000
 """How long ``WAIT`` waits for the replicas (below the clients' 2 s socket timeout)."""
-_UNAVAILABLE: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 T = TypeVar("T")
 
@@ -66,8 +68,11 @@ T = TypeVar("T")
 def _store_errors(operation: str) -> Iterator[None]:
     try:
         yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailableError(f"consent store: {operation}: {exc}") from exc
+    except redis.exceptions.RedisError as exc:
+        error = redis_error(exc, f"consent store: {operation}")
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _outcomes(replies: Sequence[Any]) -> list[ApplyOutcome]:

@@ -13,7 +13,8 @@ Exit codes (the README's table)::
        ``publish`` with rejected or undelivered lines
     2  bad input or usage: an invalid event or argument (``ContractError``)
     3  configuration: settings, policy, unknown partner or topic (``ConfigurationError``)
-    4  access denied by the broker: credentials or ACLs (``AccessDeniedError``)
+    4  access denied by the broker or the consent store: credentials or ACLs
+       (``AccessDeniedError``)
     5  Kafka unavailable or failing (``BrokerUnavailableError``, ``PublishError``)
     6  the consent store (Redis) unavailable (``StoreUnavailableError``)
     130 interrupted (Ctrl-C)
@@ -35,7 +36,7 @@ from schemas.errors import (
     UnknownTopicError,
 )
 
-__all__ = ["EXIT_INTERRUPTED", "exit_code", "kafka_error", "project_error"]
+__all__ = ["EXIT_INTERRUPTED", "exit_code", "kafka_error", "project_error", "redis_error"]
 
 EXIT_INTERRUPTED: Final = 130
 
@@ -96,6 +97,28 @@ def kafka_error(error: Any, doing: str = "") -> ConsentStreamError:
     return TransientError(message, reason="kafka_error")
 
 
+_SCRIPT_DENIED: Final = "can't run this command"
+"""How Redis words a command refused inside a script (an ``ERR`` reply, not ``NOPERM``)."""
+
+
+def redis_error(exc: BaseException, doing: str = "consent store") -> ConsentStreamError | None:
+    """A redis-py exception as a project error: a refused login (``WRONGPASS``) or command
+    (``NOPERM``, also inside the store's scripts) is ``AccessDeniedError``, never retried; a
+    Redis that does not answer is ``StoreUnavailableError``; None for anything else."""
+    from redis import exceptions
+
+    if isinstance(exc, exceptions.AuthenticationError | exceptions.NoPermissionError) or (
+        isinstance(exc, exceptions.ResponseError) and _SCRIPT_DENIED in str(exc)
+    ):
+        return AccessDeniedError(
+            f"{doing}: Redis refused the user of CONSENT_STREAM_REDIS_URL: {exc}",
+            reason="store_access_denied",
+        )
+    if isinstance(exc, exceptions.ConnectionError | exceptions.TimeoutError):
+        return StoreUnavailableError(f"{doing}: {exc}")
+    return None
+
+
 def project_error(exc: BaseException) -> ConsentStreamError | None:
     """``exc`` as a project error, or None when it is not an operational error we know."""
     if isinstance(exc, ConsentStreamError):
@@ -107,7 +130,7 @@ def project_error(exc: BaseException) -> ConsentStreamError | None:
     from redis.exceptions import RedisError
 
     if isinstance(exc, RedisError):
-        return StoreUnavailableError(f"consent store (Redis): {exc}")
+        return redis_error(exc) or StoreUnavailableError(f"consent store (Redis): {exc}")
     return None
 
 

@@ -121,7 +121,8 @@ class Settings:
     """Everything a process needs to reach Kafka, the registry and Redis."""
 
     bootstrap_servers: str = "127.0.0.1:19092"
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_url: str = field(default="redis://127.0.0.1:16379/0", repr=False)
+    """May hold the store user's password (``consumers.store_acl``): never in a repr."""
     redis_sentinel: RedisSentinel | None = None
     """Sentinels that know the store's primary (``schemas.redis_settings``); then the URL
     gives only the database, user and password."""

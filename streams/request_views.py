@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
+from schemas.client_errors import redis_error
 from schemas.contracts import REQUEST_STATUS
-from schemas.errors import StoreUnavailableError
 from schemas.records import from_record, to_record
 from schemas.views import RequestStatus
 
@@ -32,6 +31,15 @@ def status_from_json(text: str | bytes) -> RequestStatus:
     return obj
 
 
+def _raise_store_error(exc: RedisError) -> NoReturn:
+    """``StoreUnavailableError`` or ``AccessDeniedError`` for what ``exc`` means; else
+    ``exc`` itself."""
+    error = redis_error(exc, "request views")
+    if error is None:
+        raise exc
+    raise error from exc
+
+
 class AsyncRequestViews:
     def __init__(self, redis: Any, prefix: str) -> None:
         self._redis, self._prefix = redis, prefix
@@ -41,7 +49,7 @@ class AsyncRequestViews:
 
     async def put_many(self, statuses: Sequence[RequestStatus]) -> None:
         """Write the views in one pipelined round trip; Redis not answering raises
-        ``StoreUnavailableError``."""
+        ``StoreUnavailableError``, refusing the user ``AccessDeniedError``."""
         if not statuses:
             return
         try:
@@ -50,11 +58,14 @@ class AsyncRequestViews:
                     key = request_key(self._prefix, status.request_id)
                     pipe.set(key, status_to_json(status))
                 await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailableError(f"request views: {exc}") from exc
+        except RedisError as exc:
+            _raise_store_error(exc)
 
     async def get(self, request_id: str) -> RequestStatus | None:
-        raw = await self._redis.get(request_key(self._prefix, request_id))
+        try:
+            raw = await self._redis.get(request_key(self._prefix, request_id))
+        except RedisError as exc:
+            _raise_store_error(exc)
         return None if raw is None else status_from_json(raw)
 
 

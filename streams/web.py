@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from consumers.consent_store import AsyncConsentStore
 from consumers.store_clients import make_async_redis
-from schemas.errors import StoreUnavailableError, ValidationError
+from schemas.errors import AccessDeniedError, StoreUnavailableError, ValidationError
 from schemas.policy import Policy
 from schemas.records import to_record
 from schemas.settings import Settings
@@ -125,12 +125,15 @@ def attach_views(app: faust.App, parts: HttpParts, settings: Settings) -> None:
             view = await parts.store.consent_view(subject_id)
         except ValidationError as exc:  # an id no event can carry: not the defaults
             return _error(web, 400, str(exc))
-        except StoreUnavailableError as exc:
+        except (StoreUnavailableError, AccessDeniedError) as exc:
             return _error(web, 503, str(exc))
         return web.json(view)  # an unseen subject: the defaults the store answers, "seen" false
 
     async def request_status(web: Any, request: Any, request_id: str) -> Any:
-        status = await parts.views.get(request_id)
+        try:
+            status = await parts.views.get(request_id)
+        except (StoreUnavailableError, AccessDeniedError) as exc:
+            return _error(web, 503, str(exc))
         if status is None:
             return _error(web, 404, f"unknown request {request_id}")
         return web.json(to_record(status))

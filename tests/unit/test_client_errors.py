@@ -7,9 +7,11 @@ import argparse
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from schemas.client_errors import exit_code, kafka_error, project_error
+from schemas.client_errors import exit_code, kafka_error, project_error, redis_error
 from schemas.errors import (
     AccessDeniedError,
     BrokerUnavailableError,
@@ -56,6 +58,33 @@ def test_redis_errors_and_project_errors() -> None:
     assert exit_code(PolicyError("purposes.x", "bad")) == 3
     assert exit_code(UnknownPurposeError("x")) == 2
     assert project_error(ValueError("a bug")) is None  # not operational: not hidden
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (AuthenticationError("invalid username-password pair"), AccessDeniedError),
+        (
+            NoPermissionError("this user has no permissions to run the 'set' command"),
+            AccessDeniedError,
+        ),
+        (ResponseError("The user executing the script can't run this command"), AccessDeniedError),
+        (RedisConnectionError("Connection refused"), StoreUnavailableError),
+        (RedisTimeoutError("Timeout reading from socket"), StoreUnavailableError),
+        (ResponseError("WRONGTYPE Operation against a key"), None),
+    ],
+)
+def test_a_refused_redis_user_is_access_denied_not_an_outage(
+    exc: Exception, expected: type[Exception] | None
+) -> None:
+    error = redis_error(exc, "consent store: read")
+    if expected is None:
+        assert error is None  # anything else goes on as it was raised
+        return
+    assert type(error) is expected and str(error).startswith("consent store: read: ")
+    assert not error.retriable if expected is AccessDeniedError else error.retriable
+    assert exit_code(error) == (4 if expected is AccessDeniedError else 6)
+    assert type(project_error(exc)) is expected
 
 
 def run_main(

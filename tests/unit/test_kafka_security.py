@@ -207,3 +207,10 @@ def test_the_local_broker_also_serves_sasl_ssl_with_the_same_logins(tmp_path: Pa
 )
 def test_the_broker_certificate_names_the_stack_host_and_localhost(host: str, names: str) -> None:
     assert _stack_tls().subject_alt_names(host) == names
+
+
+def test_a_redis_password_in_the_url_never_shows_in_a_repr() -> None:
+    url = "redis://consent-writer:redis-password-1@127.0.0.1:16379/0"
+    settings = Settings.from_env({**BASE, "CONSENT_STREAM_REDIS_URL": url})
+    assert settings.redis_url == url
+    assert "redis-password-1" not in repr(settings)
