@@ -6,15 +6,19 @@ A worker given only that listener joins its group (aiokafka, with the TLS contex
 ``streams.app``), fetches and sends (librdkafka) over TLS, and talks to no other Kafka port;
 a withdrawal published over TLS reaches the store and the partner's topic. A client that
 does not trust the broker's certificate (another CA, or none: the system's) is refused at
-once with librdkafka's reason, not after a timeout; a CA file that does not exist is a
-configuration error before anything connects.
+once with librdkafka's reason, not after a timeout, and so is a certificate of the trusted
+CA that names another host; a CA file that does not exist is a configuration error before
+anything connects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -27,6 +31,7 @@ from consumers.consent_store import ConsentStore
 from consumers.store_clients import make_redis
 from producers.publisher import ConsentPublisher
 from schemas.settings import ENV_PREFIX, Settings
+from streams.app import tls_context
 
 from .conftest import parse_exports, run_stack
 from .processes import WorkerFactory, consent_changed, new_subject, read_until
@@ -167,3 +172,53 @@ def test_a_ca_file_that_does_not_exist_is_a_configuration_error(
     assert result.returncode == 3, result.stderr
     message = one_line(result, "configuration")
     assert "CONSENT_STREAM_SSL_CA_LOCATION" in message and "no such file" in message
+
+
+def test_a_broker_certificate_for_another_name_is_refused_by_both_clients(
+    tmp_path: Path,
+) -> None:
+    """A listener whose certificate (from the trusted CA) names another host: librdkafka
+    and aiokafka's context both check the name, so a stolen certificate of another broker
+    cannot stand in for this one."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("broker.example").configure_cert(server_context)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:  # handshakes only: the client refuses before any request
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), conn:
+                conn.settimeout(2)
+                server_context.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with (
+            pytest.raises(ssl.SSLCertVerificationError, match="mismatch"),
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ):
+            tls_context(str(tmp_path / "ca.pem")).wrap_socket(raw, server_hostname="127.0.0.1")
+        result = cli(
+            "publish",
+            "-",
+            stdin=line("tls-3"),
+            BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
+            SECURITY_PROTOCOL="SASL_SSL",
+            SSL_CA_LOCATION=str(tmp_path / "ca.pem"),
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert result.returncode == 3, result.stderr
+    # the CA is trusted: only the name differs (librdkafka says no more than this)
+    assert "certificate verify failed" in one_line(result, "tls_failed")
