@@ -32,7 +32,7 @@ Role = Literal["writer", "reader"]
 
 ROLE_RULES: Final[dict[Role, tuple[str, ...]]] = {
     "writer": ("-@all", "+@read", "+@write", "+@connection", "+@scripting", "-@dangerous"),
-    "reader": ("-@all", "+@read", "+@connection", "+@scripting", "-@dangerous"),
+    "reader": ("-@all", "+@read", "+@connection", "-@dangerous"),
 }
 """The command rules of each role, applied in order (``-@dangerous`` last: it takes back
 what ``@read`` and ``@write`` hold of it)."""

@@ -97,8 +97,10 @@ def kafka_error(error: Any, doing: str = "") -> ConsentStreamError:
     return TransientError(message, reason="kafka_error")
 
 
-_SCRIPT_DENIED: Final = "can't run this command"
-"""How Redis words a command refused inside a script (an ``ERR`` reply, not ``NOPERM``)."""
+_SCRIPT_DENIED: Final = "The user executing the script can't"
+"""How Redis words a command or key refused inside a script (an ``ERR`` reply, not
+``NOPERM``): "... can't run this command ...", "... can't access at least one of the keys
+..." (Redis 7.0)."""
 
 
 def redis_error(exc: BaseException, doing: str = "consent store") -> ConsentStreamError | None:

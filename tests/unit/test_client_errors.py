@@ -68,7 +68,14 @@ def test_redis_errors_and_project_errors() -> None:
             NoPermissionError("this user has no permissions to run the 'set' command"),
             AccessDeniedError,
         ),
-        (ResponseError("The user executing the script can't run this command"), AccessDeniedError),
+        (
+            ResponseError("The user executing the script can't run this command or subcommand"),
+            AccessDeniedError,
+        ),
+        (
+            ResponseError("The user executing the script can't access at least one of the keys"),
+            AccessDeniedError,
+        ),
         (RedisConnectionError("Connection refused"), StoreUnavailableError),
         (RedisTimeoutError("Timeout reading from socket"), StoreUnavailableError),
         (ResponseError("WRONGTYPE Operation against a key"), None),
