@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from schemas.errors import ConfigurationError
 from schemas.secrets import Secret
+from schemas.store_login import store_login
 
 __all__ = [
     "SASL_MECHANISMS",
@@ -53,7 +54,15 @@ def read_credentials(path: str) -> dict[str, Secret]:
     """principal -> password of a credentials file (TOML ``[principals]``, owner-only, as
     the local stack writes it); a clear error when unreadable, malformed or readable by
     others."""
-    what = f"{ENV_PREFIX}CREDENTIALS_FILE ({path})"
+    return _principals(_credentials_data(path), _what(path))
+
+
+def _what(path: str) -> str:
+    return f"{ENV_PREFIX}CREDENTIALS_FILE ({path})"
+
+
+def _credentials_data(path: str) -> dict[str, Any]:
+    what = _what(path)
     try:
         mode = stat.S_IMODE(Path(path).stat().st_mode)
         with open(path, "rb") as fh:
@@ -64,6 +73,10 @@ def read_credentials(path: str) -> dict[str, Secret]:
         raise ConfigurationError(f"{what}: not TOML: {exc}") from None
     if mode & 0o077:
         raise ConfigurationError(f"{what}: readable by others (mode {mode:o}); chmod 600 it")
+    return data
+
+
+def _principals(data: Mapping[str, Any], what: str) -> dict[str, Secret]:
     table = data.get("principals")
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise ConfigurationError(f"{what}: needs a [principals] table of name = password")
@@ -123,6 +136,18 @@ def _opens(path: Path) -> bool:
         return False
 
 
+def _from_file(path: str | None) -> dict[str, Any]:
+    """The credentials file's Kafka principals and consent store login (Settings fields)."""
+    if path is None:
+        return {"credentials": {}, "credentials_file": None, "store_login": None}
+    data = _credentials_data(path)
+    return {
+        "credentials": _principals(data, _what(path)),
+        "credentials_file": path,
+        "store_login": store_login(data, _what(path)),
+    }
+
+
 def kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
     """The Kafka security settings of ``env`` (Settings fields)."""
     user, password = _sasl_login(env)
@@ -137,6 +162,5 @@ def kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
         "sasl_username": user,
         "sasl_password": password,
         "ssl_ca_location": _ca_location(env),
-        "credentials": read_credentials(path) if path else {},
-        "credentials_file": path,
+        **_from_file(path),
     }

@@ -22,6 +22,7 @@ from schemas.kafka_security import (
 )
 from schemas.redis_settings import RedisSentinel, sentinel_from_env
 from schemas.secrets import MIN_TOKEN_CHARS, Secret, parse_named_secrets
+from schemas.store_login import StoreLogin, store_role_of, with_login
 from schemas.subject_keys import SubjectKeys, subject_keys_from_env
 from schemas.topics import TopicNames, record_limits
 
@@ -187,6 +188,9 @@ class Settings:
     """A credentials file's principals (the local stack's): each command takes its own
     (``as_principal``) unless ``CONSENT_STREAM_SASL_USERNAME`` names one."""
     credentials_file: str | None = None
+    store_login: StoreLogin | None = field(default=None, repr=False)
+    """The same file's consent store users (``schemas.store_login``): each command logs in
+    to the local stack's Redis with the role it needs (``as_principal``)."""
     webhook_secrets: Mapping[str, Secret] = field(default_factory=dict)
     """Per-partner HMAC secrets of webhook delivery (``CONSENT_STREAM_WEBHOOK_SECRETS``,
     ``partner=secret,...``, 16+ characters each): the bridge signs with them, and a
@@ -268,10 +272,12 @@ class Settings:
             )
         return secret
 
-    def as_principal(self, name: str) -> Settings:
+    def as_principal(self, name: str, store_role: str | None = None) -> Settings:
         """These settings authenticated as ``name`` from the credentials file; unchanged
         when a principal is configured explicitly (``CONSENT_STREAM_SASL_USERNAME``) or
-        there is no credentials file."""
+        there is no credentials file. The file's consent store users log in to its Redis
+        as ``store_role`` (by default the role of ``name``: ``store_role_of``) unless the
+        URL names a user already."""
         if not self.credentials:
             return self
         password = self.credentials.get(name)
@@ -280,7 +286,10 @@ class Settings:
                 f"no Kafka principal {name!r} in {self.credentials_file} "
                 f"(it has: {', '.join(sorted(self.credentials))})"
             )
-        return replace(self, sasl_username=name, sasl_password=password)
+        url = self.redis_url
+        if self.store_login is not None and self.redis_sentinel is None:
+            url = with_login(url, self.store_login, store_role or store_role_of(name))
+        return replace(self, sasl_username=name, sasl_password=password, redis_url=url)
 
     @property
     def listener(self) -> str:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from schemas.client_errors import EXIT_INTERRUPTED, exit_code, project_error
 from schemas.errors import ConfigurationError
@@ -131,6 +131,10 @@ def _add_acl_command(sub: Any) -> None:
     acl.set_defaults(handler=_acl, principal="admin")
 
 
+_STORE_READERS: Final = frozenset({"check", "status", "report"})
+"""Commands that only read the consent store: its ``reader`` user (``schemas.store_login``)."""
+
+
 def _principal(args: argparse.Namespace) -> str:
     """The Kafka principal a command authenticates as (from the credentials file)."""
     if args.command == "partner":
@@ -235,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     redact_malformed_requests()
     try:
-        settings = Settings.from_env().as_principal(_principal(args))
+        store_role = "reader" if args.command in _STORE_READERS else None
+        settings = Settings.from_env().as_principal(_principal(args), store_role)
         policy = load_policy(settings.policy_path)
         if args.command in _KAFKA_COMMANDS:
             from schemas.kafka_access import check_access

@@ -131,6 +131,10 @@ class RedisConfig:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/{self.db}"
 
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -160,6 +164,11 @@ class StackConfig:
     @property
     def server_properties(self) -> Path:
         return self.conf_dir / "server.properties"
+
+    @property
+    def redis_acl_file(self) -> Path:
+        """The Redis users (``stack_auth.store_acl_file``; hashed passwords, 0600)."""
+        return self.conf_dir / "redis-users.acl"
 
     @property
     def log4j_properties(self) -> Path:
@@ -495,6 +504,7 @@ class Service:
     markers: tuple[str, ...]  # all must occur in /proc/<pid>/cmdline
     endpoint: tuple[str, int]
     logs: tuple[Path, ...]
+    login: tuple[str, str] | None = None  # Redis: the admin user the readiness check uses
 
 
 def kafka_service(cfg: StackConfig) -> Service:
@@ -517,7 +527,16 @@ def redis_service(cfg: StackConfig) -> Service:
         markers=("redis-server", f"{r.host}:{r.port}"),
         endpoint=(r.host, r.port),
         logs=(r.log_file,),
+        login=redis_admin_login(cfg),
     )
+
+
+def redis_admin_login(cfg: StackConfig) -> tuple[str, str] | None:
+    try:
+        password = stack_auth.read_store_users(cfg.credentials_file).get(stack_auth.ADMIN)
+    except stack_auth.CredentialsError:
+        return None
+    return None if password is None else (stack_auth.ADMIN, password)
 
 
 def services(cfg: StackConfig) -> tuple[Service, Service]:
@@ -641,7 +660,7 @@ def credentials(cfg: StackConfig) -> dict[str, str]:
     """Every principal's password (generated once, kept in ``credentials_file``)."""
     try:
         creds, added = stack_auth.ensure_credentials(
-            cfg.credentials_file, stack_auth.principals(cfg.partners)
+            cfg.credentials_file, stack_auth.principals(cfg.partners), cfg.redis.address
         )
     except stack_auth.CredentialsError as exc:
         raise StackError(str(exc)) from exc
@@ -807,19 +826,58 @@ def redis_argv(cfg: StackConfig) -> list[str]:
         argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
     else:
         argv += ["--save", "", "--appendonly", "no"]
-    return argv
+    return [*argv, "--aclfile", str(cfg.redis_acl_file)]
 
 
-def redis_answers(host: str, port: int, timeout: float = 2.0) -> bool:
-    """True when Redis replies +PONG to a PING (not while it is loading data)."""
+def write_redis_users(cfg: StackConfig) -> None:
+    """The ACL file of the stack's Redis (owner-only; rewritten at each start): its users
+    and the SHA-256 of their passwords from the credentials file."""
+    credentials(cfg)  # generates what is missing, the Redis users included
+    users = stack_auth.read_store_users(cfg.credentials_file)
+    path = cfg.redis_acl_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(stack_auth.store_acl_file(users))
+
+
+def _resp(*words: str) -> bytes:
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def redis_answers(
+    host: str, port: int, timeout: float = 2.0, login: tuple[str, str] | None = None
+) -> bool:
+    """True when Redis replies +PONG to a PING (not while it is loading data), logged in
+    as ``login`` first when given."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            reply = sock.recv(64)
+            sock.sendall((_resp("AUTH", *login) if login else b"") + _resp("PING"))
+            replies = b""
+            while replies.count(b"\r\n") < (2 if login else 1):
+                chunk = sock.recv(256)
+                if not chunk:
+                    return False
+                replies += chunk
     except OSError:
         return False
-    return reply.startswith(b"+PONG")
+    return replies.split(b"\r\n")[1 if login else 0].startswith(b"+PONG")
+
+
+def redis_requires_login(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when Redis refuses a PING without a login (its ``default`` user is off)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(_resp("PING"))
+            return sock.recv(256).startswith(b"-NOAUTH")
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- up
@@ -843,6 +901,7 @@ def start_kafka(cfg: StackConfig, service: Service) -> subprocess.Popen[bytes]:
 
 def start_redis(cfg: StackConfig, service: Service) -> subprocess.Popen[bytes]:
     cfg.redis.data_dir.mkdir(parents=True, exist_ok=True)
+    write_redis_users(cfg)
     proc = start_detached(redis_argv(cfg), cfg.redis.log_file, cfg.state_dir)
     write_pid(service, proc.pid)
     say(f"started redis (pid {proc.pid}) on {cfg.redis.host}:{cfg.redis.port}")
@@ -853,7 +912,7 @@ def answers(service: Service) -> bool:
     host, port = service.endpoint
     if service.name == "kafka":
         return kafka_answers(host, port)
-    return redis_answers(host, port)
+    return redis_answers(host, port, login=service.login)
 
 
 def failure_report(service: Service, reason: str) -> StackError:
@@ -920,6 +979,9 @@ def cmd_up(cfg: StackConfig) -> None:
         for service in services(cfg):
             wait_until_answers(service, procs.get(service.name), cfg.startup_timeout_s)
         say(f"kafka and redis answer ({time.monotonic() - booting:.1f} s)")
+        if not redis_requires_login(cfg.redis.host, cfg.redis.port):
+            say("warning: Redis answers without a login: it was started before its users")
+            say("         existed (.stack/conf/redis-users.acl); `stack.py down`, `up`")
         if not port_open(cfg.kafka.host, cfg.kafka.tls_port):
             say(f"warning: nothing listens on the TLS port {cfg.kafka.tls_bootstrap}: the broker")
             say("         was started before its TLS listener existed; `stack.py down`, `up`")
@@ -1192,7 +1254,9 @@ def env_settings(cfg: StackConfig, tls: bool = False) -> dict[str, str]:
     """What the application reads to reach the stack; with ``tls``, through the broker's
     ``SASL_SSL`` listener (the same principals), trusting the stack's CA."""
     try:  # the file exists before anything reads it (quietly: stdout is eval'd)
-        stack_auth.ensure_credentials(cfg.credentials_file, stack_auth.principals(cfg.partners))
+        stack_auth.ensure_credentials(
+            cfg.credentials_file, stack_auth.principals(cfg.partners), cfg.redis.address
+        )
     except stack_auth.CredentialsError as exc:
         raise StackError(str(exc)) from exc
     kafka = (

@@ -20,6 +20,7 @@ they serve.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -33,18 +34,30 @@ __all__ = [
     "ADMIN",
     "MECHANISM",
     "PROTOCOL",
+    "STORE_RULES",
+    "STORE_USERS",
     "TLS_PROTOCOL",
     "admin_client_config",
     "admin_client_properties",
     "ensure_credentials",
     "principals",
     "read_credentials",
+    "read_store_users",
     "scram_format_args",
     "security_properties",
+    "store_acl_file",
     "upsert_principals",
 ]
 
 ADMIN: Final = "admin"
+STORE_USERS: Final = ("admin", "writer", "reader")
+"""The local stack's Redis users: one per role of ``consumers.store_acl``, and the admin."""
+STORE_RULES: Final = {
+    "admin": ("~*", "&*", "+@all"),
+    "writer": ("~*", "resetchannels", "-@all", "+@read", "+@write", "+@connection",
+               "+@scripting", "-@dangerous"),
+    "reader": ("~*", "resetchannels", "-@all", "+@read", "+@connection", "-@dangerous"),
+}  # fmt: skip
 MECHANISM: Final = "SCRAM-SHA-512"
 PROTOCOL: Final = "SASL_PLAINTEXT"
 TLS_PROTOCOL: Final = "SASL_SSL"  # the second client listener (``stack_tls``)
@@ -61,19 +74,33 @@ def principals(partners: Iterable[str]) -> list[str]:
     return [ADMIN, "worker", "publisher", "gateway", *(f"partner-{p}" for p in partners)]
 
 
-def read_credentials(path: Path) -> dict[str, str]:
-    """principal -> password from ``path`` (``[principals]`` table); {} when absent."""
+def _load(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CredentialsError(f"cannot read {path}: {exc}") from exc
-    table = data.get("principals", {})
+
+
+def _names(data: Mapping[str, Any], path: Path, *keys: str) -> dict[str, str]:
+    table: Any = data
+    for key in keys:
+        table = table.get(key, {}) if isinstance(table, dict) else None
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise CredentialsError(f"{path}: [principals] must map names to password strings")
+        raise CredentialsError(f"{path}: [{'.'.join(keys)}] must map names to password strings")
     return {str(k): str(v) for k, v in table.items()}
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """principal -> password from ``path`` (``[principals]`` table); {} when absent."""
+    return _names(_load(path), path, "principals")
+
+
+def read_store_users(path: Path) -> dict[str, str]:
+    """The consent store's Redis users -> passwords (``[redis.users]``); {} when absent."""
+    return _names(_load(path), path, "redis", "users")
 
 
 def _write_owner_only(path: Path, text: str) -> None:
@@ -86,26 +113,57 @@ def _write_owner_only(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def ensure_credentials(path: Path, names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
-    """The credentials of ``names``, generating a password for each one missing from the
-    file (existing ones are kept); returns (credentials, names added). The file is
-    (re)written owner-only."""
-    current = read_credentials(path)
+def _generate(current: dict[str, str], names: Iterable[str]) -> list[str]:
     added = [n for n in names if n not in current]
     for name in added:
         if not _NAME.match(name):
             raise CredentialsError(f"principal name {name!r} is not [A-Za-z0-9._-]{{1,64}}")
         current[name] = secrets.token_urlsafe(24)
+    return added
+
+
+def ensure_credentials(
+    path: Path, names: Iterable[str], store_address: str | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """The credentials of ``names``, generating a password for each one missing from the
+    file (existing ones are kept); returns (credentials, names added). With
+    ``store_address`` (``host:port`` of the stack's Redis), the consent store's users
+    (``STORE_USERS``) too, under ``[redis]``. The file is (re)written owner-only."""
+    data = _load(path)
+    current = _names(data, path, "principals")
+    users = _names(data, path, "redis", "users")
+    table = data.get("redis", {})
+    address = table.get("address") if isinstance(table, dict) else None
+    added = _generate(current, names)
+    if store_address is not None:
+        added += [f"redis {name}" for name in _generate(users, STORE_USERS)]
+        address, moved = store_address, address != store_address
+    else:
+        moved = False
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0
-    if added or mode & 0o077:
+    if added or moved or mode & 0o077:
         lines = [
-            "# Kafka principals of the local stack (deploy/local/stack.py); owner-only.",
-            "# Never commit or copy this file: it holds passwords.",
+            "# Kafka principals and Redis users of the local stack (deploy/local/stack.py);",
+            "# owner-only. Never commit or copy this file: it holds passwords.",
             "[principals]",
             *(f'"{n}" = "{p}"' for n, p in current.items()),
         ]
+        if users:
+            lines += ["", "[redis]", f'address = "{address}"', "", "[redis.users]"]
+            lines += [f'"{n}" = "{p}"' for n, p in users.items()]
         _write_owner_only(path, "\n".join(lines) + "\n")
     return current, added
+
+
+def store_acl_file(users: Mapping[str, str]) -> str:
+    """The stack's Redis ACL file (``aclfile``): no ``default`` user, and each of
+    ``STORE_USERS`` with the SHA-256 of its password and its role's rules (the ``writer``
+    and ``reader`` rules of ``consumers.store_acl``, on every prefix; ``admin``: all)."""
+    lines = ["user default off resetchannels -@all"]
+    for name in STORE_USERS:
+        digest = hashlib.sha256(users[name].encode()).hexdigest()
+        lines.append(f"user {name} on #{digest} {' '.join(STORE_RULES[name])}")
+    return "\n".join(lines) + "\n"
 
 
 def _jaas(module: str, username: str, password: str, **users: str) -> str:

@@ -11,7 +11,9 @@ never skipped for a missing service.
 Fixtures:
     stack               session: StackSettings (bootstrap_servers, redis_url, partitions)
     bootstrap_servers   session: str
-    redis_url           session: str
+    redis_url           session: str, logged in as the stack's Redis ``admin`` user (the
+                        processes under test log in with their own role's user:
+                        ``kafka_auth.without_login``)
     unique_topic        factory: unique_topic("prefix", partitions=None, config=None) -> name;
                         creates a uuid-named topic, deleted at the end of the test
     unique_group        factory: unique_group("prefix") -> a uuid consumer group id
@@ -37,7 +39,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # typed there; admin re-exports it implicitly
 
-from .kafka_auth import admin_config
+from .kafka_auth import admin_config, admin_redis_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_PY = REPO_ROOT / "deploy" / "local" / "stack.py"
@@ -145,6 +147,7 @@ def stack() -> StackSettings:
         redis_url = redis_url or settings.get(REDIS_ENV, "")
     if not bootstrap or not redis_url:
         pytest.fail(f"stack.py env did not give {BOOTSTRAP_ENV} and {REDIS_ENV}")
+    redis_url = admin_redis_url(redis_url)  # the stack's Redis takes no anonymous login
     check_kafka(bootstrap)
     check_redis(redis_url)
     partitions = int(os.environ.get(PARTITIONS_ENV, "3"))

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from schemas.kafka_security import read_credentials
 from schemas.policy import load_policy
@@ -31,11 +32,13 @@ from streams.acl_sync import run_acl_sync
 
 __all__ = [
     "admin_config",
+    "admin_redis_url",
     "admin_settings",
     "as_principal",
     "principal_credentials",
     "sync_acls",
     "webhook_policy",
+    "without_login",
 ]
 
 STACK_AUTH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack_auth.py"
@@ -44,6 +47,19 @@ STACK_AUTH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack_a
 def admin_settings(**overrides: Any) -> Settings:
     """The environment's settings as the admin principal, with ``overrides``."""
     return replace(Settings.from_env().as_principal("admin"), **overrides)
+
+
+def admin_redis_url(redis_url: str) -> str:
+    """``redis_url`` logged in as the stack's Redis ``admin`` (``schemas.store_login``);
+    unchanged without a credentials file or for another Redis."""
+    return replace(Settings.from_env(), redis_url=redis_url).as_principal("admin").redis_url
+
+
+def without_login(redis_url: str) -> str:
+    """``redis_url`` without its user and password: a process given it logs in with its
+    own role's user from the credentials file."""
+    parts = urlsplit(redis_url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def admin_config(bootstrap_servers: str, **extra: Any) -> dict[str, Any]:

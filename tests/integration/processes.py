@@ -51,7 +51,7 @@ from schemas.settings import Secret, Settings
 from streams.acl_sync import remove_namespace_acls
 from streams.demo.processes import free_port, http_get
 
-from .kafka_auth import admin_settings, sync_acls
+from .kafka_auth import admin_settings, sync_acls, without_login
 
 __all__ = [
     "Metrics",
@@ -181,7 +181,7 @@ class WorkerConfig:
         env.update(
             {
                 "CONSENT_STREAM_BOOTSTRAP_SERVERS": self.bootstrap_servers,
-                "CONSENT_STREAM_REDIS_URL": self.redis_url,
+                "CONSENT_STREAM_REDIS_URL": without_login(self.redis_url),  # as `writer`
                 "CONSENT_STREAM_TOPIC_NAMESPACE": self.namespace,
                 "CONSENT_STREAM_APP_ID": self.app_id,
                 "CONSENT_STREAM_REDIS_PREFIX": self.namespace,

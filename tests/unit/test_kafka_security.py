@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from deploy_modules import deploy_module
 
 from schemas.errors import ConfigurationError
 from schemas.kafka_security import security_env
@@ -19,18 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = {"CONSENT_STREAM_DEV_MODE": "1"}
 
 
-def _deploy_module(name: str) -> Any:
-    """``deploy/local/<name>.py`` (not a package: loaded by path, as ``stack.py`` does)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / f"deploy/local/{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _stack_auth() -> Any:
-    return _deploy_module("stack_auth")
+    return deploy_module("stack_auth")
 
 
 def _credentials(tmp_path: Path, mode: int = 0o600) -> Path:
@@ -142,7 +131,7 @@ def test_stack_credentials_are_generated_once_and_owner_only(tmp_path: Path) -> 
 
 
 def _stack_tls() -> Any:
-    return _deploy_module("stack_tls")
+    return deploy_module("stack_tls")
 
 
 def test_the_ca_location_is_a_file_or_a_directory_that_exists(tmp_path: Path) -> None:
