@@ -13,9 +13,11 @@ Two roles, each confined to one deployment's keys (``<CONSENT_STREAM_REDIS_PREFI
 
 ``setuser_args`` gives the arguments of ``ACL SETUSER`` for a user of a role (an operator
 runs it as Redis's admin, or writes the same rule into the ACL file; the password is
-then hashed by Redis, ``ACL GETUSER`` shows only its SHA-256). Each process gets its user
-in ``CONSENT_STREAM_REDIS_URL`` (``redis://<user>:<password>@host:port/0``; with Sentinels,
-the URL's user and password are the data nodes'). ``tests/integration/test_store_acl.py``
+then hashed by Redis, ``ACL GETUSER`` shows only its SHA-256). The local stack's Redis has
+these two roles as users on every prefix (``deploy/local/stack_auth.STORE_RULES``). Each
+process gets its user in ``CONSENT_STREAM_REDIS_URL``
+(``redis://<user>:<password>@host:port/0``; with Sentinels, the URL's user and password
+are the data nodes'). ``tests/integration/test_store_acl.py``
 runs a worker, ``rebuild-store`` and the readers with exactly these rules, and checks that
 Redis logged no denial for the writer.
 """

@@ -1,4 +1,4 @@
-"""Authentication of the local stack: SASL/SCRAM-SHA-512 principals and their passwords.
+"""Authentication of the local stack: Kafka principals, Redis users, their passwords.
 
 Standard library only (imported by ``stack.py``). The broker's client listener takes
 SASL/SCRAM-SHA-512, the KRaft ``StandardAuthorizer`` refuses whatever no ACL allows, and
@@ -16,6 +16,12 @@ and each ``consent-stream`` command picks its own principal from it. The control
 listener (broker and controller are one process here) takes SASL/PLAIN as ``admin``:
 KRaft controllers cannot authenticate with SCRAM, whose credentials live in the metadata
 they serve.
+
+The stack's Redis takes no anonymous login. Its users (``STORE_USERS``) are the roles of
+``consumers.store_acl`` on every prefix, ``writer`` and ``reader``, and ``admin``; their
+passwords are in the same file (``[redis]``: the Redis's address, ``[redis.users]``), and
+Redis reads the SHA-256 of each from ``store_acl_file``. Each command logs in with its
+role's user (``schemas.store_login``).
 """
 
 from __future__ import annotations
