@@ -478,7 +478,7 @@ def test_the_bootstrap_servers_are_an_advertised_kafka_listener() -> None:
 
 def test_redis_and_the_schema_registry_are_where_the_settings_point() -> None:
     redis = services()["redis"]
-    assert redis["command"][:3] == ["redis-server", "--appendonly", "yes"]
+    assert redis["command"][3:6] == ["--appendonly", "yes", "--appendfsync"]  # after "start"
     registry = env_of(services()["schema-registry"])
     for name in consent_services("worker"):
         settings = settings_of(services()[name])
