@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter
@@ -22,9 +22,6 @@ from prometheus_client import CollectorRegistry, Counter
 from schemas.jsonform import ack_to_json
 from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER, signature_header
-
-if TYPE_CHECKING:
-    from consumers.simulated_webhook import WebhookPartnerOptions
 
 __all__ = ["CallbackSender", "callback_body"]
 
@@ -49,8 +46,10 @@ def callback_body(instruction: PartnerInstruction, ack: PartnerAcknowledgement) 
 class CallbackSender:
     """Sends each scheduled callback until the gateway took it (or refused it finally)."""
 
-    def __init__(self, options: WebhookPartnerOptions, registry: CollectorRegistry) -> None:
-        self.options = options
+    def __init__(
+        self, partner: str, callback_url: str | None, secret: bytes, registry: CollectorRegistry
+    ) -> None:
+        self.partner, self.callback_url, self.secret = partner, callback_url, secret
         self.tasks: set[asyncio.Task[None]] = set()
         self.session: aiohttp.ClientSession | None = None
         self.outcomes = Counter(
@@ -73,31 +72,29 @@ class CallbackSender:
         while True:
             status, detail = await self._post(body)
             if 200 <= status < 300:
-                self.outcomes.labels(self.options.partner, "acknowledged").inc()
+                self.outcomes.labels(self.partner, "acknowledged").inc()
                 return
             final = status not in (0, 429) and status < 500
             if final or time.monotonic() > give_up:
-                self.outcomes.labels(self.options.partner, "failed").inc()
+                self.outcomes.labels(self.partner, "failed").inc()
                 log.error("callback for instruction %s refused: %s", ack.instruction_id, detail)
                 return
-            self.outcomes.labels(self.options.partner, "retried").inc()
+            self.outcomes.labels(self.partner, "retried").inc()
             await asyncio.sleep(wait_s)
             wait_s = min(wait_s * 2, _MAX_WAIT_S)
 
     async def _post(self, body: bytes) -> tuple[int, str]:
         """(status, detail) of one signed attempt; status 0 when nothing answered."""
-        assert self.options.callback_url is not None  # noqa: S101 - checked by the options
+        assert self.callback_url is not None  # noqa: S101 - checked by the options
         if self.session is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         headers = {
             "Content-Type": "application/json",
-            PARTNER_HEADER: self.options.partner,
-            SIGNATURE_HEADER: signature_header(self.options.secret, int(time.time()), body),
+            PARTNER_HEADER: self.partner,
+            SIGNATURE_HEADER: signature_header(self.secret, int(time.time()), body),
         }
         try:
-            async with self.session.post(
-                self.options.callback_url, data=body, headers=headers
-            ) as resp:
+            async with self.session.post(self.callback_url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 return resp.status, f"HTTP {resp.status}: {text[:200]}"
         except (TimeoutError, aiohttp.ClientError) as exc:

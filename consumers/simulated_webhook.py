@@ -86,7 +86,9 @@ class _Receiver:
             ["partner", "answer"],
             registry=registry,
         )
-        self.callbacks = CallbackSender(options, registry)
+        self.callbacks = CallbackSender(
+            options.partner, options.callback_url, options.secret, registry
+        )
 
     async def deliver(self, request: web.Request) -> web.Response:
         body = await request.read()

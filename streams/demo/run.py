@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from consumers.store_clients import make_redis
 from producers.publisher import ConsentPublisher, DeliveryReceipt
@@ -20,6 +20,7 @@ from schemas.policy import Policy
 from schemas.settings import ENV_PREFIX, Settings
 from streams.demo.gateway import GatewaySender, gateway_env, new_token, routed
 from streams.demo.latency import Samples
+from streams.demo.options import DemoOptions
 from streams.demo.processes import Child, Children, child_env, free_port, http_get, scrape
 from streams.demo.request_tracker import RequestTracker
 from streams.demo.summary import (
@@ -36,9 +37,6 @@ from streams.demo.warmup import Warmup
 from streams.demo.webhook import WebhookChildren
 from streams.demo.workload import Workload
 from streams.topics import ensure_topics
-
-if TYPE_CHECKING:
-    from streams.demo.command import DemoOptions
 
 __all__ = ["DemoRun"]
 

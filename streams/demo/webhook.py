@@ -16,17 +16,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from schemas.policy import DEFAULT_POLICY, Policy, load_policy
 from schemas.secrets import Secret
 from schemas.settings import Settings
 from streams.demo.latency import Samples
+from streams.demo.options import DemoOptions
 from streams.demo.processes import Child, Children, free_port, scrape
 from streams.demo.summary import format_seconds
-
-if TYPE_CHECKING:
-    from streams.demo.command import DemoOptions
 
 __all__ = [
     "HOOK_PATH",

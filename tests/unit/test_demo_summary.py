@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from schemas.events import DeletionScope
 from schemas.settings import Settings
 from schemas.views import RequestState, RequestStatus
-from streams.demo.command import DemoOptions, add_demo_command, default_namespace, demo_settings
+from streams.demo.command import add_demo_command, default_namespace, demo_settings
 from streams.demo.latency import Samples
+from streams.demo.options import DemoOptions
 from streams.demo.request_tracker import NOT_SEEN, RequestTracker
 from streams.demo.summary import (
     Progress,
