@@ -35,7 +35,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from schemas.kafka_security import security_env  # noqa: E402
 from schemas.policy import load_policy  # noqa: E402
 from schemas.settings import ENV_PREFIX, Settings  # noqa: E402
-from streams.acl_sync import run_acl_sync  # noqa: E402
+from streams.acl.sync import run_acl_sync  # noqa: E402
 from streams.demo.processes import free_port, http_get  # noqa: E402
 from streams.namespace import remove_namespace  # noqa: E402
 from streams.topics import wait_for_leaders  # noqa: E402

@@ -52,7 +52,7 @@ from workload import Workload  # noqa: E402
 
 from schemas.policy import Policy, load_policy  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
-from streams.acl_sync import remove_namespace_acls  # noqa: E402
+from streams.acl.sync import remove_namespace_acls  # noqa: E402
 
 log = logging.getLogger("bench")
 

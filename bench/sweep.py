@@ -42,10 +42,10 @@ from schemas.partner import (
 )
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.acl_sync import remove_namespace_acls
+from streams.acl.sync import remove_namespace_acls
 from streams.fanout import RequestOpening
-from streams.ledger import apply_ack, mark_dispatched, open_ticket
-from streams.ledger_codec import ledger_partition, ticket_to_json
+from streams.ledger.codec import ledger_partition, ticket_to_json
+from streams.ledger.tickets import apply_ack, mark_dispatched, open_ticket
 from streams.pseudonyms import instruction_id
 
 __all__ = ["held_tickets", "sweep_runs_between", "sweep_step"]

@@ -23,7 +23,7 @@ from producers.publisher import ConsentPublisher
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.policy import Policy, load_policy
 from schemas.settings import Secret, Settings
-from streams.acl_sync import run_acl_sync
+from streams.acl.sync import run_acl_sync
 from streams.demo.processes import http_get
 
 __all__ = ["Samples", "WorkerProcess", "parse_metrics", "rss_kib"]

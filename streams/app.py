@@ -181,7 +181,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
-        web_in_thread=True,  # the HTTP API does not wait for the agents (streams.web)
+        web_in_thread=True,  # the HTTP API does not wait for the agents (streams.api.server)
         web_port=settings.http_port,
         web_bind=settings.http_bind,
         web_host=socket.gethostname(),  # in the URL Faust's assignor compares (below)

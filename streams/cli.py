@@ -84,7 +84,7 @@ def _report(args: argparse.Namespace, settings: Settings, policy: Policy) -> int
 
 
 def _replay(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from streams.replay_command import run_replay
+    from streams.replay.command import run_replay
 
     return run_replay(settings, policy, args.partner, sys.stdout, args.timeout_s)
 
@@ -108,7 +108,7 @@ def _rebuild_store(args: argparse.Namespace, settings: Settings, policy: Policy)
 
 
 def _dead_letters(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from streams.deadletter_command import run_dead_letters
+    from streams.deadletter.command import run_dead_letters
 
     return run_dead_letters(
         settings, args.reason, args.subject, args.republish, sys.stdout, args.timeout_s
@@ -116,7 +116,7 @@ def _dead_letters(args: argparse.Namespace, settings: Settings, policy: Policy) 
 
 
 def _acl(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from streams.acl_sync import run_acl_sync
+    from streams.acl.sync import run_acl_sync
 
     if args.acl_command != "sync":
         raise ConfigurationError(f"unknown acl command {args.acl_command!r}")
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from streams.http_log import redact_malformed_requests
+    from streams.api.access_log import redact_malformed_requests
 
     redact_malformed_requests()
     try:

@@ -1,4 +1,4 @@
-"""The CLI's read commands: check, status, report (replay: ``streams.replay_command``).
+"""The CLI's read commands: check, status, report (replay: ``streams.replay.command``).
 
 Each takes the settings and policy built once in ``streams.cli`` and returns an exit code.
 """
@@ -15,7 +15,7 @@ from consumers.store_clients import make_redis
 from schemas.errors import UnknownPurposeError
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.evidence import evidence_json, evidence_text, status_line
+from streams.ledger.evidence import evidence_json, evidence_text, status_line
 from streams.request_views import RequestViews
 
 __all__ = ["run_check", "run_report", "run_status"]

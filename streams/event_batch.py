@@ -20,7 +20,7 @@ from schemas.partner import PartnerInstruction
 from streams.decisions import Decision, Outcome, decide
 from streams.fanout import FanOut
 from streams.inbound import Inbound
-from streams.ledger_codec import OpenEntry
+from streams.ledger.codec import OpenEntry
 from streams.state_limit import StateCheck, StateLimit
 from streams.subject import SubjectState, state_from_json, state_to_json
 

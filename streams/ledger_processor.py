@@ -24,7 +24,18 @@ from schemas.topics import TopicNames
 from schemas.views import FINAL_REQUEST_STATES, RequestStatus
 from streams.faust_glue.tables import Sealed, StagedTable
 from streams.inbound import Inbound
-from streams.ledger import (
+from streams.ledger.codec import (
+    DispatchedEntry,
+    LedgerEntry,
+    OpenEntry,
+    SweepEntry,
+    decode_entries,
+    ticket_from_json,
+    ticket_to_json,
+)
+from streams.ledger.index import TicketIndex, expired
+from streams.ledger.parked import drop_stale, only_parked_changed, park, parks, release
+from streams.ledger.tickets import (
     AckEntry,
     AckOutcome,
     Ticket,
@@ -35,23 +46,12 @@ from streams.ledger import (
     request_status,
     sweep,
 )
-from streams.ledger_codec import (
-    DispatchedEntry,
-    LedgerEntry,
-    OpenEntry,
-    SweepEntry,
-    decode_entries,
-    ticket_from_json,
-    ticket_to_json,
-)
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.output import Outputs
-from streams.parked import drop_stale, only_parked_changed, park, parks, release
 from streams.request_views import AsyncRequestViews
 from streams.sequencer import POSITION_KEY_PREFIX
 from streams.store_retry import wait_out_store_outages
-from streams.ticket_index import TicketIndex, expired
 
 __all__ = ["LedgerProcessor"]
 

@@ -2,7 +2,7 @@
 how much later than asked it woke up (``consent_event_loop_lag_seconds``).
 
 Everything of the worker but its HTTP API (which has a thread and loop of its own,
-``streams.web``) shares that one loop: the agents, Faust's fetch loop, aiokafka's
+``streams.api.server``) shares that one loop: the agents, Faust's fetch loop, aiokafka's
 heartbeats. A loop held longer than the group session timeout
 (``CONSENT_STREAM_GROUP_SESSION_TIMEOUT_S``) sends no heartbeat in time, and the group
 takes the worker's partitions away; shorter holds delay every record by as much. The

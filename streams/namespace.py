@@ -95,7 +95,7 @@ def remove_namespace(settings: Settings, partners: Iterable[str]) -> RemovedName
     )
     keys = delete_redis_prefix(settings.redis_url, settings.redis_prefix)
     if settings.security_protocol.startswith("SASL_"):
-        from streams.acl_sync import remove_namespace_acls
+        from streams.acl.sync import remove_namespace_acls
 
         remove_namespace_acls(settings, sorted(partners))
     return RemovedNamespace(len(topics), keys)

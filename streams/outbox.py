@@ -11,7 +11,7 @@ from schemas.partner import PartnerInstruction, instruction_extensions
 from schemas.records import Contracted
 from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
-from streams.ledger_codec import LedgerEntry, entries_by_partition
+from streams.ledger.codec import LedgerEntry, entries_by_partition
 from streams.output import Outputs
 
 __all__ = ["RecordSender", "instruction_headers"]

@@ -12,7 +12,7 @@ barriers):
    its effects: the store and the partners both learn of a change one round trip after
    the batch is decided. A ticket and its instructions are sent together, so a partner
    may answer before the ticket is on the ledger (after a crash between the two); the
-   ledger parks such an answer until the ticket opens (``streams.parked``). A batch's
+   ledger parks such an answer until the ticket opens (``streams.ledger.parked``). A batch's
    first wave is sent when it is decided, so a later batch's instructions follow an
    earlier one's on every partition;
 2. the requests' "dispatched" ledger entries and the changed subject states (table
@@ -41,14 +41,14 @@ from schemas.serde import AvroSerde
 from schemas.topics import TopicNames
 from schemas.validation import validate_event
 from schemas.views import ConsentState
-from streams.deadletter import DeadLetter, deadletter_headers
+from streams.deadletter.policy import DeadLetter, deadletter_headers
 from streams.event_batch import EventBatch, plan_within
 from streams.failpoint import Failpoint
 from streams.fanout import FanOut
 from streams.faust_glue.tables import Sealed, StagedTable
 from streams.flight import Flight
 from streams.inbound import Inbound
-from streams.ledger_codec import DispatchedEntry
+from streams.ledger.codec import DispatchedEntry
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.output import Outputs

@@ -15,10 +15,12 @@ from schemas.contracts import CONSENT_EVENT
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
+from streams.api.server import attach_views, build_http_parts
 from streams.app import WorkerParts, attach_agents, create_app
 from streams.failpoint import Failpoint
 from streams.faust_glue.internal_topics import internal_topics
 from streams.gc_tuning import freeze_started_heap, hold_collection_until_started
+from streams.ledger.index import TicketIndex
 from streams.ledger_processor import LedgerProcessor
 from streams.loop_lag import LoopPulse, watch_loop_lag
 from streams.metrics import stream_metrics
@@ -28,9 +30,7 @@ from streams.processor import EventProcessor
 from streams.pseudonyms import Pseudonyms
 from streams.request_views import AsyncRequestViews
 from streams.source_reader import KafkaSourceReader
-from streams.ticket_index import TicketIndex
 from streams.topics import ensure_topics
-from streams.web import attach_views, build_http_parts
 
 __all__ = ["build_parts", "build_worker_app", "faust_worker", "run_worker"]
 

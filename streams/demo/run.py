@@ -101,7 +101,7 @@ class DemoRun:
 
     def _sync_acls(self) -> None:
         """The namespace's ACLs, so each child works as its own principal."""
-        from streams.acl_sync import run_acl_sync
+        from streams.acl.sync import run_acl_sync
 
         quiet = io.StringIO()
         run_acl_sync(self.settings, self.policy, quiet)

@@ -1,6 +1,6 @@
 """Who may post events: a bearer token of ``CONSENT_STREAM_GATEWAY_TOKENS`` names a caller
 and the ``source`` values it may publish. Tokens are compared in constant time with every
-configured token (``streams.http_auth.TokenCheck``); logs and metrics name the caller,
+configured token (``streams.api.auth.TokenCheck``); logs and metrics name the caller,
 never the token."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from schemas.secrets import Secret
+from streams.api.auth import TokenCheck
 from streams.gateway.settings import GatewayCaller
-from streams.http_auth import TokenCheck
 
 __all__ = ["Callers", "optional_token"]
 

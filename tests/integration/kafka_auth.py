@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from schemas.kafka_security import read_credentials
 from schemas.policy import load_policy
 from schemas.settings import Settings
-from streams.acl_sync import run_acl_sync
+from streams.acl.sync import run_acl_sync
 
 __all__ = [
     "admin_config",

@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.policy import load_policy
 from schemas.views import FINAL_REQUEST_STATES
-from streams.acl_sync import remove_namespace_acls
+from streams.acl.sync import remove_namespace_acls
 from streams.demo.command import demo_settings
 from streams.request_views import status_from_json
 

@@ -14,15 +14,15 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-import streams.replay_command
+import streams.replay.command
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import ConsentState, PurposeDecision
 from streams.pseudonyms import Pseudonyms
-from streams.replay_command import run_replay
-from streams.replay_sender import ReplaySender
+from streams.replay.command import run_replay
+from streams.replay.sender import ReplaySender
 
 from .conftest import delete_topics, wait_for_leaders
 from .kafka_auth import admin_config, admin_settings, sync_acls
@@ -112,7 +112,7 @@ def test_subjects_that_change_while_they_are_replayed_get_their_newer_decision_l
                 _write(namespace, [_state(s, 2, True) for s in changed])  # allowed again
             return super().send(instructions, chunk_size)
 
-    monkeypatch.setattr(streams.replay_command, "ReplaySender", ChangedMeanwhile)
+    monkeypatch.setattr(streams.replay.command, "ReplaySender", ChangedMeanwhile)
     worker = replace(
         Settings.from_env().as_principal("worker"), topic_namespace=namespace.topic_namespace
     )

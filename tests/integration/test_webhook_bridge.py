@@ -44,7 +44,7 @@ from schemas.records import from_record
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.webhook_signing import SIGNATURE_HEADER, ReplayGuard, SignatureError, verify
-from streams.acl_sync import remove_namespace_acls
+from streams.acl.sync import remove_namespace_acls
 from streams.namespace import remove_namespace
 from streams.topics import ensure_topics
 

@@ -9,7 +9,7 @@ first half of the events is published ``GROUP`` at a time, each group settled be
 next (batches below the failpoint's size); the second half comes as a burst. So the kill
 comes with thousands of events settled, none of which may be done again. The
 partners answer the instructions that are out before the worker is restarted, so their
-acknowledgements may reach the ledger before their tickets do (``streams.parked``). After
+acknowledgements may reach the ledger before their tickets do (``streams.ledger.parked``). After
 the restart every effect is compared with the pure decisions over the same events,
 exactly: the store of every subject; the set of instruction ids per partner (each one the
 killed batch had sent is there twice, and nothing of an event the worker had acknowledged

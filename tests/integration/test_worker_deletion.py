@@ -255,7 +255,7 @@ def test_account_deletion_reaches_exactly_the_partners_that_hold_data_and_comple
 
     # A repeated ack changes nothing either. An ack for an instruction the request does not
     # have, and one under a key no ticket was opened for, are parked (each may have come
-    # before its ticket entry: streams.parked) and change nothing.
+    # before its ticket entry: streams.ledger.parked) and change nothing.
     repeated_before = worker.metric(IGNORED, reason="repeated")
     unknown_before = worker.metric(IGNORED, reason="unknown_instruction")
     parked_before = worker.metric(PARKED, partner="payment")
@@ -347,7 +347,7 @@ def test_an_answer_before_its_ticket_is_parked_and_applied_when_the_ticket_opens
 ) -> None:
     """A batch's tickets and instructions go out in one wave, so after a crash between
     their deliveries a partner's answer can reach the ledger before its ticket
-    (``streams.parked``). Here the answer is sent first on purpose (instruction ids are
+    (``streams.ledger.parked``). Here the answer is sent first on purpose (instruction ids are
     deterministic): it is parked, then applied when the withdrawal opens the ticket."""
     subject = new_subject()
     withdrawal = consent_changed(subject, "personalized_ads", False)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from producers.publisher import ConsentPublisher
-from streams.web import LOOP_STALLED_S
+from streams.api.server import LOOP_STALLED_S
 
 from .processes import WorkerFactory, WorkerProcess, consent_changed, poll_until
 from .processes import worker_factory as worker_factory

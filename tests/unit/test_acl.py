@@ -9,7 +9,7 @@ import pytest
 
 from schemas.policy import Policy, load_policy, parse_policy, webhook_partners
 from schemas.topics import TopicNames
-from streams.acl import (
+from streams.acl.rules import (
     GATEWAY,
     PUBLISHER,
     WORKER,
@@ -17,7 +17,7 @@ from streams.acl import (
     partner_principal,
     wanted_acls,
 )
-from streams.acl_sync import acl_diff
+from streams.acl.sync import acl_diff
 
 PARTNERS = sorted(load_policy().partners)
 NAMES = TopicNames()
@@ -163,7 +163,7 @@ def test_sync_creates_what_is_missing_and_reports_what_the_policy_does_not_give(
 def test_the_sync_report_lists_other_acls_only_when_asked() -> None:
     import io
 
-    from streams.acl_sync import AclDiff, _report
+    from streams.acl.sync import AclDiff, _report
 
     stale = Acl("partner-gone", "topic", "partner.gone.acks.v1", False, "write")
     diff = AclDiff(missing=[], extra=[stale], kept=38)

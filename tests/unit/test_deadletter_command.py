@@ -12,12 +12,12 @@ from fake_producer import QueueProducer
 from fake_topic import Record
 
 import producers.publisher
-import streams.deadletter_command
+import streams.deadletter.command
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
-from streams.deadletter import DeadLetter, deadletter_headers
-from streams.deadletter_command import DeadLetterRecord, run_dead_letters, selected
+from streams.deadletter.command import DeadLetterRecord, run_dead_letters, selected
+from streams.deadletter.policy import DeadLetter, deadletter_headers
 
 EVENTS = "consent.events.v1"
 SERDE = AvroSerde()
@@ -85,7 +85,7 @@ def republish(
     monkeypatch: pytest.MonkeyPatch, producer: QueueProducer, count: int
 ) -> tuple[int, str]:
     records = [record(n, "unknown_schema", f"s{n}", b"junk") for n in range(count)]
-    monkeypatch.setattr(streams.deadletter_command, "TopicToEnd", _Topic(records))
+    monkeypatch.setattr(streams.deadletter.command, "TopicToEnd", _Topic(records))
     monkeypatch.setattr(producers.publisher, "make_producer", lambda settings: producer)
     out = io.StringIO()
     code = run_dead_letters(Settings(), [], None, True, out)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from schemas.events import DeletionScope
 from schemas.views import OutcomeStatus, PartnerOutcome, RequestState, RequestStatus
-from streams.evidence import evidence_json, evidence_text, status_line
+from streams.ledger.evidence import evidence_json, evidence_text, status_line
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000

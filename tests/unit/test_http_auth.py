@@ -7,7 +7,7 @@ import pytest
 
 from schemas.errors import ConfigurationError
 from schemas.settings import ENV_PREFIX, Settings, parse_tokens
-from streams.http_auth import TokenCheck
+from streams.api.auth import TokenCheck
 
 GOOD = "a" * 16
 OTHER = "b" * 24

@@ -8,7 +8,7 @@ import logging
 import pytest
 from aiohttp.http_exceptions import LineTooLong
 
-from streams.http_log import SERVER_LOGGER, redact_malformed_requests
+from streams.api.access_log import SERVER_LOGGER, redact_malformed_requests
 
 
 def test_a_malformed_request_is_logged_without_its_bytes_or_a_traceback(

@@ -31,17 +31,7 @@ from schemas.views import OutcomeStatus, RequestState
 from streams.decisions import Decision, Outcome, decide
 from streams.event_batch import ticket_entries
 from streams.fanout import FanOut, RequestOpening
-from streams.ledger import (
-    AckOutcome,
-    Ticket,
-    apply_ack,
-    mark_dispatched,
-    needs_sweep,
-    open_ticket,
-    request_status,
-    sweep,
-)
-from streams.ledger_codec import (
+from streams.ledger.codec import (
     AckEntry,
     DispatchedEntry,
     LedgerEntry,
@@ -51,6 +41,16 @@ from streams.ledger_codec import (
     encode_entry,
     ticket_from_json,
     ticket_to_json,
+)
+from streams.ledger.tickets import (
+    AckOutcome,
+    Ticket,
+    apply_ack,
+    mark_dispatched,
+    needs_sweep,
+    open_ticket,
+    request_status,
+    sweep,
 )
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import SubjectState

@@ -40,8 +40,7 @@ from streams.decisions import decide
 from streams.fanout import FanOut, RequestOpening
 from streams.faust_glue.tables import StagedTable
 from streams.inbound import Inbound
-from streams.ledger import apply_ack, mark_dispatched, open_ticket
-from streams.ledger_codec import (
+from streams.ledger.codec import (
     AckEntry,
     DispatchedEntry,
     LedgerEntry,
@@ -53,12 +52,13 @@ from streams.ledger_codec import (
     ticket_from_json,
     ticket_to_json,
 )
+from streams.ledger.index import TicketIndex
+from streams.ledger.tickets import apply_ack, mark_dispatched, open_ticket
 from streams.ledger_processor import LedgerProcessor
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import SubjectState
-from streams.ticket_index import TicketIndex
 
 POLICY = load_policy()
 PSEUDONYMS = Pseudonyms(SubjectKeys.single(Secret("k")))

@@ -1,4 +1,4 @@
-"""Acknowledgements ahead of their tickets (``streams.parked``), through the ledger agent
+"""Acknowledgements ahead of their tickets (``streams.ledger.parked``), through the ledger agent
 with fakes: parked under their key, applied when the ticket opens, dropped and counted
 after the grace period."""
 
@@ -36,9 +36,9 @@ from schemas.partner import PartnerInstruction
 from schemas.views import OutcomeStatus, RequestState
 from streams.decisions import decide
 from streams.fanout import FanOut
-from streams.ledger_codec import OpenEntry, SweepEntry, ticket_from_json, ticket_to_json
+from streams.ledger.codec import OpenEntry, SweepEntry, ticket_from_json, ticket_to_json
+from streams.ledger.index import next_due, sweep_or_expiry_due
 from streams.subject import SubjectState
-from streams.ticket_index import next_due, sweep_or_expiry_due
 
 PARKED = "consent_acknowledgements_parked_total"
 IGNORED = "consent_acknowledgements_ignored_total"

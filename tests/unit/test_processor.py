@@ -38,7 +38,7 @@ from streams.event_batch import EventBatch
 from streams.fanout import FanOut
 from streams.faust_glue.tables import StagedTable
 from streams.flight import FlightAborted
-from streams.ledger_codec import (
+from streams.ledger.codec import (
     DispatchedEntry,
     LedgerEntry,
     OpenEntry,

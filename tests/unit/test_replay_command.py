@@ -1,4 +1,4 @@
-"""``consent-stream replay`` (``streams.replay_command``): the index of each subject's latest
+"""``consent-stream replay`` (``streams.replay.command``): the index of each subject's latest
 state, only those replayed, instructions in chunks behind their acknowledged ledger
 entries, and a clear exit code when a read is short or a record is not delivered."""
 
@@ -13,13 +13,13 @@ from fake_producer import QueueProducer
 from fake_topic import Record
 
 import producers.publisher
-import streams.replay_command as replay
+import streams.replay.command as replay
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import ConsentState, PurposeDecision
-from streams.ledger_codec import OpenEntry, decode_entry
+from streams.ledger.codec import OpenEntry, decode_entry
 from streams.pseudonyms import Pseudonyms
 
 SETTINGS = Settings()
@@ -238,7 +238,7 @@ def test_subjects_that_keep_changing_end_the_replay_with_exit_1(
 
 def test_what_was_sent_is_noted_per_purpose_and_corrected_as_the_newer_state_has_it() -> None:
     from streams.fanout import FanOut
-    from streams.replay import ReplayPlan, corrections, replay_instructions, sent_of
+    from streams.replay.chunks import ReplayPlan, corrections, replay_instructions, sent_of
 
     plan = ReplayPlan("ads", tuple(sorted(POLICY.partners["ads"].purposes)))
     assert "personalized_ads" in plan.purposes

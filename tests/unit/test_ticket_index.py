@@ -17,7 +17,14 @@ from schemas.partner import (
 from schemas.policy import load_policy
 from schemas.views import OutcomeStatus, PartnerOutcome, RequestState
 from streams.fanout import RequestOpening
-from streams.ledger import (
+from streams.ledger.index import (
+    LedgerGauges,
+    TicketIndex,
+    expired,
+    next_due,
+    sweep_or_expiry_due,
+)
+from streams.ledger.tickets import (
     Ticket,
     TrackedInstruction,
     apply_ack,
@@ -25,13 +32,6 @@ from streams.ledger import (
     needs_sweep,
     open_ticket,
     sweep,
-)
-from streams.ticket_index import (
-    LedgerGauges,
-    TicketIndex,
-    expired,
-    next_due,
-    sweep_or_expiry_due,
 )
 
 POLICY = load_policy()

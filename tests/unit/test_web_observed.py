@@ -1,5 +1,5 @@
 """The worker's HTTP API counts and times every answer by route template and status code
-(``streams.web.observed``), a view that raises as 500 (no Kafka, no server)."""
+(``streams.api.server.observed``), a view that raises as 500 (no Kafka, no server)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streams.api.server import observed
 from streams.metrics import stream_metrics
-from streams.web import observed
 
 ROUTE = "/consent/{subject_id}"
 

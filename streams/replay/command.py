@@ -7,11 +7,11 @@ Reads of the compacted consent.state.v1, each to the end it has when it starts:
 1. the index: each subject's latest offset, values not decoded; a tombstone removes the
    subject. Nothing is sent when this read does not reach the end within the timeout;
 2. the sending: a record is replayed when it is its subject's latest in the index
-   (``streams.replay_sender``: in chunks, ledger entries first);
+   (``streams.replay.sender``: in chunks, ledger entries first);
 3. the catch-up, from where the index ended: a subject whose state changed meanwhile was
    told of the change by the worker, and the replayed instruction may have reached the
    partner after that one. So each replayed action the newer state no longer implies is
-   sent again as the newer state has it (``streams.replay.corrections``), and the
+   sent again as the newer state has it (``streams.replay.chunks.corrections``), and the
    catch-up reads again from where it ended, until a read finds nothing to correct (at
    most ``MAX_ROUNDS``). The worker must have the partner in its policy before the
    replay starts, or it tells the partner of no change at all.
@@ -35,8 +35,8 @@ from schemas.settings import Settings
 from schemas.views import ConsentState
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms
-from streams.replay import ReplayPlan, Sent, corrections, replay_instructions, sent_of
-from streams.replay_sender import CHUNK, ReplaySender
+from streams.replay.chunks import ReplayPlan, Sent, corrections, replay_instructions, sent_of
+from streams.replay.sender import CHUNK, ReplaySender
 
 __all__ = ["MAX_ROUNDS", "LatestOffsets", "index_latest", "run_replay"]
 

@@ -4,7 +4,7 @@ The ledger tells the index about every write (``update`` with the ticket before 
 after); the periodic scan then asks only for the keys that are due (``pop_due``) instead
 of decoding every open ticket. Due work is what ``needs_sweep`` reports, plus *expiry*:
 a settled ticket with a final answer is deleted ``grace_ms`` after its last write, and an
-acknowledgement parked ahead of its ticket (``streams.parked``) is dropped ``grace_ms``
+acknowledgement parked ahead of its ticket (``streams.ledger.parked``) is dropped ``grace_ms``
 after it was received.
 
 Memory per ticket is one ``(due_ms, key)`` heap entry and one ``key -> due_ms`` dict
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from streams.ledger import Ticket, awaits_follow_up, needs_sweep
-from streams.parked import parked_due
+from streams.ledger.parked import parked_due
+from streams.ledger.tickets import Ticket, awaits_follow_up, needs_sweep
 
 __all__ = ["LedgerGauges", "TicketIndex", "expired", "next_due", "sweep_or_expiry_due"]
 

@@ -7,7 +7,7 @@ from (partner, subject, purpose, state version, subject key id), so running it t
 changes nothing for a partner that de-duplicates by instruction id, while a run after a
 subject key rotation re-sends the decisions under the new refs (docs/security.md).
 Instructions are tracked by the ledger. ``corrections``: what to send again for a subject
-whose state changed while it was replayed (``streams.replay_command`` reads those).
+whose state changed while it was replayed (``streams.replay.command`` reads those).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from streams.ledger import AckEntry, AckOutcome, Ticket, apply_ack
+from streams.ledger.tickets import AckEntry, AckOutcome, Ticket, apply_ack
 
 __all__ = ["drop_stale", "only_parked_changed", "park", "parked_due", "parks", "release"]
 

@@ -88,7 +88,8 @@ class Ticket:
     overdue: bool = False
     updated_at: int = 0
     parked: tuple[AckEntry, ...] = ()
-    """Acknowledgements of instructions the ticket does not track yet (``streams.parked``)."""
+    """Acknowledgements of instructions the ticket does not track yet
+    (``streams.ledger.parked``)."""
 
     def find(self, iid: str) -> TrackedInstruction | None:
         return next((t for t in self.instructions if t.outcome.instruction_id == iid), None)

@@ -26,7 +26,7 @@ from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.records import from_record, to_record
 from schemas.views import OutcomeStatus, PartnerOutcome, RequestState
 from streams.fanout import RequestOpening
-from streams.ledger import AckEntry, Ticket, TrackedInstruction
+from streams.ledger.tickets import AckEntry, Ticket, TrackedInstruction
 
 __all__ = [
     "AckEntry",

@@ -1,6 +1,6 @@
 """``consent-stream acl sync``: make the broker's ACLs those of the policy (as admin).
 
-Idempotent: creates the missing ACLs of ``streams.acl.wanted_acls``; ACLs of the
+Idempotent: creates the missing ACLs of ``streams.acl.rules.wanted_acls``; ACLs of the
 service's principals that the policy does not give are listed and, with ``prune``,
 deleted (principals: worker, publisher, gateway and every ``partner-*``; so a partner
 moved from webhook to kafka delivery loses the gateway's write on its acks). ``dry_run`` only shows
@@ -18,7 +18,7 @@ from schemas.client_errors import kafka_error
 from schemas.errors import BrokerUnavailableError
 from schemas.policy import Policy, webhook_partners
 from schemas.settings import Settings
-from streams.acl import (
+from streams.acl.rules import (
     ADMIN,
     GATEWAY,
     PARTNER_PREFIX,

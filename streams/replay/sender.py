@@ -12,7 +12,7 @@ from producers.sending import CountedSends
 from schemas.partner import PartnerInstruction
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
-from streams.ledger_codec import OpenEntry, encode_entry
+from streams.ledger.codec import OpenEntry, encode_entry
 from streams.outbox import instruction_headers
 
 __all__ = ["CHUNK", "ReplaySender"]

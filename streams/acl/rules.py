@@ -1,6 +1,6 @@
 """Who may read and write what on Kafka: the ACLs, derived from the policy.
 
-Pure data (no Kafka here; ``streams.acl_sync`` applies them). Adding a partner to the
+Pure data (no Kafka here; ``streams.acl.sync`` applies them). Adding a partner to the
 policy adds its principal's ACLs, nothing else changes:
 
     partner-<p>  reads  [ns.]partner.<p>.instructions.v1, writes [ns.]partner.<p>.acks.v1,

@@ -2,7 +2,7 @@
 
 ``/healthz`` is open; ``/consent/...`` and ``/requests/...`` serve personal data and need a
 bearer token of ``CONSENT_STREAM_HTTP_TOKENS``; ``/metrics`` needs
-``CONSENT_STREAM_METRICS_TOKEN`` when one is set (``streams.http_auth``). ``/metrics`` takes
+``CONSENT_STREAM_METRICS_TOKEN`` when one is set (``streams.api.auth``). ``/metrics`` takes
 ``name[]`` parameters, as prometheus_client's own handler does: only those series are
 rendered (the whole page costs ~2-3 ms; the bench samples one counter).
 
@@ -33,7 +33,7 @@ from schemas.errors import AccessDeniedError, StoreUnavailableError, ValidationE
 from schemas.policy import Policy
 from schemas.records import to_record
 from schemas.settings import Settings
-from streams.http_auth import TokenCheck, guarded
+from streams.api.auth import TokenCheck, guarded
 from streams.loop_lag import LoopPulse
 from streams.metrics import StreamMetrics
 from streams.request_views import AsyncRequestViews

@@ -25,7 +25,7 @@ from schemas.events import ConsentEvent
 from schemas.jsonform import event_to_json
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
-from streams.deadletter import DLQ_HEADER_PREFIX, original_headers
+from streams.deadletter.policy import DLQ_HEADER_PREFIX, original_headers
 
 __all__ = ["DeadLetterRecord", "run_dead_letters", "selected"]
 
@@ -44,7 +44,7 @@ class DeadLetterRecord:
         return next((v.decode("utf-8", "replace") for k, v in self.headers if k == name), "")
 
     def failure(self, name: str) -> str:
-        """A ``cs_dlq_*`` header (``streams.deadletter``): reason, error, source_topic..."""
+        """A ``cs_dlq_*`` header (``streams.deadletter.policy``): reason, error, source_topic..."""
         return self.header(DLQ_HEADER_PREFIX + name)
 
     @property

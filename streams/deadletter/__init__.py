@@ -1,0 +1,2 @@
+"""Dead letters: the policy for bad records (``policy``) and ``consent-stream
+dead-letters`` (``command``)."""
