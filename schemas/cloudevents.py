@@ -7,7 +7,7 @@ Extension attributes of partner instructions (``ce_<name>`` on Kafka, ``ce-<name
 HTTP), each present only when it says something:
 
 - ``referencesdropped``: how many data.shared records' references an ERASE or RESTRICT
-  lacks, because they did not fit the subject's state (``streams.state_limit``); the
+  lacks, because they did not fit the subject's state (``streams.events.state_limit``); the
   partner finds that data by ``subject_ref`` and ``categories`` instead.
 """
 

@@ -170,7 +170,7 @@ class OversizedRecordError(ContractError):
 class StateTooLargeError(ContractError):
     """The event would grow its subject's state (held in the worker, written whole to the
     table's changelog on every change) past the size it may have: it is refused, and the
-    state stays as it was (``streams.state_limit``)."""
+    state stays as it was (``streams.events.state_limit``)."""
 
     reason = "state_too_large"
 

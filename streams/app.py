@@ -6,7 +6,7 @@ stream in self-sizing batches (``streams.faust_glue.batches``), puts each batch 
 order per partition (``streams.sequencer``), hands it to its processor, and acknowledges
 the batch's records only when its effects are on the broker. The events agent does not
 wait for that before it takes the next batch: several batches are in flight at once,
-in order (``streams.events_loop``).
+in order (``streams.events.loop``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from prometheus_client import CollectorRegistry
 from schemas.errors import ConsentStreamError
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.events_loop import events_in_flights
+from streams.events.loop import events_in_flights
+from streams.events.processor import EventProcessor
 from streams.faust_glue import transport
 from streams.faust_glue.batches import EventBatches, inbound
 from streams.faust_glue.consumer_loop import fetch_with_librdkafka
@@ -38,7 +39,6 @@ from streams.ledger_processor import LedgerProcessor
 from streams.loop_lag import LoopPulse
 from streams.metrics import StreamMetrics
 from streams.output import OutputProducer
-from streams.processor import EventProcessor
 from streams.sequencer import Plan, SourceReader, SourceSequencer
 
 __all__ = ["WorkerParts", "attach_agents", "create_app"]

@@ -39,7 +39,7 @@ class Share:
     transaction_completed_at: int | None = None
     refs_dropped: int = 0
     """How many of its data.shared records were applied without their references (the
-    subject's state was full: ``streams.state_limit``); a deletion's evidence says so."""
+    subject's state was full: ``streams.events.state_limit``); a deletion's evidence says so."""
 
     @property
     def retention_start(self) -> int:

@@ -17,6 +17,7 @@ from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from streams.api.server import attach_views, build_http_parts
 from streams.app import WorkerParts, attach_agents, create_app
+from streams.events.processor import EventProcessor
 from streams.failpoint import Failpoint
 from streams.faust_glue.internal_topics import internal_topics
 from streams.gc_tuning import freeze_started_heap, hold_collection_until_started
@@ -26,7 +27,6 @@ from streams.loop_lag import LoopPulse, watch_loop_lag
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
 from streams.output import OutputProducer, output_producer_config
-from streams.processor import EventProcessor
 from streams.pseudonyms import Pseudonyms
 from streams.request_views import AsyncRequestViews
 from streams.source_reader import KafkaSourceReader

@@ -10,7 +10,7 @@ there when Faust looks; Faust finds them existing and goes on. Names and setting
 ones faust-streaming 0.15 uses (``Table._new_changelog_topic``, ``LeaderAssignor``). A
 changelog takes the records of ``max_record_bytes`` that the service's own topics take
 (``schemas.topics.record_limits``): a subject's state may be that large
-(``streams.state_limit``).
+(``streams.events.state_limit``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Acknowledgements that reach the ledger before the ticket of their instruction.
 
 The events agent sends a batch's tickets and its instructions in the same wave
-(``streams.processor``), so an instruction can be on a partner's topic before its ticket is
+(``streams.events.processor``), so an instruction can be on a partner's topic before its ticket is
 on the ledger. The ticket normally lands within milliseconds, long before a partner
 answers; but a worker that dies between the two deliveries, or a ticket whose delivery
 fails and is sent again when its batch is processed again, leaves a partner's answer
@@ -10,7 +10,7 @@ ledger *parks* the acknowledgement in a placeholder ticket under that key, appli
 soon as the ticket is opened, and drops it, counted as ``unknown_instruction``, if it is
 not opened within the grace period (``Settings.settled_ticket_grace_s``). A deletion
 request's ticket parks too: it gains instructions after it is opened, whenever data of the
-closed account turns up with a partner later (``streams.decisions``, a share after the
+closed account turns up with a partner later (``streams.events.decisions``, a share after the
 closure), and such an instruction and its ticket entry can be split by a crash as well. An
 acknowledgement of an instruction that an opened lone instruction's ticket does not track
 is ignored at once: that ticket never gains an instruction.

@@ -4,7 +4,7 @@ A few thousand events over ~300 subjects are published while the worker runs; th
 is killed (SIGKILL, by its pid) after it processed some but not all of them, restarted,
 and then every accepted event is checked against its effects. The expected effects come
 from replaying the same events, per subject in publish order, through the pure
-``streams.decisions.decide`` with the same policy and key: the final consent store hash
+``streams.events.decisions.decide`` with the same policy and key: the final consent store hash
 of every subject, every instruction id (deterministic per event) on the partner topics,
 and a status on consent.requests.v1 for every deletion request. Duplicates on partner
 topics are allowed (at-least-once); a missing effect is not. The same with two workers
@@ -33,7 +33,7 @@ from schemas.errors import PublishError
 from schemas.events import ConsentEvent, DeletionRequested
 from schemas.policy import Policy
 from schemas.settings import Settings
-from streams.decisions import Outcome, decide
+from streams.events.decisions import Outcome, decide
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState, to_consent_state

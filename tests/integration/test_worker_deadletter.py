@@ -23,10 +23,10 @@ from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.partner import PartnerInstruction, received_instruction
 from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde
 from schemas.settings import Settings
-from streams.decisions import decide
+from streams.events.decisions import decide
+from streams.events.state_limit import StateLimit
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms
-from streams.state_limit import StateLimit
 from streams.subject import SubjectState, state_to_json
 
 from .processes import (
@@ -224,7 +224,7 @@ def test_orders_past_a_subjects_state_limit_keep_no_references_and_its_partition
     and nothing behind them on the partition would be processed. Past it, an order is
     applied without its references and its record is dead-lettered: the last one, to a
     partner the subject's data has not gone to before, still gets the deletion's
-    instruction (``streams.state_limit``)."""
+    instruction (``streams.events.state_limit``)."""
     settings = worker.settings
     topic = settings.topics.events
     serde = AvroSerde()

@@ -25,7 +25,7 @@ from schemas.partner import (
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import RequestState, RequestStatus
-from streams.decisions import decide
+from streams.events.decisions import decide
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import SubjectState

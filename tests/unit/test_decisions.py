@@ -28,7 +28,7 @@ from schemas.events import (
 from schemas.partner import InstructionAction
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
-from streams.decisions import Decision, Outcome, decide, share_of
+from streams.events.decisions import Decision, Outcome, decide, share_of
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share, SubjectState

@@ -16,12 +16,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.errors import PublishError
-from streams.events_loop import events_in_flights
+from streams.events.flight import Flight
+from streams.events.loop import events_in_flights
+from streams.events.processor import OutputsFactory, Settle
 from streams.faust_glue.tables import StagedTable
-from streams.flight import Flight
 from streams.inbound import Inbound
 from streams.metrics import stream_metrics
-from streams.processor import OutputsFactory, Settle
 from streams.sequencer import SourceSequencer
 
 TOPIC = "ns.consent.events.v1"

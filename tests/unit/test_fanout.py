@@ -19,7 +19,7 @@ from schemas.events import (
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
-from streams.decisions import Decision, Outcome, decide, shared_without_refs
+from streams.events.decisions import Decision, Outcome, decide, shared_without_refs
 from streams.fanout import FanOut, merge_refs
 from streams.pseudonyms import Pseudonyms, instruction_id
 from streams.subject import Share, SubjectState

@@ -28,8 +28,8 @@ from schemas.partner import (
 from schemas.policy import load_policy
 from schemas.settings import Secret, SubjectKeys
 from schemas.views import OutcomeStatus, RequestState
-from streams.decisions import Decision, Outcome, decide
-from streams.event_batch import ticket_entries
+from streams.events.batch import ticket_entries
+from streams.events.decisions import Decision, Outcome, decide
 from streams.fanout import FanOut, RequestOpening
 from streams.ledger.codec import (
     AckEntry,

@@ -36,7 +36,7 @@ from schemas.serde import AvroSerde
 from schemas.settings import Secret, SubjectKeys
 from schemas.topics import TopicNames
 from schemas.views import RequestState, RequestStatus
-from streams.decisions import decide
+from streams.events.decisions import decide
 from streams.fanout import FanOut, RequestOpening
 from streams.faust_glue.tables import StagedTable
 from streams.inbound import Inbound

@@ -34,7 +34,7 @@ from test_ledger_processor import (
 from schemas.events import DataShared
 from schemas.partner import PartnerInstruction
 from schemas.views import OutcomeStatus, RequestState
-from streams.decisions import decide
+from streams.events.decisions import decide
 from streams.fanout import FanOut
 from streams.ledger.codec import OpenEntry, SweepEntry, ticket_from_json, ticket_to_json
 from streams.ledger.index import next_due, sweep_or_expiry_due

@@ -33,11 +33,12 @@ from schemas.settings import Secret, SubjectKeys
 from schemas.topics import TopicNames
 from schemas.views import ConsentState
 from streams import store_retry
-from streams.decisions import Outcome, decide
-from streams.event_batch import EventBatch
+from streams.events.batch import EventBatch
+from streams.events.decisions import Outcome, decide
+from streams.events.flight import FlightAborted
+from streams.events.processor import EventProcessor, Inbound
 from streams.fanout import FanOut
 from streams.faust_glue.tables import StagedTable
-from streams.flight import FlightAborted
 from streams.ledger.codec import (
     DispatchedEntry,
     LedgerEntry,
@@ -47,7 +48,6 @@ from streams.ledger.codec import (
 )
 from streams.metrics import stream_metrics
 from streams.outbox import RecordSender
-from streams.processor import EventProcessor, Inbound
 from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState, state_from_json
 
@@ -362,7 +362,7 @@ def test_oversized_record_is_dead_lettered() -> None:
 
 def test_orders_whose_references_would_overfill_the_state_are_kept_without_them() -> None:
     """The changelog record of a subject's state holds ``max_record_bytes``; references
-    may fill 15/16 of it (``streams.state_limit``). Past that an order is applied without
+    may fill 15/16 of it (``streams.events.state_limit``). Past that an order is applied without
     them and its record, references and all, goes to the dead-letter topic."""
     h = Harness(serde=AvroSerde(max_record_bytes=2048))
     orders = [

@@ -1,4 +1,4 @@
-"""A subject's state stays within what one changelog record holds (``streams.state_limit``).
+"""A subject's state stays within what one changelog record holds (``streams.events.state_limit``).
 
 Pure: batches are planned with ``plan_within`` over a dict of encoded states, no Kafka.
 """
@@ -28,12 +28,12 @@ from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, SubjectKeys
 from schemas.views import PermissionRevocation
-from streams.decisions import Outcome, decide
-from streams.event_batch import EventBatch, plan_batch, plan_within
+from streams.events.batch import EventBatch, plan_batch, plan_within
+from streams.events.decisions import Outcome, decide
+from streams.events.state_limit import StateLimit
 from streams.fanout import FanOut
 from streams.inbound import Inbound
 from streams.pseudonyms import Pseudonyms
-from streams.state_limit import StateLimit
 from streams.subject import SubjectState, state_from_json, state_to_json
 
 POLICY = load_policy()

@@ -23,8 +23,8 @@ from schemas.partner import InstructionAction
 from schemas.policy import Policy, load_policy
 from schemas.settings import Secret, SubjectKeys
 from schemas.validation import validate_event
-from streams.decisions import Outcome, decide
 from streams.demo.workload import Workload, WorkloadSpec, build_workload
+from streams.events.decisions import Outcome, decide
 from streams.fanout import FanOut
 from streams.pseudonyms import Pseudonyms
 from streams.subject import SubjectState

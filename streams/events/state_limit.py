@@ -21,7 +21,7 @@ id is not remembered as applied, so the same record, published again once the li
 raised, applies in full (applying a share twice changes nothing; the count stays).
 
 An event is refused or applied whatever batch it arrives in. Checking costs an encoding
-per event, so ``streams.event_batch.plan_within`` checks only the subjects a batch could
+per event, so ``streams.events.batch.plan_within`` checks only the subjects a batch could
 take past ``growth_bytes``: their stored state plus a bound on what the batch's records
 can add (``growth_bound``: every string in a state comes from a record, at most twice,
 JSON-escaped at most 6-fold). A subject with a few KB of state and a few events per batch
@@ -37,7 +37,7 @@ from typing import Final
 
 from schemas.errors import ReferencesDroppedError, StateTooLargeError
 from schemas.events import ConsentEvent, DataShared
-from streams.decisions import Decision, shared_without_refs
+from streams.events.decisions import Decision, shared_without_refs
 from streams.fanout import FanOut
 from streams.subject import SubjectState, state_to_json
 

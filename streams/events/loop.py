@@ -2,7 +2,7 @@
 
 Each batch the agent takes is put in offset order (``streams.sequencer``), decided and
 launched (``EventProcessor.launch``) while the batches before it are still in flight, at
-most ``MAX_FLIGHTS`` at a time; ``streams.flight`` keeps their records in order on every
+most ``MAX_FLIGHTS`` at a time; ``streams.events.flight`` keeps their records in order on every
 topic. A batch's records are acknowledged, and its plan done, once it is settled. A batch
 that fails wakes the loop (``EventBatches.interrupt``), which then stops the agent (Faust
 logs the error and restarts it: the records not acknowledged are processed again), even
@@ -15,10 +15,10 @@ import asyncio
 from collections import deque
 from typing import Any, Final, NoReturn
 
+from streams.events.flight import Flight, FlightAborted
+from streams.events.processor import EventProcessor, OutputsFactory, Settle
 from streams.faust_glue.batches import EventBatches, inbound
 from streams.faust_glue.tables import StagedTable
-from streams.flight import Flight, FlightAborted
-from streams.processor import EventProcessor, OutputsFactory, Settle
 from streams.sequencer import Plan, SourceSequencer
 
 __all__ = ["MAX_FLIGHTS", "events_in_flights"]
@@ -40,7 +40,7 @@ async def events_in_flights(
 ) -> None:
     """The events agent's loop: each batch is decided and launched as soon as it is taken,
     while the batches before it are still in flight (their round trips under way), at most
-    ``max_flights`` at a time (``streams.flight``). A batch's records are acknowledged, and
+    ``max_flights`` at a time (``streams.events.flight``). A batch's records are acknowledged, and
     its plan done, once it is settled, in order. When a batch fails, the loop is woken if
     it waits for records; it lets every flight land (those before it settle), forgets what
     the others staged and raises: their records are processed again. Flights still in the

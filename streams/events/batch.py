@@ -5,7 +5,7 @@ subject with several events in one batch sees each one applied on top of the pre
 The result lists every effect in the order the processor carries them out: ledger
 tickets, the consent store, instructions and state records, then the changed states.
 ``plan_within`` also keeps each subject's state within what its changelog record holds
-(``streams.state_limit``).
+(``streams.events.state_limit``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from schemas.cloudevents import published_at_ms
 from schemas.errors import ContractError
 from schemas.events import ConsentEvent
 from schemas.partner import PartnerInstruction
-from streams.decisions import Decision, Outcome, decide
+from streams.events.decisions import Decision, Outcome, decide
+from streams.events.state_limit import StateCheck, StateLimit
 from streams.fanout import FanOut
 from streams.inbound import Inbound
 from streams.ledger.codec import OpenEntry
-from streams.state_limit import StateCheck, StateLimit
 from streams.subject import SubjectState, state_from_json, state_to_json
 
 __all__ = ["EventBatch", "Rejected", "StoreWrite", "plan_batch", "plan_within", "ticket_entries"]

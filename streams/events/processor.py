@@ -16,7 +16,7 @@ barriers):
    first wave is sent when it is decided, so a later batch's instructions follow an
    earlier one's on every partition;
 2. the requests' "dispatched" ledger entries and the changed subject states (table
-   changelog; after the batch before has sent its own: ``streams.flight``).
+   changelog; after the batch before has sent its own: ``streams.events.flight``).
 
 The subjects' states are written last, so a crash at any point leads to a redelivery
 that redoes every effect; every effect is idempotent (deterministic instruction ids,
@@ -42,18 +42,18 @@ from schemas.topics import TopicNames
 from schemas.validation import validate_event
 from schemas.views import ConsentState
 from streams.deadletter.policy import DeadLetter, deadletter_headers
-from streams.event_batch import EventBatch, plan_within
+from streams.events.batch import EventBatch, plan_within
+from streams.events.flight import Flight
+from streams.events.state_limit import StateLimit
 from streams.failpoint import Failpoint
 from streams.fanout import FanOut
 from streams.faust_glue.tables import Sealed, StagedTable
-from streams.flight import Flight
 from streams.inbound import Inbound
 from streams.ledger.codec import DispatchedEntry
 from streams.metrics import StreamMetrics
 from streams.outbox import RecordSender
 from streams.output import Outputs
 from streams.pseudonyms import Pseudonyms
-from streams.state_limit import StateLimit
 from streams.store_retry import wait_out_store_outages
 from streams.subject import to_consent_state
 
