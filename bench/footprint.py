@@ -24,8 +24,8 @@ from pipeline import CounterSampler, prepare, processing_rate
 from workerproc import WorkerProcess, rss_kib
 from workload import Workload, consent_state, subject_id
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from schemas.policy import Policy
 from schemas.settings import Settings
 

@@ -1,7 +1,7 @@
 """(f) Time to rebuild the Redis store from consent.state.v1, per 100k subjects.
 
 A namespaced, compacted state topic is filled with one realistic ``ConsentState`` per
-subject (encoded like the worker does); ``consumers.store_rebuild.rebuild_from_topic``
+subject (encoded like the worker does); ``consumers.store.rebuild.rebuild_from_topic``
 then applies it to Redis under a namespaced prefix. Only the rebuild is timed.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 from benchlib import Record, create_topics, delete_redis_prefix, delete_topics, produce_all
 from workload import consent_state
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
-from consumers.store_rebuild import rebuild_from_topic
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
+from consumers.store.rebuild import rebuild_from_topic
 from schemas.policy import Policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings

@@ -123,7 +123,7 @@ class Settings:
 
     bootstrap_servers: str = "127.0.0.1:19092"
     redis_url: str = field(default="redis://127.0.0.1:16379/0", repr=False)
-    """May hold the store user's password (``consumers.store_acl``): never in a repr."""
+    """May hold the store user's password (``consumers.store.acl``): never in a repr."""
     redis_sentinel: RedisSentinel | None = None
     """Sentinels that know the store's primary (``schemas.redis_settings``); then the URL
     gives only the database, user and password."""

@@ -2,7 +2,7 @@
 
 A deployment puts its Redis user in ``CONSENT_STREAM_REDIS_URL``
 (``redis://consent-writer:<password>@host:port/0``; the users and their rules:
-``consumers.store_acl``). The local stack's Redis has the same roles as users named after
+``consumers.store.acl``). The local stack's Redis has the same roles as users named after
 them (``writer``, ``reader``, and ``admin`` for the tests and tools), and their passwords in
 the credentials file that also holds the Kafka principals' (``[redis]``: the Redis they
 belong to, ``[redis.users]``). Each command then logs in with the role it needs: the

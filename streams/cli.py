@@ -100,7 +100,7 @@ def _remove_worker(args: argparse.Namespace, settings: Settings, policy: Policy)
 
 
 def _rebuild_store(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from consumers.store_rebuild import run_rebuild_store
+    from consumers.store.rebuild import run_rebuild_store
 
     return run_rebuild_store(
         settings, policy, topic=settings.topics.state, timeout_s=args.timeout_s, out=sys.stdout

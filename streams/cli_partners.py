@@ -14,7 +14,7 @@ __all__ = ["add_partner_commands"]
 
 
 def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from consumers.simulated import run_partner
+    from consumers.simulated.partner import run_partner
 
     if args.name not in policy.partners:
         raise ConfigurationError(f"partner {args.name!r} is not in the policy")
@@ -37,7 +37,7 @@ def _partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> in
 
 def _webhook_partner(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
     """The simulated partner of a webhook partner: an HTTP receiver at its webhook URL."""
-    from consumers.simulated_webhook import WebhookPartnerOptions, run_webhook_partner
+    from consumers.simulated.webhook import WebhookPartnerOptions, run_webhook_partner
 
     url = policy.partners[args.name].webhook_url
     assert url is not None  # noqa: S101 - the policy requires it for webhook delivery
@@ -60,7 +60,7 @@ def _webhook_partner(args: argparse.Namespace, settings: Settings, policy: Polic
 
 
 def _webhook_bridge(args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
-    from consumers.webhook_bridge import run_webhook_bridge
+    from consumers.webhook.bridge import run_webhook_bridge
 
     partner = policy.partners.get(args.partner)
     if partner is None:
@@ -80,7 +80,7 @@ def _webhook_bridge(args: argparse.Namespace, settings: Settings, policy: Policy
 
 def _retention_days(policy: Policy, partner: str) -> int:
     """The partner-wide retention of the policy, for the simulated partner's answers."""
-    from consumers.simulated import RETENTION_DAYS
+    from consumers.simulated.partner import RETENTION_DAYS
 
     rule = policy.partners[partner].retention
     if rule is None:

@@ -10,8 +10,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from schemas.errors import UnknownPurposeError
 from schemas.policy import Policy
 from schemas.settings import Settings

@@ -9,8 +9,8 @@ from typing import Any
 import faust
 from prometheus_client import CollectorRegistry, Histogram
 
-from consumers.consent_store import AsyncConsentStore
-from consumers.store_clients import make_async_redis
+from consumers.store.clients import make_async_redis
+from consumers.store.consent_store import AsyncConsentStore
 from schemas.contracts import CONSENT_EVENT
 from schemas.policy import Policy
 from schemas.serde import AvroSerde

@@ -10,7 +10,7 @@
 #
 # Users: "default" off (no anonymous login); "writer" (the workers) and "reader" (whatever
 # checks consent), confined to the keys of REDIS_KEY_PREFIX (the workers'
-# CONSENT_STREAM_REDIS_PREFIX), with the rules of consumers/store_acl.py
+# CONSENT_STREAM_REDIS_PREFIX), with the rules of consumers/store/acl.py
 # (tests/unit/test_compose_redis.py compares them); "admin" for the operator (every key and
 # command). Passwords come from the environment, REDIS_PASSWORD_ADMIN, _WRITER and _READER,
 # which compose fills in from .env (deploy/docker/compose.env.example). They go into the

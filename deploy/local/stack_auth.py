@@ -18,7 +18,7 @@ KRaft controllers cannot authenticate with SCRAM, whose credentials live in the 
 they serve.
 
 The stack's Redis takes no anonymous login. Its users (``STORE_USERS``) are the roles of
-``consumers.store_acl`` on every prefix, ``writer`` and ``reader``, and ``admin``; their
+``consumers.store.acl`` on every prefix, ``writer`` and ``reader``, and ``admin``; their
 passwords are in the same file (``[redis]``: the Redis's address, ``[redis.users]``), and
 Redis reads the SHA-256 of each from ``store_acl_file``. Each command logs in with its
 role's user (``schemas.store_login``).
@@ -57,7 +57,7 @@ __all__ = [
 
 ADMIN: Final = "admin"
 STORE_USERS: Final = ("admin", "writer", "reader")
-"""The local stack's Redis users: one per role of ``consumers.store_acl``, and the admin."""
+"""The local stack's Redis users: one per role of ``consumers.store.acl``, and the admin."""
 STORE_RULES: Final = {
     "admin": ("~*", "&*", "+@all"),
     "writer": ("~*", "resetchannels", "-@all", "+@read", "+@write", "+@connection",
@@ -164,7 +164,7 @@ def ensure_credentials(
 def store_acl_file(users: Mapping[str, str]) -> str:
     """The stack's Redis ACL file (``aclfile``): no ``default`` user, and each of
     ``STORE_USERS`` with the SHA-256 of its password and its role's rules (the ``writer``
-    and ``reader`` rules of ``consumers.store_acl``, on every prefix; ``admin``: all)."""
+    and ``reader`` rules of ``consumers.store.acl``, on every prefix; ``admin``: all)."""
     lines = ["user default off resetchannels -@all"]
     for name in STORE_USERS:
         digest = hashlib.sha256(users[name].encode()).hexdigest()

@@ -27,8 +27,8 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
-from consumers.consent_store import AsyncConsentStore
-from consumers.store_clients import make_async_redis
+from consumers.store.clients import make_async_redis
+from consumers.store.consent_store import AsyncConsentStore
 from schemas.errors import AccessDeniedError, StoreUnavailableError, ValidationError
 from schemas.policy import Policy
 from schemas.records import to_record

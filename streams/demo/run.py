@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
 from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError
 from schemas.policy import Policy

@@ -2,7 +2,7 @@
 
 The demo writes its own copy of the policy in which those partners have
 ``delivery = "webhook"`` and a loopback ``webhook_url`` of a simulated receiver
-(``consumers.simulated_webhook``), gives every child that copy and a fresh signing secret,
+(``consumers.simulated.webhook``), gives every child that copy and a fresh signing secret,
 and runs a ``consent-stream webhook-bridge`` per webhook partner. Some of the receiver's
 answers are ``202`` with a callback to the gateway child's ``POST /v1/acks``, some ``503``
 (the bridge retries). The summary shows the bridge's and the receiver's figures.

@@ -27,8 +27,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from consumers.partner_sender import PendingAck, ack_record
-from consumers.webhook_callback import acknowledgement_from_callback
-from consumers.webhook_delivery import MAX_ANSWER_BYTES
+from consumers.webhook.callback import acknowledgement_from_callback
+from consumers.webhook.delivery import MAX_ANSWER_BYTES
 from schemas.errors import ConsentStreamError, ContractError, QueueFullError, ValidationError
 from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER, ReplayGuard, SignatureError
 from streams.gateway.bridge import DeliveryBridge

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError
 from schemas.events import ConsentEvent

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from streams.demo.processes import free_port
 

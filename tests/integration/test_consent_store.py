@@ -12,10 +12,10 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumers.consent_store import AsyncConsentStore, ConsentStore
-from consumers.store_clients import make_async_redis, make_redis
-from consumers.store_layout import APPLY_STATES_SHA, STATES_PER_CALL, ApplyOutcome, state_fields
-from consumers.store_rebuild import rebuild_from_topic, run_rebuild_store
+from consumers.store.clients import make_async_redis, make_redis
+from consumers.store.consent_store import AsyncConsentStore, ConsentStore
+from consumers.store.layout import APPLY_STATES_SHA, STATES_PER_CALL, ApplyOutcome, state_fields
+from consumers.store.rebuild import rebuild_from_topic, run_rebuild_store
 from schemas.errors import StoreUnavailableError
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde

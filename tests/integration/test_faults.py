@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 
 from .processes import (

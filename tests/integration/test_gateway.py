@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumers.webhook_delivery import ack_ce_id
+from consumers.webhook.delivery import ack_ce_id
 from schemas.events import ConsentEvent
 from schemas.kafka_security import security_env
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement

@@ -19,8 +19,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.events import ConsentEvent
 from schemas.policy import load_policy

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.settings import ENV_PREFIX, Settings
 from streams.app import tls_context

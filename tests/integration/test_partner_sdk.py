@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from consumers.dedup import SqliteProcessedInstructions
 from consumers.partner import PartnerConsumer
 from consumers.partner_results import Handler, Result
-from consumers.simulated import run_partner, simulated_handler
+from consumers.simulated.partner import run_partner, simulated_handler
 from schemas.cloudevents import header_map
 from schemas.partner import (
     AcknowledgementStatus,
@@ -373,7 +373,7 @@ def test_simulated_partner_process_stops_cleanly_on_sigterm(
     script = (
         "import logging, sys\n"
         "from dataclasses import replace\n"
-        "from consumers.simulated import run_partner\n"
+        "from consumers.simulated.partner import run_partner\n"
         "from schemas.settings import Settings\n"
         "logging.basicConfig(level=logging.INFO, stream=sys.stdout)\n"
         "settings = replace(Settings.from_env().as_principal('admin'),\n"

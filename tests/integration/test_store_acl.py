@@ -1,4 +1,4 @@
-"""The consent store's Redis ACL users (``consumers.store_acl``) on the stack's Redis: a
+"""The consent store's Redis ACL users (``consumers.store.acl``) on the stack's Redis: a
 worker and ``rebuild-store`` do all their work as a ``writer`` of their prefix, and Redis
 logs no denial for it; ``check``, ``status`` and the client library read as a ``reader``,
 which can write nothing and read no other prefix; a worker given a reader's URL fails
@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore
-from consumers.store_acl import Role, setuser_args
+from consumers.store.acl import Role, setuser_args
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.policy import load_policy
 from schemas.secrets import Secret

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.errors import StoreReplicasMissingError, StoreUnavailableError
 from schemas.policy import load_policy

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.partner import AcknowledgementStatus, PartnerInstruction
 from schemas.settings import Settings

@@ -9,7 +9,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer, TopicPartition
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.partner import InstructionAction, PartnerInstruction
 from schemas.settings import Settings

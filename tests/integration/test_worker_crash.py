@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
-from consumers.store_layout import state_fields, text
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
+from consumers.store.layout import state_fields, text
 from producers.publisher import ConsentPublisher, DeliveryReceipt
 from schemas.errors import PublishError
 from schemas.events import ConsentEvent, DeletionRequested

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.partner import PartnerInstruction, received_instruction
 from schemas.serde import SINGLE_OBJECT_MAGIC, AvroSerde

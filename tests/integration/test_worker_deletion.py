@@ -13,7 +13,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.events import ConsentEvent
 from schemas.partner import (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 
 from .processes import WorkerFactory, WorkerProcess, consent_changed, new_subject

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.consent_store import ConsentStore
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.partner import InstructionAction
 from schemas.settings import Settings

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
 from schemas.settings import Settings
 

@@ -62,7 +62,7 @@ def callbacks(clock: Any = time.time) -> Callbacks:
 
 
 def callback_body(instruction_id: str | None = None, **fields: Any) -> bytes:
-    """A partner's callback (``consumers.webhook_callback``) as JSON bytes."""
+    """A partner's callback (``consumers.webhook.callback``) as JSON bytes."""
     iid = instruction_id or str(uuid.uuid4())
     obj = {"instruction_id": iid, "ack_key": f"key-{iid}", "subject_ref": "dev:" + "ab" * 32}
     return json.dumps({**obj, "status": "DONE", **fields}).encode()

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from consumers.store_layout import (
+from consumers.store.layout import (
     APPLY_STATE_LUA,
     APPLY_STATE_SHA,
     APPLY_STATES_SHA,

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from consumers.partner_metrics import partner_metrics
-from consumers.webhook_metrics import webhook_metrics
+from consumers.webhook.metrics import webhook_metrics
 from streams.gateway.metrics import gateway_metrics
 from streams.metrics import stream_metrics
 

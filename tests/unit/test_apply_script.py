@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memory_redis import Hashes, apply_state_model, apply_states_model
 
-from consumers.store_layout import APPLY_STATE_LUA, APPLY_STATES_LUA, apply_states_call
+from consumers.store.layout import APPLY_STATE_LUA, APPLY_STATES_LUA, apply_states_call
 
 lupa = pytest.importorskip("lupa.lua51")
 

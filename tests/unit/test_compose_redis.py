@@ -1,5 +1,5 @@
 """The compose Redis's users (deploy/docker/redis-users.sh), without Docker: the ACL file
-the script writes has the rules of ``consumers.store_acl`` on the workers' prefix and only
+the script writes has the rules of ``consumers.store.acl`` on the workers' prefix and only
 hashes of the passwords; it refuses placeholders and unsafe passwords before starting
 anything; the workers log in as ``writer`` with their own password and no other service
 gets a Redis password. The script runs under ``sh`` with stub ``docker-entrypoint.sh``
@@ -31,7 +31,7 @@ from test_compose import (
     settings_of,
 )
 
-from consumers.store_acl import ROLE_RULES, Role, setuser_args
+from consumers.store.acl import ROLE_RULES, Role, setuser_args
 from schemas.secrets import Secret
 
 SCRIPT = REPO_ROOT / "deploy" / "docker" / "redis-users.sh"

@@ -11,8 +11,8 @@ import pytest
 import redis
 from fake_topic import FakeConsumer, Record
 
-from consumers.consent_store import ConsentStore
-from consumers.store_layout import (
+from consumers.store.consent_store import ConsentStore
+from consumers.store.layout import (
     ApplyOutcome,
     Source,
     SubjectSlots,
@@ -23,7 +23,7 @@ from consumers.store_layout import (
     state_fields,
     view_from_hash,
 )
-from consumers.store_rebuild import RebuildReport, rebuild_from_topic
+from consumers.store.rebuild import RebuildReport, rebuild_from_topic
 from schemas.errors import StoreUnavailableError, UnknownPurposeError, ValidationError
 from schemas.policy import load_policy
 from schemas.serde import AvroSerde

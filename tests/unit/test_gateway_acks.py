@@ -29,8 +29,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.partner_sender import ack_record
-from consumers.webhook_callback import acknowledgement_from_callback
-from consumers.webhook_delivery import MAX_ANSWER_BYTES, ack_ce_id
+from consumers.webhook.callback import acknowledgement_from_callback
+from consumers.webhook.delivery import MAX_ANSWER_BYTES, ack_ce_id
 from schemas.cloudevents import header_map
 from schemas.contracts import PARTNER_ACKNOWLEDGEMENT
 from schemas.partner import AcknowledgementStatus, PartnerAcknowledgement

@@ -27,7 +27,7 @@ from consumers.partner_results import (
     failure_reason,
     wrong_partner_ack,
 )
-from consumers.simulated import SIMULATED_OUTAGE, simulated_handler
+from consumers.simulated.partner import SIMULATED_OUTAGE, simulated_handler
 from schemas.cloudevents import header_map
 from schemas.errors import TransientError
 from schemas.partner import (

@@ -1,5 +1,5 @@
 """Where the store's Redis is: a URL, or Sentinels (``schemas.redis_settings``), and the
-clients built from it (``consumers.store_clients``; nothing connects here)."""
+clients built from it (``consumers.store.clients``; nothing connects here)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio.sentinel
 import redis.sentinel
 
-from consumers.store_clients import make_async_redis, make_redis
+from consumers.store.clients import make_async_redis, make_redis
 from schemas.errors import ConfigurationError
 from schemas.redis_settings import RedisSentinel, parse_addresses
 from schemas.settings import ENV_PREFIX, Settings

@@ -17,10 +17,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from test_webhook_jsonform import INSTRUCTION
 
-from consumers.simulated_callback import callback_body
-from consumers.simulated_webhook import WebhookPartnerOptions, build_receiver
-from consumers.webhook_callback import acknowledgement_from_callback
-from consumers.webhook_delivery import instruction_body, request_headers
+from consumers.simulated.callback import callback_body
+from consumers.simulated.webhook import WebhookPartnerOptions, build_receiver
+from consumers.webhook.callback import acknowledgement_from_callback
+from consumers.webhook.delivery import instruction_body, request_headers
 from schemas.partner import AcknowledgementStatus
 from schemas.webhook_signing import PARTNER_HEADER, SIGNATURE_HEADER
 from streams.demo.processes import free_port

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.store_acl import ROLE_RULES, setuser_args
+from consumers.store.acl import ROLE_RULES, setuser_args
 from schemas.secrets import Secret
 
 

@@ -1,6 +1,6 @@
 """Each command logs in to the local stack's Redis with its role's user, from the
 credentials file; the stack's ACL file gives those users the rules of
-``consumers.store_acl``, hashed passwords only, and no anonymous login."""
+``consumers.store.acl``, hashed passwords only, and no anonymous login."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from deploy_modules import deploy_module
 
-from consumers.store_acl import ROLE_RULES
+from consumers.store.acl import ROLE_RULES
 from schemas.errors import ConfigurationError
 from schemas.redis_settings import RedisSentinel
 from schemas.secrets import Secret
@@ -107,6 +107,6 @@ def test_the_stacks_acl_file_has_no_anonymous_user_and_no_password_in_clear() ->
         digest = hashlib.sha256(users[name].encode()).hexdigest()
         assert line.startswith(f"user {name} on #{digest} ")
         assert users[name] not in line
-    for role in ("writer", "reader"):  # the rules of consumers.store_acl, on every prefix
+    for role in ("writer", "reader"):  # the rules of consumers.store.acl, on every prefix
         assert auth.STORE_RULES[role][:2] == ("~*", "resetchannels")
         assert auth.STORE_RULES[role][2:] == ROLE_RULES[role]

@@ -11,8 +11,8 @@ import asyncio
 import pytest
 from memory_redis import AsyncMemoryRedis, MemoryRedis
 
-from consumers.consent_store import AsyncConsentStore, ConsentStore
-from consumers.store_layout import (
+from consumers.store.consent_store import AsyncConsentStore, ConsentStore
+from consumers.store.layout import (
     APPLY_STATE_LUA,
     APPLY_STATES_LUA,
     ApplyOutcome,

@@ -25,8 +25,8 @@ from test_partner_sdk_consumer import (
 from test_partner_sdk_consumer import instruction as sdk_instruction
 
 from consumers.dedup import InMemoryProcessedInstructions, SentAck
-from consumers.webhook_bridge import WebhookBridge
-from consumers.webhook_delivery import RetryPolicy, ack_ce_id
+from consumers.webhook.bridge import WebhookBridge
+from consumers.webhook.delivery import RetryPolicy, ack_ce_id
 from schemas.partner import (
     AcknowledgementStatus,
     InstructionAction,

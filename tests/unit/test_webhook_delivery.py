@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from consumers.partner_results import MAX_REASON_CHARS, failed_ack
-from consumers.webhook_callback import acknowledgement_from_callback
-from consumers.webhook_delivery import (
+from consumers.webhook.callback import acknowledgement_from_callback
+from consumers.webhook.delivery import (
     Accepted,
     Acknowledged,
     Refused,

@@ -7,7 +7,7 @@ Two roles, each confined to one deployment's keys (``<CONSENT_STREAM_REDIS_PREFI
   (``EVALSHA``, ``SCRIPT LOAD``), nothing of ``@dangerous`` (no ``KEYS``, ``FLUSHDB``,
   ``CONFIG``, ``ACL``, ``INFO``...).
 - ``reader``: what checks consent: online services through the client library
-  (``consumers.consent_store``), ``consent-stream check``, ``status`` and ``report``.
+  (``consumers.store.consent_store``), ``consent-stream check``, ``status`` and ``report``.
   Reads only: a write is refused by Redis (``NoPermissionError``), whatever the client
   does.
 

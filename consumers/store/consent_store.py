@@ -2,7 +2,7 @@
 
 ``ConsentStore`` (``redis.Redis``) and ``AsyncConsentStore`` (``redis.asyncio.Redis``, for
 the Faust worker) have the same API. Both build their commands and read their answers
-with the plain functions of ``consumers.store_layout`` (key layout, fields, decisions,
+with the plain functions of ``consumers.store.layout`` (key layout, fields, decisions,
 the one Lua write); only the I/O differs.
 
 * Reads answer in one round trip (``HMGET``; ``HGETALL`` for the full view); while a
@@ -11,7 +11,7 @@ the one Lua write); only the I/O differs.
 * ``apply_state`` is versioned and idempotent: a replay never moves a subject backwards,
   and a closed subject (a marker holding only ``v`` and ``closed``) is never re-opened.
 * Redis connection errors and timeouts are raised as ``StoreUnavailableError``; a login or
-  command Redis refuses (the ACL user of ``CONSENT_STREAM_REDIS_URL``, ``consumers.store_acl``)
+  command Redis refuses (the ACL user of ``CONSENT_STREAM_REDIS_URL``, ``consumers.store.acl``)
   as ``AccessDeniedError`` (``schemas.client_errors.redis_error``).
 * With ``min_replicas`` (``CONSENT_STREAM_REDIS_MIN_REPLICAS``), ``apply_states`` sends
   ``WAIT`` in the same round trip and raises ``StoreReplicasMissingError`` when fewer replicas
@@ -29,7 +29,7 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
-from consumers.store_layout import (
+from consumers.store.layout import (
     APPLY_STATE_LUA,
     APPLY_STATE_SHA,
     APPLY_STATES_LUA,

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from consumers.dedup import SentAck
 from consumers.partner_sender import PendingAck
-from consumers.webhook_delivery import MAX_ANSWER_BYTES, ack_ce_id, with_short_reason
+from consumers.webhook.delivery import MAX_ANSWER_BYTES, ack_ce_id, with_short_reason
 from schemas.errors import ValidationError
 from schemas.jsonform import ack_from_json
 from schemas.webhook_signing import DEFAULT_TOLERANCE_S, SignatureGuard, verify

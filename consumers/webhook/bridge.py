@@ -6,12 +6,12 @@ writes ``partner.<p>.acks.v1``). For each instruction:
 
 1. an answer remembered for its id (``SqliteProcessedInstructions``, the partner SDK's
    store) is sent again unchanged, without calling the partner;
-2. else it is POSTed (``consumers.webhook_delivery``: JSON, CloudEvents binary mode,
+2. else it is POSTed (``consumers.webhook.delivery``: JSON, CloudEvents binary mode,
    signed) until the partner answers, retrying 5xx/408/429/timeouts/connection errors
    with backoff and jitter (or ``Retry-After``) up to the instruction's ``due_by``;
 3. the acknowledgement (the answer's, FAILED for a final failure or a missed deadline) is
    remembered, then produced (idempotent, acks=all) keyed by ``ack_key``; a ``202`` has no
-   ack now (the partner calls back, ``consumers.webhook_callback``);
+   ack now (the partner calls back, ``consumers.webhook.callback``);
 4. a partition's offset is committed only up to the last instruction before the first
    one that is not finished (``commit_points``).
 
@@ -45,7 +45,7 @@ from consumers.partner_delivery import commit_points, instruction_of
 from consumers.partner_metrics import partner_metrics
 from consumers.partner_results import failed_ack
 from consumers.partner_sender import AckSender, PendingAck
-from consumers.webhook_delivery import (
+from consumers.webhook.delivery import (
     MAX_ANSWER_BYTES,
     Accepted,
     Acknowledged,
@@ -60,7 +60,7 @@ from consumers.webhook_delivery import (
     request_headers,
     transport_retry,
 )
-from consumers.webhook_metrics import OUTCOMES, WebhookMetrics, webhook_metrics
+from consumers.webhook.metrics import OUTCOMES, WebhookMetrics, webhook_metrics
 from schemas.partner import PartnerAcknowledgement, PartnerInstruction
 from schemas.secrets import Secret
 from schemas.serde import AvroSerde

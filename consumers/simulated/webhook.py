@@ -2,7 +2,7 @@
 
 ``consent-stream partner --name P`` runs this when the policy delivers P by webhook: an
 HTTP server where P's ``webhook_url`` points (a loopback ``http`` URL) that answers like
-the simulated Kafka partner (``consumers.simulated.simulated_handler``) and like a real
+the simulated Kafka partner (``consumers.simulated.partner.simulated_handler``) and like a real
 receiver must (docs/webhooks.md):
 
 - a delivery whose ``Consent-Stream-Signature`` is missing, wrong, stale or replayed: 401;
@@ -29,8 +29,8 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from consumers.dedup import MAX_IN_MEMORY, FirstAnswers
 from consumers.partner_results import ack_for_result
-from consumers.simulated import RETENTION_DAYS, simulated_handler
-from consumers.simulated_callback import CallbackSender
+from consumers.simulated.callback import CallbackSender
+from consumers.simulated.partner import RETENTION_DAYS, simulated_handler
 from schemas.errors import ValidationError
 from schemas.jsonform import ack_to_json, instruction_from_json
 from schemas.partner import PartnerAcknowledgement, PartnerInstruction

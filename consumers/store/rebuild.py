@@ -17,9 +17,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
-from consumers.consent_store import ConsentStore
-from consumers.store_clients import make_redis
-from consumers.store_layout import ApplyOutcome
+from consumers.store.clients import make_redis
+from consumers.store.consent_store import ConsentStore
+from consumers.store.layout import ApplyOutcome
 from consumers.topic_reader import ConsumerFactory, TopicToEnd
 from schemas.errors import ContractError
 from schemas.policy import Policy
