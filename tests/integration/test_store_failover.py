@@ -13,24 +13,24 @@ data nodes, replication, and the Sentinel to the data nodes.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import redis
 
 from consumers.store.clients import make_redis
 from consumers.store.consent_store import ConsentStore
 from producers.publisher import ConsentPublisher
-from schemas.errors import StoreReplicasMissingError, StoreUnavailableError
+from schemas.errors import AccessDeniedError, StoreReplicasMissingError, StoreUnavailableError
 from schemas.policy import load_policy
 from schemas.settings import ENV_PREFIX, Settings
 from schemas.views import ConsentState, PurposeDecision
 
 from .processes import WorkerFactory, consent_changed, new_subject
 from .processes import worker_factory as worker_factory
-from .redis_sentinel import HOST, SentinelRedis, TlsFiles
+from .redis_sentinel import HOST, NodeUsers, SentinelRedis, TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +47,11 @@ def started(ha: SentinelRedis) -> Iterator[SentinelRedis]:
         ha.stop()
 
 
-@pytest.fixture(params=["plain", "tls"])
+@pytest.fixture(params=["plain", "tls", "users"])
 def redis_ha(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SentinelRedis]:
     tls = TlsFiles.issue(tmp_path) if request.param == "tls" else None
-    yield from started(SentinelRedis(tmp_path, tls))
+    users = NodeUsers() if request.param == "users" else None
+    yield from started(SentinelRedis(tmp_path, tls, users))
 
 
 @pytest.fixture
@@ -61,6 +62,18 @@ def tls_redis_ha(tmp_path: Path) -> Iterator[SentinelRedis]:
 def through_sentinel(settings: Settings, ha: SentinelRedis) -> ConsentStore:
     s = replace(settings, redis_url=ha.url, redis_sentinel=ha.sentinel, redis_min_replicas=1)
     return ConsentStore(make_redis(s), POLICY, s.subject_keys, s.redis_prefix, 1)
+
+
+@pytest.fixture
+def users_ha(tmp_path: Path) -> Iterator[SentinelRedis]:
+    yield from started(SentinelRedis(tmp_path, users=NodeUsers()))
+
+
+def sentinel_password(ha: SentinelRedis) -> dict[str, str]:
+    """``CONSENT_STREAM_REDIS_SENTINEL_PASSWORD``, when the Sentinel asks for one."""
+    if ha.sentinel.password is None:
+        return {}
+    return {ENV_PREFIX + "REDIS_SENTINEL_PASSWORD": ha.sentinel.password.reveal().decode()}
 
 
 def withdrawn(subject: str) -> ConsentState:
@@ -85,7 +98,7 @@ def applied_by_then(store: ConsentStore, states: Sequence[ConsentState]) -> int:
 
 
 def test_writes_that_counted_are_on_the_promoted_replica(redis_ha: SentinelRedis) -> None:
-    store = through_sentinel(Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}"), redis_ha)
+    store = through_sentinel(Settings(redis_prefix=redis_ha.prefix), redis_ha)
     before = [withdrawn(f"before-{i}") for i in range(200)]
     after = [withdrawn(f"after-{i}") for i in range(200)]
     assert applied_by_then(store, before) == 0
@@ -100,6 +113,27 @@ def test_writes_that_counted_are_on_the_promoted_replica(redis_ha: SentinelRedis
         assert store.is_allowed(state.subject_id, PURPOSE) is False
 
 
+def test_with_users_nobody_logs_in_anonymously_and_the_failover_is_refused_nothing(
+    users_ha: SentinelRedis,
+) -> None:
+    store = through_sentinel(Settings(redis_prefix=users_ha.prefix), users_ha)
+    assert applied_by_then(store, [withdrawn("before")]) == 0
+    users_ha.kill_primary()
+    assert applied_by_then(store, [withdrawn("after")]) > 0
+    assert users_ha.current_primary() in {(HOST, port) for port in users_ha.replicas}
+    for port in users_ha.replicas:  # writer, replica and sentinel did all within their rules
+        assert users_ha.denied(port) == [], port
+        anonymous = redis.Redis(host=HOST, port=port)
+        with anonymous, pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.get(f"{users_ha.prefix}:x")
+    no_password = redis.Redis(host=HOST, port=users_ha.sentinel_port)
+    with no_password, pytest.raises(redis.exceptions.AuthenticationError):
+        no_password.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "consent-store")
+    other_prefix = through_sentinel(Settings(redis_prefix="another"), users_ha)
+    with pytest.raises(AccessDeniedError):
+        other_prefix.apply_states([withdrawn("elsewhere")])
+
+
 def test_sentinels_on_tls_are_not_reached_without_it(tls_redis_ha: SentinelRedis) -> None:
     plain = replace(tls_redis_ha.sentinel, tls=False)  # CONSENT_STREAM_REDIS_SENTINEL_TLS=false
     s = replace(Settings(), redis_url=tls_redis_ha.url, redis_sentinel=plain)
@@ -110,7 +144,7 @@ def test_sentinels_on_tls_are_not_reached_without_it(tls_redis_ha: SentinelRedis
 
 
 def test_a_write_no_replica_has_is_retried_not_counted(redis_ha: SentinelRedis) -> None:
-    store = through_sentinel(Settings(redis_prefix=f"t{uuid.uuid4().hex[:8]}"), redis_ha)
+    store = through_sentinel(Settings(redis_prefix=redis_ha.prefix), redis_ha)
     redis_ha.stop_replicas()
 
     with pytest.raises(StoreReplicasMissingError, match="0 of the 1 replicas"):
@@ -126,6 +160,8 @@ def test_a_worker_goes_on_through_a_failover_and_loses_no_withdrawal(
             ENV_PREFIX + "REDIS_URL": redis_ha.url,
             ENV_PREFIX + "REDIS_SENTINELS": f"{HOST}:{redis_ha.sentinel_port}",
             ENV_PREFIX + "REDIS_MIN_REPLICAS": "1",
+            ENV_PREFIX + "REDIS_PREFIX": redis_ha.prefix,
+            **sentinel_password(redis_ha),
         }
     )
     subjects = [new_subject() for _ in range(300)]
@@ -137,7 +173,7 @@ def test_a_worker_goes_on_through_a_failover_and_loses_no_withdrawal(
                 redis_ha.kill_primary()
             time.sleep(0.1)
 
-    store = through_sentinel(worker.settings, redis_ha)
+    store = through_sentinel(replace(worker.settings, redis_prefix=redis_ha.prefix), redis_ha)
 
     def all_withdrawn() -> bool:
         try:
