@@ -149,9 +149,6 @@ class WorkerConfig:
     redis_url: str
     partitions: int = 3
     extra_env: Mapping[str, str] = field(default_factory=dict)
-    plaintext: bool = False
-    """Brokers without authentication or ACLs (``kafka_cluster.KafkaCluster``), not the
-    local stack's."""
 
     @property
     def app_id(self) -> str:
@@ -159,11 +156,6 @@ class WorkerConfig:
 
     def settings(self) -> Settings:
         """The tests' view of this worker's settings (as the admin principal)."""
-        if self.plaintext:
-            return replace(self._settings(), security_protocol="PLAINTEXT")
-        return self._settings()
-
-    def _settings(self) -> Settings:
         return admin_settings(
             bootstrap_servers=self.bootstrap_servers,
             redis_url=self.redis_url,
@@ -191,7 +183,6 @@ class WorkerConfig:
                 "CONSENT_STREAM_DEV_MODE": "1",  # the tests' Settings use the development key
                 "CONSENT_STREAM_HTTP_TOKENS": f"{TEST_CALLER}={TEST_TOKEN.reveal().decode()}",
                 "PYTHONUNBUFFERED": "1",
-                **({"CONSENT_STREAM_SECURITY_PROTOCOL": "PLAINTEXT"} if self.plaintext else {}),
                 **self.extra_env,
             }
         )
@@ -231,7 +222,7 @@ class WorkerProcess:
         if self.running:
             raise RuntimeError("worker already running")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self._acls_synced and not self.config.plaintext:  # the `worker` principal's
+        if not self._acls_synced:  # the `worker` principal's
             sync_acls(self.settings, self.policy.partners)  # ACLs for this namespace
             self._acls_synced = True
         self._log = self.config.log_path.open("ab")
@@ -598,8 +589,7 @@ def _cleanup(config: WorkerConfig) -> list[str]:
     except KafkaException as exc:
         problems.append(f"list topics: {exc}")
     try:
-        if not config.plaintext:
-            remove_namespace_acls(config.settings(), sorted(load_policy().partners))
+        remove_namespace_acls(config.settings(), sorted(load_policy().partners))
     except ConsentStreamError as exc:
         problems.append(f"remove ACLs: {exc}")
     client = redis.Redis.from_url(config.redis_url)
@@ -641,8 +631,8 @@ def worker_factory(
         cluster: str | None = None,
         like: WorkerProcess | None = None,
     ) -> WorkerProcess:
-        """``cluster``: the bootstrap servers of brokers without authentication
-        (``kafka_cluster.KafkaCluster``) instead of the local stack's. ``like``: one more
+        """``cluster``: the bootstrap servers of other brokers secured as the local stack's
+        (``kafka_cluster.KafkaCluster``: the same principals and passwords). ``like``: one more
         worker of that worker's group (its namespace, app id and settings, with ``env``
         over them, its own port and data); started, it is ready once it serves HTTP (its
         share of the partitions comes with the group's rebalance)."""
@@ -657,7 +647,6 @@ def worker_factory(
             redis_url=redis_url,
             partitions=partitions,
             extra_env=dict(env or {}),
-            plaintext=cluster is not None,
         )
         if like is not None:
             config = replace(

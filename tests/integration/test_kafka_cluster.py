@@ -4,7 +4,9 @@ have it: with one broker SIGKILLed, events are still accepted; with two, and onl
 third in sync, none is (the same events to topics created with
 ``CONSENT_STREAM_MIN_INSYNC_REPLICAS=1`` are: one copy); they go through once a broker is
 back. Read afterwards, every event is there exactly once (idempotent retries), in order
-per subject. And a worker on these brokers rides through losing one.
+per subject. And a worker on these brokers rides through losing one. The brokers are
+secured as the local stack's: the events are published as ``publisher`` and the worker
+runs as ``worker``, each with its namespace's ACLs only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from consumers.store.clients import make_redis
@@ -28,6 +30,7 @@ from schemas.serde import AvroSerde
 from schemas.settings import ENV_PREFIX, Settings
 from streams.topics import ensure_topics
 
+from .kafka_auth import admin_settings, sync_acls
 from .kafka_cluster import KafkaCluster
 from .processes import WorkerFactory, consent_changed, new_subject, read_until
 from .processes import worker_factory as worker_factory
@@ -49,7 +52,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
 
 
 def namespace(cluster: KafkaCluster, **overrides: Any) -> Settings:
-    s = Settings(
+    """A new namespace's topics and ACLs on the cluster; its settings as admin."""
+    s = admin_settings(
         bootstrap_servers=cluster.bootstrap,
         replication_factor=3,
         topic_namespace=f"c{uuid.uuid4().hex[:8]}",
@@ -57,6 +61,7 @@ def namespace(cluster: KafkaCluster, **overrides: Any) -> Settings:
         **overrides,
     )
     ensure_topics(s, POLICY, timeout_s=60)
+    sync_acls(s, POLICY.partners)
     return s
 
 
@@ -110,6 +115,21 @@ def test_the_topics_have_three_replicas_and_writes_count_on_two(
     assert held == dict.fromkeys(names, "2")
 
 
+def test_the_brokers_take_logins_and_acls_as_the_stacks_does(settings: Settings) -> None:
+    producer = Producer(settings.as_principal("publisher").producer_config())
+    topics = settings.topics
+    for topic, refused in (
+        (topics.events, False),
+        (topics.state, True),
+        (topics.acks("ads"), True),
+    ):
+        error = producer.list_topics(topic, timeout=30).topics[topic].error
+        assert (error is not None and error.name() == "TOPIC_AUTHORIZATION_FAILED") is refused
+    anonymous = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+    with pytest.raises(KafkaException):
+        anonymous.list_topics(timeout=5)  # no SASL: the brokers close the connection
+
+
 @pytest.mark.timeout(300)
 def test_accepted_stays_accepted_through_losing_brokers(
     cluster: KafkaCluster, settings: Settings
@@ -117,7 +137,7 @@ def test_accepted_stays_accepted_through_losing_brokers(
     before, one_down, two_down = events(200), events(200), events(200)
     one_copy = namespace(cluster, min_insync_replicas=1)
     topic = settings.topics.events
-    with ConsentPublisher(settings, POLICY) as publisher:
+    with ConsentPublisher(settings.as_principal("publisher"), POLICY) as publisher:
         assert len(publisher.publish_many(before, timeout_s=60)) == len(before)
 
         cluster.kill(1)
@@ -128,7 +148,7 @@ def test_accepted_stays_accepted_through_losing_brokers(
         for event in two_down:
             publisher.publish_async(event)
         assert publisher.flush(10.0) == len(two_down)  # one copy: not acknowledged
-        with ConsentPublisher(one_copy, POLICY) as careless:
+        with ConsentPublisher(one_copy.as_principal("publisher"), POLICY) as careless:
             assert len(careless.publish_many(events(20), timeout_s=30)) == 20  # it would be
 
         cluster.restart(2)
@@ -159,7 +179,7 @@ def test_a_worker_on_three_brokers_rides_through_losing_one(
     client = make_redis(settings)
     store = ConsentStore(client, POLICY, settings.subject_keys, settings.redis_prefix)
     try:
-        with ConsentPublisher(settings, POLICY) as publisher:
+        with ConsentPublisher(settings.as_principal("publisher"), POLICY) as publisher:
             publisher.publish_many(before, timeout_s=60)
             worker.poll(lambda: all_withdrawn(store, before), 60.0, "the first withdrawals")
             for n, event in enumerate(during):
