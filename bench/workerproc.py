@@ -23,6 +23,7 @@ from producers.publisher import ConsentPublisher
 from schemas.events import ConsentChanged, ConsentDecision, ConsentEvent
 from schemas.policy import Policy, load_policy
 from schemas.settings import Secret, Settings
+from schemas.store_login import without_login
 from streams.acl.sync import run_acl_sync
 from streams.demo.processes import http_get
 
@@ -86,7 +87,7 @@ class WorkerProcess:
         return child_env(
             {
                 "CONSENT_STREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-                "CONSENT_STREAM_REDIS_URL": s.redis_url,
+                "CONSENT_STREAM_REDIS_URL": without_login(s.redis_url),  # as `writer`
                 "CONSENT_STREAM_PARTITIONS": str(s.partitions),
                 "CONSENT_STREAM_TOPIC_NAMESPACE": s.topic_namespace,
                 "CONSENT_STREAM_APP_ID": s.app_id,

@@ -23,7 +23,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from schemas.errors import ConfigurationError
 from schemas.secrets import Secret
 
-__all__ = ["STORE_ROLES", "StoreLogin", "store_login", "store_role_of", "with_login"]
+__all__ = [
+    "STORE_ROLES",
+    "StoreLogin",
+    "store_login",
+    "store_role_of",
+    "with_login",
+    "without_login",
+]
 
 STORE_ROLES: Final = ("admin", "writer", "reader")
 _ROLE_OF_PRINCIPAL: Final = {"admin": "admin", "worker": "writer"}
@@ -77,3 +84,10 @@ def with_login(url: str, login: StoreLogin, role: str) -> str:
         )
     userinfo = f"{quote(role, safe='')}:{quote(password.reveal().decode(), safe='')}"
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def without_login(url: str) -> str:
+    """``url`` without its user and password: a process given it logs in as its own role
+    (``with_login``), not as the one who handed the URL on."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))

@@ -13,7 +13,7 @@ Fixtures:
     bootstrap_servers   session: str
     redis_url           session: str, logged in as the stack's Redis ``admin`` user (the
                         processes under test log in with their own role's user:
-                        ``kafka_auth.without_login``)
+                        ``schemas.store_login.without_login``)
     unique_topic        factory: unique_topic("prefix", partitions=None, config=None) -> name;
                         creates a uuid-named topic, deleted at the end of the test
     unique_group        factory: unique_group("prefix") -> a uuid consumer group id

@@ -23,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from schemas.kafka_security import read_credentials
 from schemas.policy import load_policy
@@ -38,7 +37,6 @@ __all__ = [
     "principal_credentials",
     "sync_acls",
     "webhook_policy",
-    "without_login",
 ]
 
 STACK_AUTH = Path(__file__).resolve().parents[2] / "deploy" / "local" / "stack_auth.py"
@@ -53,13 +51,6 @@ def admin_redis_url(redis_url: str) -> str:
     """``redis_url`` logged in as the stack's Redis ``admin`` (``schemas.store_login``);
     unchanged without a credentials file or for another Redis."""
     return replace(Settings.from_env(), redis_url=redis_url).as_principal("admin").redis_url
-
-
-def without_login(redis_url: str) -> str:
-    """``redis_url`` without its user and password: a process given it logs in with its
-    own role's user from the credentials file."""
-    parts = urlsplit(redis_url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def admin_config(bootstrap_servers: str, **extra: Any) -> dict[str, Any]:

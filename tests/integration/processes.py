@@ -48,10 +48,11 @@ from schemas.kafka_security import security_env
 from schemas.policy import Policy, load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Secret, Settings
+from schemas.store_login import without_login
 from streams.acl.sync import remove_namespace_acls
 from streams.demo.processes import free_port, http_get
 
-from .kafka_auth import admin_settings, sync_acls, without_login
+from .kafka_auth import admin_settings, sync_acls
 
 __all__ = [
     "Metrics",

@@ -17,7 +17,7 @@ from schemas.errors import ConfigurationError
 from schemas.redis_settings import RedisSentinel
 from schemas.secrets import Secret
 from schemas.settings import Settings
-from schemas.store_login import StoreLogin, store_role_of, with_login
+from schemas.store_login import StoreLogin, store_role_of, with_login, without_login
 
 REPO = Path(__file__).resolve().parents[2]
 LOGIN = StoreLogin("127.0.0.1:16379", {"writer": Secret("w:p/w@1"), "reader": Secret("r-pw")})
@@ -39,6 +39,14 @@ def test_a_url_of_the_files_redis_logs_in_as_the_role() -> None:
 )
 def test_a_url_with_a_user_or_of_another_redis_is_left_alone(url: str) -> None:
     assert with_login(url, LOGIN, "writer") == url
+
+
+def test_a_url_handed_on_loses_its_login_and_the_next_process_logs_in_as_its_own_role() -> None:
+    url = with_login("rediss://127.0.0.1:16379/0?ssl_ca_certs=/ca.pem", LOGIN, "writer")
+    assert without_login(url) == "rediss://127.0.0.1:16379/0?ssl_ca_certs=/ca.pem"
+    reader = with_login(without_login(url), LOGIN, "reader")
+    assert reader.startswith("rediss://reader:r-pw@127.0.0.1:16379/0")
+    assert without_login("redis://127.0.0.1:16379/0") == "redis://127.0.0.1:16379/0"
 
 
 def test_a_role_the_file_lacks_is_a_clear_error() -> None:
