@@ -28,7 +28,7 @@ from streams.acl.rules import (
     wanted_acls,
 )
 
-__all__ = ["AclDiff", "acl_diff", "remove_namespace_acls", "run_acl_sync"]
+__all__ = ["AclDiff", "acl_diff", "namespace_acls", "remove_namespace_acls", "run_acl_sync"]
 
 _MANAGED = (WORKER, PUBLISHER, GATEWAY)
 _ENFORCED_WITHIN_S = 30.0
@@ -144,6 +144,18 @@ def _report(diff: AclDiff, dry_run: bool, prune: bool, out: TextIO) -> None:
     )
 
 
+def namespace_acls(settings: Settings, partners: Sequence[str]) -> list[Acl]:
+    """The ACLs ``acl sync`` gave ``settings``' namespace that are its own: those of its
+    topics, and those of its app id only when the app id names the namespace (a test's,
+    the demo's, the bench's ``consent-stream-<namespace>``). An app id shared with other
+    namespaces (the default ``consent-stream``) keeps its group and internal topics'
+    ACLs: they are the production worker's too."""
+    wanted = wanted_acls(partners, settings.topics, settings.app_id, webhook=partners)
+    if settings.topic_namespace in settings.app_id:
+        return wanted
+    return [a for a in wanted if not a.name.startswith(settings.app_id)]
+
+
 def remove_namespace_acls(settings: Settings, partners: Sequence[str]) -> int:
     """Delete the ACLs ``acl sync`` gave a (non-empty) namespace and its app id; returns
     how many existed (a test's or a demo run's, when its topics go). The gateway's on the
@@ -154,9 +166,8 @@ def remove_namespace_acls(settings: Settings, partners: Sequence[str]) -> int:
     if not settings.topic_namespace:
         raise ValueError("the ACLs of the production namespace are never removed here")
     admin = mod.AdminClient({**settings.as_principal(ADMIN).admin_config(), "log_level": 4})
-    wanted = wanted_acls(partners, settings.topics, settings.app_id, webhook=partners)
     try:
-        filters = [_binding(mod, a, "AclBindingFilter") for a in wanted]
+        filters = [_binding(mod, a, "AclBindingFilter") for a in namespace_acls(settings, partners)]
         deleted = admin.delete_acls(filters, request_timeout=30)
         return sum(len(future.result()) for future in deleted.values())
     except KafkaException as exc:

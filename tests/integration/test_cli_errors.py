@@ -19,6 +19,7 @@ import pytest
 
 from schemas.policy import load_policy
 from schemas.settings import ENV_PREFIX
+from streams.acl.sync import remove_namespace_acls
 
 from .kafka_auth import admin_settings, sync_acls
 
@@ -85,14 +86,18 @@ def test_publish_with_the_broker_down(tmp_path: Path) -> None:
 
 def test_publish_to_a_topic_that_does_not_exist(bootstrap_servers: str) -> None:
     namespace = f"missing{uuid.uuid4().hex[:8]}"
-    sync_acls(admin_settings(topic_namespace=namespace), load_policy().partners)  # no topics
-    result = cli(
-        "publish",
-        "-",
-        stdin=line("buyer-1") + "\n",
-        BOOTSTRAP_SERVERS=bootstrap_servers,
-        TOPIC_NAMESPACE=namespace,
-    )
+    settings = admin_settings(topic_namespace=namespace)
+    sync_acls(settings, load_policy().partners)  # no topics
+    try:
+        result = cli(
+            "publish",
+            "-",
+            stdin=line("buyer-1") + "\n",
+            BOOTSTRAP_SERVERS=bootstrap_servers,
+            TOPIC_NAMESPACE=namespace,
+        )
+    finally:
+        remove_namespace_acls(settings, sorted(load_policy().partners))
     assert result.returncode == 3
     assert "consent.events.v1 does not exist" in one_line(result, "unknown_topic")
 

@@ -20,6 +20,7 @@ from schemas.policy import load_policy
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
 from schemas.views import ConsentState, PurposeDecision
+from streams.acl.sync import remove_namespace_acls
 from streams.pseudonyms import Pseudonyms
 from streams.replay.command import run_replay
 from streams.replay.sender import ReplaySender
@@ -53,6 +54,7 @@ def namespace(bootstrap_servers: str) -> Iterator[Settings]:
         wait_for_leaders(admin, topic, 3)
     yield settings
     delete_topics(admin, topics)
+    remove_namespace_acls(settings, sorted(load_policy().partners))
 
 
 def _write(settings: Settings, states: list[ConsentState]) -> None:

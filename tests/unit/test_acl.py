@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from importlib import resources
 
 import pytest
 
 from schemas.policy import Policy, load_policy, parse_policy, webhook_partners
+from schemas.settings import Settings
 from schemas.topics import TopicNames
 from streams.acl.rules import (
     GATEWAY,
@@ -17,7 +19,7 @@ from streams.acl.rules import (
     partner_principal,
     wanted_acls,
 )
-from streams.acl.sync import acl_diff
+from streams.acl.sync import acl_diff, namespace_acls
 
 PARTNERS = sorted(load_policy().partners)
 NAMES = TopicNames()
@@ -175,3 +177,19 @@ def test_the_sync_report_lists_other_acls_only_when_asked() -> None:
         "principals (--dry-run lists them, --prune deletes them)"
     ]
     assert f"? {stale} (not in the policy; --prune deletes it)" in listed.getvalue()
+
+
+def test_a_namespace_removes_its_app_ids_acls_only_when_the_app_id_is_its_own() -> None:
+    partners = ("ads", "payment")
+    shared = Settings(topic_namespace="t1234abcd")  # the default app id, consent-stream
+    own = replace(shared, app_id="consent-stream-t1234abcd")
+    assert shared.app_id == Settings().app_id
+    kept = {str(a) for a in wanted_acls(partners, shared.topics, shared.app_id, partners)}
+    kept -= {str(a) for a in namespace_acls(shared, partners)}
+    assert kept == {
+        "User:worker all group prefix consent-stream",
+        "User:worker all topic prefix consent-stream-",
+    }  # the production worker's: another namespace's removal must not take them
+    removed = {str(a) for a in namespace_acls(own, partners)}
+    assert "User:worker all group prefix consent-stream-t1234abcd" in removed
+    assert all("t1234abcd" in name for name in removed), removed
