@@ -6,8 +6,9 @@ writes ``partner.<p>.acks.v1``). For each instruction:
 
 1. an answer remembered for its id (``SqliteProcessedInstructions``, the partner SDK's
    store) is sent again unchanged, without calling the partner;
-2. else it is POSTed (``consumers.webhook.delivery``: JSON, CloudEvents binary mode,
-   signed) until the partner answers, retrying 5xx/408/429/timeouts/connection errors
+2. else it is POSTed (``consumers.webhook.poster``; the request and what an answer means:
+   ``consumers.webhook.delivery``, JSON, CloudEvents binary mode, signed) until the partner
+   answers, retrying 5xx/408/429/timeouts/connection errors
    with backoff and jitter (or ``Retry-After``) up to the instruction's ``due_by``;
 3. the acknowledgement (the answer's, FAILED for a final failure or a missed deadline) is
    remembered, then produced (idempotent, acks=all) keyed by ``ack_key``; a ``202`` has no
@@ -39,29 +40,15 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from consumers.dedup import ProcessedInstructions, SentAck, SqliteProcessedInstructions
+from consumers.dedup import ProcessedInstructions, SqliteProcessedInstructions
 from consumers.partner_clients import KafkaConsumer, KafkaProducer, partner_clients
 from consumers.partner_delivery import commit_points, instruction_of
 from consumers.partner_metrics import partner_metrics
-from consumers.partner_results import failed_ack
 from consumers.partner_sender import AckSender, PendingAck
-from consumers.webhook.delivery import (
-    MAX_ANSWER_BYTES,
-    Accepted,
-    Acknowledged,
-    Answer,
-    Refused,
-    Retry,
-    RetryPolicy,
-    ack_ce_id,
-    classify,
-    deadline_ack,
-    instruction_body,
-    request_headers,
-    transport_retry,
-)
+from consumers.webhook.delivery import RetryPolicy
 from consumers.webhook.metrics import OUTCOMES, WebhookMetrics, webhook_metrics
-from schemas.partner import PartnerAcknowledgement, PartnerInstruction
+from consumers.webhook.poster import Stopped, WebhookPoster
+from schemas.partner import PartnerInstruction
 from schemas.secrets import Secret
 from schemas.serde import AvroSerde
 from schemas.settings import Settings
@@ -73,10 +60,6 @@ log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.05  # also how long a commit may wait behind a poll
 _BATCH: Final = 100
-
-
-class _Stopped(Exception):
-    """Stop was requested while an instruction waited: it stays uncommitted."""
 
 
 @dataclass(slots=True)
@@ -125,7 +108,6 @@ class WebhookBridge:
             self.metrics.deliveries.labels(partner, outcome)
         self.metrics.deadline_failures.labels(partner)
         self.metrics.in_flight.labels(partner)
-        self._secret = secret
         self._dedup = dedup
         clients = partner_clients(
             settings, group, consumer=consumer, producer=producer, serde=serde
@@ -138,9 +120,19 @@ class WebhookBridge:
         self._concurrency = settings.webhook_concurrency
         self._timeout_s = settings.webhook_timeout_s
         self._max_buffered = max(100, 10 * self._concurrency)
-        self._retry = retry or RetryPolicy()
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._clock = clock
+        self._poster = WebhookPoster(
+            partner,
+            url,
+            secret,
+            dedup,
+            self.metrics,
+            concurrency=self._concurrency,
+            timeout_s=self._timeout_s,
+            retry=retry or RetryPolicy(),
+            rng=rng or random.Random(),  # noqa: S311 - jitter, not security
+            clock=clock,
+        )
         self._thread_stop = threading.Event()
         self._sender = AckSender(
             self._producer,
@@ -157,8 +149,6 @@ class WebhookBridge:
         self._progress = asyncio.Event()
         self._kafka = ThreadPoolExecutor(1, thread_name_prefix="webhook-kafka")
         self._stop = asyncio.Event()
-        self._semaphore = asyncio.Semaphore(self._concurrency)
-        self._session: Any = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -166,11 +156,7 @@ class WebhookBridge:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        import aiohttp
-
         self._stop = stop
-        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
-        connector = aiohttp.TCPConnector(limit=self._concurrency)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._kafka, self._consumer.subscribe, [self.instructions_topic])
         log.info(
@@ -182,8 +168,7 @@ class WebhookBridge:
         )
         committer = asyncio.create_task(self._commit_loop())
         try:
-            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-                self._session = session
+            async with self._poster:
                 await self._consume_loop(loop)
                 await self._drain()
         finally:
@@ -255,7 +240,7 @@ class WebhookBridge:
             if instruction is not None:
                 await self._answer(instruction)
             slot.done = True
-        except _Stopped:
+        except Stopped:
             pass
         except Exception:  # a bug must not end the bridge silently: log, leave uncommitted
             if not self._stop.is_set():
@@ -278,7 +263,7 @@ class WebhookBridge:
     async def _answer(self, instruction: PartnerInstruction) -> None:
         sent = await asyncio.to_thread(self._dedup.get, instruction.instruction_id)
         if sent is None:
-            sent = await self._post_until_answered(instruction)
+            sent = await self._poster.answer(instruction, self._stop)
             if sent is None:
                 return  # 202: the partner calls back
         else:
@@ -286,90 +271,7 @@ class WebhookBridge:
         item = PendingAck(sent, instruction.ack_key, instruction.subject_ref)
         await asyncio.to_thread(self._sender.send_all, [item], self._thread_stop)
         if not item.delivered:
-            raise _Stopped
-
-    async def _post_until_answered(self, instruction: PartnerInstruction) -> SentAck | None:
-        """POST until answered; the final ack, already remembered (None: 202).
-
-        An answer is remembered before its slot of the concurrency is given back, so after
-        a crash at most ``webhook_concurrency`` instructions are POSTed again."""
-        retries = 0
-        last: str | None = None
-        signed_at = 0
-        while True:
-            if self._stop.is_set():
-                raise _Stopped
-            if self._now_ms() >= instruction.due_by:
-                ack = deadline_ack(instruction, self.partner, last, self._now_ms())
-                return await self._finish("deadline", ack)
-            # every attempt is signed at a later second than the one before, so that no two
-            # share a signature (a receiver's replay guard would refuse the second)
-            signed_at = max(int(self._clock()), signed_at + 1)
-            async with self._semaphore:
-                answer = await self._attempt(instruction, signed_at)
-                match answer:
-                    case Acknowledged(ack=ack):
-                        return await self._finish("acknowledged", ack)
-                    case Accepted():
-                        self.metrics.deliveries.labels(self.partner, "accepted").inc()
-                        return None
-                    case Refused(reason=reason):
-                        log.warning(
-                            "instruction %s refused: %s", instruction.instruction_id, reason
-                        )
-                        ack = failed_ack(instruction, self.partner, reason, self._now_ms())
-                        return await self._finish("refused", ack)
-                    case Retry(cause=cause, detail=detail, after_s=after):
-                        last = detail
-                        self.metrics.retries.labels(self.partner, cause).inc()
-                        wait = self._retry.wait_s(retries, after, self._rng)
-                        retries += 1
-            left = max(0.0, (instruction.due_by - self._now_ms()) / 1000)
-            await self._sleep(min(wait, left))
-
-    async def _finish(self, outcome: str, ack: PartnerAcknowledgement) -> SentAck:
-        """Count the outcome and remember the answer (a restart re-sends it, never POSTs)."""
-        self.metrics.deliveries.labels(self.partner, outcome).inc()
-        if outcome == "deadline":
-            self.metrics.deadline_failures.labels(self.partner).inc()
-            log.warning("instruction %s: %s", ack.instruction_id, ack.reason)
-        sent = SentAck(ack, ack_ce_id(ack.instruction_id))
-        return await asyncio.to_thread(self._dedup.remember, sent)
-
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-        raise _Stopped
-
-    async def _attempt(self, instruction: PartnerInstruction, signed_at: int) -> Answer:
-        import aiohttp
-
-        body = instruction_body(instruction)
-        headers = request_headers(instruction, body, self._secret.reveal(), signed_at)
-        in_flight = self.metrics.in_flight.labels(self.partner)
-        in_flight.inc()
-        started = time.perf_counter()
-        try:
-            async with self._session.post(
-                self.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                answer = await response.content.read(MAX_ANSWER_BYTES + 1)
-                status, answer_headers = response.status, response.headers
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return transport_retry(exc)
-        finally:
-            in_flight.dec()
-        self.metrics.round_trip.labels(self.partner).observe(time.perf_counter() - started)
-        return classify(
-            status,
-            answer,
-            answer_headers,
-            instruction=instruction,
-            partner=self.partner,
-            now_ms=self._now_ms(),
-        )
+            raise Stopped
 
     # -- commits ---------------------------------------------------------------------------
 
