@@ -6,8 +6,9 @@ its writes count once a replica has them (``CONSENT_STREAM_REDIS_MIN_REPLICAS=1`
 ``WAIT`` in the write's round trip). The primary is SIGKILLed by its pid: the writes
 during the failover fail as while Redis is down and are retried, then go to the promoted
 replica (the Sentinel picks the one with most of the primary's writes), which has every
-write that counted before. The same with TLS everywhere: clients to the Sentinel and the
-data nodes, replication, and the Sentinel to the data nodes.
+write that counted before. The same with TLS everywhere (clients to the Sentinel and the
+data nodes, replication, and the Sentinel to the data nodes), with the store's Redis users
+on every node (``redis_sentinel.NodeUsers``), and with both.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ def started(ha: SentinelRedis) -> Iterator[SentinelRedis]:
         ha.stop()
 
 
-@pytest.fixture(params=["plain", "tls", "users"])
+@pytest.fixture(params=["plain", "tls", "users", "tls+users"])
 def redis_ha(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SentinelRedis]:
-    tls = TlsFiles.issue(tmp_path) if request.param == "tls" else None
-    users = NodeUsers() if request.param == "users" else None
+    tls = TlsFiles.issue(tmp_path) if "tls" in request.param else None
+    users = NodeUsers() if "users" in request.param else None
     yield from started(SentinelRedis(tmp_path, tls, users))
 
 
